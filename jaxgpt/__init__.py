@@ -1,0 +1,21 @@
+"""jaxgpt: GPT-2 inference in JAX (Flax NNX) with Pallas GPU kernels, checked against a PyTorch oracle.
+
+>>> import jaxgpt
+>>> engine = jaxgpt.load_model("gpt2")           # HF cache / hub, else random weights with a warning
+>>> p = jaxgpt.predict(engine, "Dobby is")
+>>> p.top_k[0].id, p.next_token.text
+"""
+
+from jaxgpt.config import PRESETS, GPTConfig
+from jaxgpt.engine import Engine, load_model, load_weights
+from jaxgpt.errors import JaxGPTError, UsageError
+from jaxgpt.model import GPT
+from jaxgpt.predict import Candidate, Prediction, predict
+from jaxgpt.tokenizer import decode, encode
+from jaxgpt.weights import WeightsError, build_model, load_checkpoint, random_state_dict, save_safetensors
+
+__version__ = "0.1.0"
+
+__all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights", "predict", "Prediction",
+           "Candidate", "encode", "decode", "build_model", "load_checkpoint", "random_state_dict",
+           "save_safetensors", "JaxGPTError", "UsageError", "WeightsError"]

@@ -1,0 +1,107 @@
+"""The op registry: the only switch between backends.
+
+The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.attention``, ``ops.linear``,
+``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA fuses what it can; attention goes to
+cuDNN for bf16/f16 on a GPU). Other backends subclass it and override the ops they have kernels for, so any op
+without a kernel falls back to the jnp version.
+
+Precision contract: LayerNorm statistics and softmax run in float32; matmuls take the compute dtype and accumulate
+in float32 (float32 models use ``Precision.HIGHEST`` so a GPU does not silently drop to TF32); logits are float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def matmul_precision(dtype) -> lax.Precision:
+    return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else lax.Precision.DEFAULT
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GPT-2's GELU, tanh form (HF ``gelu_new``)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+class XlaOps:
+    """Reference backend: jnp everywhere, XLA/cuDNN decide the kernels."""
+
+    name = "xla"
+
+    @staticmethod
+    def layer_norm(x: jax.Array, w: jax.Array, b: jax.Array, *, eps: float) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * lax.rsqrt(var + eps) * w.astype(jnp.float32) + b.astype(jnp.float32)
+        return y.astype(x.dtype)
+
+    @classmethod
+    def add_layer_norm(cls, x, residual, w, b, *, eps: float):
+        """``h = residual + x; return h, LN(h)``."""
+        h = residual + x
+        return h, cls.layer_norm(h, w, b, eps=eps)
+
+    @staticmethod
+    def linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        return (jnp.dot(x, w, precision=matmul_precision(x.dtype)) + b).astype(x.dtype)
+
+    @classmethod
+    def qkv(cls, x: jax.Array, w: jax.Array, b: jax.Array, *, n_head: int):
+        """x (B, T, C) @ w (C, 3C) + b -> q, k, v each (B, T, H, D)."""
+        B, T, C = x.shape
+        y = cls.linear(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
+        return y[:, :, 0], y[:, :, 1], y[:, :, 2]
+
+    @staticmethod
+    def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """Causal self-attention, q/k/v (B, T, H, D) -> (B, T, H, D)."""
+        if q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu":
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+        return attention_reference(q, k, v)
+
+    @classmethod
+    def mlp(cls, x, w_fc, b_fc, w_proj, b_proj):
+        return cls.linear(gelu_tanh(cls.linear(x, w_fc, b_fc)), w_proj, b_proj)
+
+    @staticmethod
+    def lm_head(h: jax.Array, wte: jax.Array) -> jax.Array:
+        """h (B, C) @ wte.T (C, V) -> float32 logits (B, V)."""
+        return jnp.dot(h, wte.T, precision=matmul_precision(h.dtype), preferred_element_type=jnp.float32)
+
+
+def attention_reference(q, k, v, *, kv_lengths=None):
+    """Causal attention in jnp with float32 logits and softmax: (B, T, H, D) -> (B, T, H, D).
+
+    ``kv_lengths`` (B,) optionally masks keys at positions >= length (padded rows).
+    """
+    B, T, H, D = q.shape
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=matmul_precision(q.dtype),
+                   preferred_element_type=jnp.float32) / math.sqrt(D)  # (B, H, T, T)
+    mask = jnp.tril(jnp.ones((T, T), bool))[None, None]
+    if kv_lengths is not None:
+        mask = mask & (jnp.arange(T)[None, None, None, :] < kv_lengths[:, None, None, None])
+    s = jnp.where(mask, s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)
+    p = jnp.where(jnp.isnan(p), 0.0, p)  # rows with every key masked
+    o = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, precision=matmul_precision(q.dtype),
+                   preferred_element_type=jnp.float32)
+    return o.astype(q.dtype)
+
+
+Ops = type[XlaOps]
+
+BACKENDS: dict[str, Ops] = {"xla": XlaOps}
+
+
+def get_ops(backend: str) -> Ops:
+    """The ops class for ``backend`` (``xla`` or ``pallas``)."""
+    if backend == "pallas" and "pallas" not in BACKENDS:
+        from jaxgpt import ops_pallas  # noqa: F401  (registers itself)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of xla, pallas")
+    return BACKENDS[backend]

@@ -1,0 +1,114 @@
+"""jaxgpt against the PyTorch oracle in ``reference/``: same weights, same prompts, logits and greedy tokens.
+
+The oracle runs in float32 (the truth) and, for a low-precision run, also in that dtype: the tolerance for a
+bfloat16/float16 jaxgpt run is 3× the oracle's own low-precision error plus a small floor (flash-attention's
+``test_gpt.py`` rule), and 1e-4 relative to the logit scale in float32. Near-ties within the tolerance may swap
+order in the top-k or the greedy path; anything else is a disagreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxgpt import tokenizer
+from jaxgpt.engine import Engine
+
+FLOOR = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 4e-3}  # × max(1, max|logit|)
+
+
+@dataclasses.dataclass
+class PromptParity:
+    prompt: str
+    max_abs_diff: float
+    tolerance: float
+    ref_lowp_diff: float | None
+    topk_jax: list[int]
+    topk_ref: list[int]
+    topk_ok: bool
+    greedy_jax: list[int]
+    greedy_ref: list[int]
+    first_divergence: int | None  # step index, or None
+    divergence_is_tie: bool
+
+    @property
+    def ok(self) -> bool:
+        return (self.max_abs_diff <= self.tolerance and self.topk_ok
+                and (self.first_divergence is None or self.divergence_is_tie))
+
+
+def _torch_dtype(name: str):
+    import torch
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _swaps_are_ties(ref_row: np.ndarray, got: list[int], want: list[int], tol: float) -> bool:
+    """Where the orders differ, the reference must score the two ids within ``tol`` of each other."""
+    return all(a == b or abs(float(ref_row[a]) - float(ref_row[b])) <= tol for a, b in zip(got, want))
+
+
+def compare(engine: Engine, ref_model, prompts: list[str], *, steps: int = 8, top_k: int = 10,
+            ref_lowp=None) -> list[PromptParity]:
+    """Run both models on ``prompts``; ``ref_model`` is a float32 ``reference.GPT2`` holding the same weights."""
+    import torch
+    dev = next(ref_model.parameters()).device
+    rows = [tokenizer.encode(p) for p in prompts]
+    got = engine.last_logits(rows)  # (B, V) float32
+    out = []
+    for prompt, ids, row in zip(prompts, rows, got):
+        with torch.no_grad():
+            ref = ref_model(torch.tensor([ids], device=dev))[0, -1].float().cpu().numpy()
+            lowp_diff = None
+            if ref_lowp is not None:
+                lowp = ref_lowp(torch.tensor([ids], device=dev))[0, -1].float().cpu().numpy()
+                lowp_diff = float(np.max(np.abs(lowp - ref)))
+        scale = max(1.0, float(np.max(np.abs(ref))))
+        tol = FLOOR[engine.dtype_name] * scale + (3 * lowp_diff if lowp_diff is not None else 0.0)
+        diff = float(np.max(np.abs(row - ref))) if np.all(np.isfinite(row)) else float("inf")
+        tk_jax = [int(i) for i in np.argsort(-row, kind="stable")[:top_k]]
+        tk_ref = [int(i) for i in np.argsort(-ref, kind="stable")[:top_k]]
+        topk_ok = tk_jax == tk_ref or _swaps_are_ties(ref, tk_jax, tk_ref, 2 * tol)
+        # Greedy paths: jaxgpt through the engine (bucketed shapes), the oracle recomputing the full sequence.
+        g_jax, seq = [], list(ids)
+        for _ in range(steps):
+            if len(seq) >= engine.config.n_ctx:
+                break
+            seq.append(int(np.argmax(engine.last_logits([seq])[0])))
+            g_jax.append(seq[-1])
+        g_ref = ref_model.greedy(ids, len(g_jax))
+        div = next((i for i, (a, b) in enumerate(zip(g_jax, g_ref)) if a != b), None)
+        tie = False
+        if div is not None:
+            with torch.no_grad():
+                r = ref_model(torch.tensor([ids + g_ref[:div]], device=dev))[0, -1].float().cpu().numpy()
+            tie = abs(float(r[g_jax[div]]) - float(r[g_ref[div]])) <= 2 * tol
+        out.append(PromptParity(prompt, diff, tol, lowp_diff, tk_jax, tk_ref, topk_ok, g_jax, g_ref, div, tie))
+    return out
+
+
+def reference_model(cfg, state_dict: dict[str, np.ndarray], dtype: str = "float32", device: str = "cpu"):
+    """A ``reference.GPT2`` holding ``state_dict`` (float32 numpy, HF names)."""
+    from reference import GPT2, GPT2Config
+    rcfg = GPT2Config(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_ctx, cfg.vocab_size, cfg.layer_norm_epsilon)
+    return GPT2.from_state_dict(rcfg, state_dict, _torch_dtype(dtype)).to(device)
+
+
+def format_report(results: list[PromptParity], engine: Engine) -> str:
+    lines = []
+    for r in results:
+        verdict = "OK" if r.ok else "MISMATCH"
+        lowp = f", oracle {engine.dtype_name} vs float32 {r.ref_lowp_diff:.2e}" if r.ref_lowp_diff is not None else ""
+        lines.append(f"[{verdict}] {r.prompt!r}: max |Δlogit| {r.max_abs_diff:.3e} (tolerance {r.tolerance:.1e}"
+                     f"{lowp}); top-{len(r.topk_ref)} ids {'equal' if r.topk_jax == r.topk_ref else 'differ'}"
+                     f"{'' if r.topk_ok or r.topk_jax == r.topk_ref else ' beyond ties'}")
+        if r.greedy_jax:
+            lines.append(f"  {'step':>4}  {'jaxgpt':>22}  {'reference':>22}")
+            for i, (a, b) in enumerate(zip(r.greedy_jax, r.greedy_ref)):
+                mark = "" if a == b else ("  <- diverges (tie within tolerance)" if r.divergence_is_tie
+                                          else "  <- diverges")
+                lines.append(f"  {i:>4}  {a:>6} {tokenizer.decode_token(a)!r:>15}  "
+                             f"{b:>6} {tokenizer.decode_token(b)!r:>15}{mark}")
+                if a != b:
+                    break
+    return "\n".join(lines)

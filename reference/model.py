@@ -1,0 +1,181 @@
+"""GPT-2 in plain PyTorch, written from the paper's description and OpenAI's released model (HF layout).
+
+Deliberately straightforward: explicit attention with a materialised causal mask, float32 softmax, HF's Conv1D
+weight layout ``(in, out)``, the LM head tied to ``wte``. It shares no code with jaxgpt, so agreement means
+something.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_ctx: int = 1024
+    vocab_size: int = 50257
+    eps: float = 1e-5
+
+
+SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+         "gpt2-xl": (48, 25, 1600)}
+
+
+class Conv1D(nn.Module):
+    """y = x @ W + b with W stored (in, out), as OpenAI's and HF's GPT-2 checkpoints store it."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(*x.shape[:-1], -1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = Conv1D(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        hd = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hd).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(hd)  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        probs = scores.softmax(dim=-1).to(v.dtype)
+        y = (probs @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        # "gelu_new": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        h = 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h.pow(3))))
+        return self.c_proj(h)
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the parameter dtype."""
+
+    def forward(self, x):
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.ln_1 = LayerNorm32(cfg.n_embd, eps=cfg.eps)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = LayerNorm32(cfg.n_embd, eps=cfg.eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = LayerNorm32(cfg.n_embd, eps=cfg.eps)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> float32 logits (B, T, V)."""
+        T = ids.shape[1]
+        if T > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {T} tokens exceeds n_ctx={self.cfg.n_ctx}")
+        x = self.wte(ids) + self.wpe(torch.arange(T, device=ids.device))[None]
+        for block in self.h:
+            x = block(x)
+        x = self.ln_f(x)
+        return x.float() @ self.wte.weight.float().T
+
+    @torch.no_grad()
+    def greedy(self, ids: list[int], steps: int) -> list[int]:
+        """``steps`` greedy tokens after ``ids``, recomputing the whole sequence each step (no cache)."""
+        seq = list(ids)
+        dev = self.wte.weight.device
+        for _ in range(steps):
+            logits = self(torch.tensor([seq], device=dev))[0, -1]
+            seq.append(int(logits.argmax()))
+        return seq[len(ids):]
+
+    @classmethod
+    def from_state_dict(cls, cfg: GPT2Config, sd: dict, dtype=torch.float32) -> "GPT2":
+        model = cls(cfg)
+        tensors = {k: torch.as_tensor(v) for k, v in sd.items()}
+        model.load_state_dict(tensors, strict=True)
+        return model.to(dtype).eval()
+
+
+def _read(path: Path) -> dict:
+    if path.is_dir():
+        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+            if (path / name).exists():
+                return _read(path / name)
+        raise FileNotFoundError(f"no weights in {path}")
+    if path.name.endswith(".index.json"):
+        shards = set(json.loads(path.read_text())["weight_map"].values())
+        return {k: v for s in sorted(shards) for k, v in _read(path.parent / s).items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    return sd.get("model", sd) if isinstance(sd.get("model"), dict) else sd
+
+
+def load_gpt2(path: str | Path, cfg: GPT2Config | None = None, dtype=torch.float32) -> GPT2:
+    """Load an HF-layout or nanoGPT-layout (nn.Linear, ``transformer.`` prefix) GPT-2 checkpoint."""
+    path = Path(path)
+    sd = {}
+    for k, v in _read(path).items():
+        k = k.replace("_orig_mod.", "").replace("transformer.", "")
+        if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+            continue
+        sd[k] = v.float()
+    if cfg is None:
+        conf = (path if path.is_dir() else path.parent) / "config.json"
+        if conf.exists():
+            d = json.loads(conf.read_text())
+            cfg = GPT2Config(d["n_layer"], d["n_head"], d["n_embd"], d.get("n_positions", d.get("n_ctx", 1024)),
+                             d.get("vocab_size", 50257), d.get("layer_norm_epsilon", 1e-5))
+        else:
+            n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
+            vocab, c = sd["wte.weight"].shape
+            n_head = next(s[1] for s in SIZES.values() if s[0] == n_layer and s[2] == c)
+            cfg = GPT2Config(n_layer, n_head, c, sd["wpe.weight"].shape[0], vocab)
+    if sd["h.0.attn.c_attn.weight"].shape[0] == 3 * cfg.n_embd:  # nn.Linear layout: (out, in)
+        for k in list(sd):
+            if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                sd[k] = sd[k].T.contiguous()
+    return GPT2.from_state_dict(cfg, sd, dtype)
