@@ -78,7 +78,8 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         # weights_only=True: tensors and plain containers only, never pickled code.
         sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise WeightsError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(f"cannot read checkpoint {path}: {first}") from None
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # nanoGPT's ckpt.pt keeps the weights under "model"
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -246,13 +247,13 @@ def build_model(cfg: GPTConfig, state_dict: dict[str, np.ndarray], dtype=jnp.flo
     model = nnx.eval_shape(lambda: GPT(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     for name, value in state_dict.items():
         param = _param(model, name)
-        param.value = jnp.asarray(value, dtype=dtype)
+        param.set_value(jnp.asarray(value, dtype=dtype))
     return model
 
 
 def export_state_dict(model: GPT) -> dict[str, np.ndarray]:
     """The model's weights as float32 numpy arrays under HF names (Conv1D layout)."""
-    return {name: np.asarray(_param(model, name).value, dtype=np.float32)
+    return {name: np.asarray(_param(model, name).get_value(), dtype=np.float32)
             for name in expected_shapes(model.config)}
 
 

@@ -1,0 +1,42 @@
+"""Device-time measurement: CUPTI kernel time on a GPU (jax's Mosaic GPU profiler), wall clock on a CPU.
+
+CUPTI sums the GPU time of every kernel a call launches, so Python dispatch and launch gaps stay out of the
+number; the method string says which clock was used, and every table prints it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+
+METHOD_GPU = "CUPTI device time (jax.experimental.mosaic.gpu.profiler.measure), median of {n} after {w} warm-up"
+METHOD_CPU = "wall clock around block_until_ready (CPU), median of {n} after {w} warm-up"
+
+
+def device_time_ms(fn, *args, iterations: int = 20, warmup: int = 2) -> dict:
+    """Median/min/max milliseconds of ``fn(*args)`` (fn should be jitted or compiled)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    if jax.default_backend() == "gpu":
+        from jax.experimental.mosaic.gpu import profiler
+        _, times = profiler.measure(fn, iterations=iterations)(*args)
+        times = [t for t in times if t is not None]
+        method = METHOD_GPU.format(n=iterations, w=warmup)
+    else:
+        times = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append((time.perf_counter() - t0) * 1e3)
+        method = METHOD_CPU.format(n=iterations, w=warmup)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "method": method}
+
+
+def kernel_breakdown(fn, *args) -> list[tuple[str, float]]:
+    """Per-kernel device time (ms) of one call, largest first (GPU only)."""
+    from jax.experimental.mosaic.gpu import profiler
+    jax.block_until_ready(fn(*args))
+    _, per_kernel = profiler.measure(fn, aggregate=False)(*args)
+    return sorted(per_kernel, key=lambda kv: -kv[1])

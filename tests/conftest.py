@@ -1,0 +1,47 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxgpt import GPTConfig, random_state_dict, save_safetensors  # noqa: E402
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if ON_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# Small random-weight configs with the awkward features that matter: odd head counts (5, 25), widths that are
+# not powers of two, a single head, GPT-2's real width and head_dim.
+PARITY_CONFIGS = {
+    "h5_c80": GPTConfig(n_layer=2, n_head=5, n_embd=80, n_ctx=64, vocab_size=503),
+    "h25_c200": GPTConfig(n_layer=2, n_head=25, n_embd=200, n_ctx=32, vocab_size=300),
+    "h1_c48": GPTConfig(n_layer=1, n_head=1, n_embd=48, n_ctx=16, vocab_size=97),
+    "gpt2_width": GPTConfig(n_layer=1, n_head=12, n_embd=768, n_ctx=128, vocab_size=1024),
+}
+
+# Full GPT-2 vocabulary (so real prompts tokenize) on a tiny body: for CLI and predict tests.
+TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An HF-style model directory (model.safetensors + config.json) with random weights."""
+    d = tmp_path_factory.mktemp("tiny_ckpt")
+    save_safetensors(random_state_dict(TINY, seed=1), d, TINY)
+    return d
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
