@@ -50,8 +50,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, ops: Ops) -> jax.Array:
         B, T, C = x.shape
-        q, k, v = ops.qkv(x, self.c_attn.weight[...], self.c_attn.bias[...], n_head=self.n_head)  # 3 × (B, T, H, D)
-        y = ops.attention(q, k, v)  # (B, T, H, D), causal
+        qkv = ops.qkv(x, self.c_attn.weight[...], self.c_attn.bias[...], n_head=self.n_head)  # (B, T, 3, H, D)
+        y = ops.attention(qkv)  # (B, T, H, D), causal
         return ops.linear(y.reshape(B, T, C), self.c_proj.weight[...], self.c_proj.bias[...])  # (B, T, C)
 
 

@@ -51,15 +51,15 @@ class XlaOps:
         return (jnp.dot(x, w, precision=matmul_precision(x.dtype)) + b).astype(x.dtype)
 
     @classmethod
-    def qkv(cls, x: jax.Array, w: jax.Array, b: jax.Array, *, n_head: int):
-        """x (B, T, C) @ w (C, 3C) + b -> q, k, v each (B, T, H, D)."""
+    def qkv(cls, x: jax.Array, w: jax.Array, b: jax.Array, *, n_head: int) -> jax.Array:
+        """x (B, T, C) @ w (C, 3C) + b -> packed qkv (B, T, 3, H, D) (a free reshape of the matmul output)."""
         B, T, C = x.shape
-        y = cls.linear(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
-        return y[:, :, 0], y[:, :, 1], y[:, :, 2]
+        return cls.linear(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
 
     @staticmethod
-    def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        """Causal self-attention, q/k/v (B, T, H, D) -> (B, T, H, D)."""
+    def attention(qkv: jax.Array) -> jax.Array:
+        """Causal self-attention of packed qkv (B, T, 3, H, D) -> (B, T, H, D)."""
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D) each
         if q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu":
             return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
         return attention_reference(q, k, v)

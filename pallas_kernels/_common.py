@@ -1,0 +1,20 @@
+"""Helpers shared by the kernels: interpret-mode default, Triton compiler params, padding to powers of two."""
+
+from __future__ import annotations
+
+import jax
+from jax.experimental.pallas import triton as pltriton
+
+
+def default_interpret(interpret: bool | None) -> bool:
+    """Kernels compile for the GPU there; anywhere else they run in Pallas' interpreter (slow, exact)."""
+    return jax.default_backend() != "gpu" if interpret is None else interpret
+
+
+def compiler_params(num_warps: int, num_stages: int):
+    # Always explicit: jax 0.11 lowers a plain pallas_call through Triton, 0.10 would pick Mosaic GPU.
+    return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())

@@ -1,0 +1,90 @@
+"""Tiled matmul with a fused epilogue: ``act(x @ w + b)`` (Pallas, Triton lowering).
+
+Used for GPT-2's four projections: ``c_attn`` (the fused QKV projection: its ``(B·T, 3C)`` output *is* the
+``(B, T, 3, H, D)`` layout the attention kernel reads, a free reshape), ``c_fc`` with the GELU(tanh) epilogue,
+and both ``c_proj``. f32 accumulation; bias and activation applied in registers before the one store. M, N and K
+need not divide the blocks: loads and stores are masked (Pallas-Triton does not mask overhanging blocks).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels.tuning import MatmulConfig, lookup
+
+ACTIVATIONS = ("none", "gelu_tanh")
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    return 0.5 * x * (1.0 + jnp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+def _matmul_kernel(x_ref, w_ref, b_ref,  # inputs: (M, K), (K, N), (N,) — whole arrays, indexed here
+                   o_ref,  # output: (BM, BN) block
+                   *, m: int, n: int, k: int, bm: int, bn: int, bk: int, activation: str, precision):
+    i, j = pl.program_id(0), pl.program_id(1)
+    rows = i * bm + jnp.arange(bm)
+    cols = j * bn + jnp.arange(bn)
+
+    def body(kk, acc):
+        ks = kk * bk + jnp.arange(bk)
+        xm = (rows[:, None] < m) & (ks[None, :] < k)
+        wm = (ks[:, None] < k) & (cols[None, :] < n)
+        xt = pltriton.load(x_ref.at[pl.ds(i * bm, bm), pl.ds(kk * bk, bk)], mask=xm, other=0.0)  # (BM, BK)
+        wt = pltriton.load(w_ref.at[pl.ds(kk * bk, bk), pl.ds(j * bn, bn)], mask=wm, other=0.0)  # (BK, BN)
+        return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
+
+    acc = jax.lax.fori_loop(0, pl.cdiv(k, bk), body, jnp.zeros((bm, bn), jnp.float32))  # (BM, BN)
+    bias = pltriton.load(b_ref.at[pl.ds(j * bn, bn)], mask=cols < n, other=0.0).astype(jnp.float32)
+    acc = acc + bias[None, :]
+    if activation == "gelu_tanh":
+        acc = gelu_tanh(acc)
+    pltriton.store(o_ref, acc.astype(o_ref.dtype), mask=(rows[:, None] < m) & (cols[None, :] < n))
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "block_k", "num_warps",
+                                             "num_stages", "interpret"))
+def matmul(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "none", block_m: int | None = None,
+           block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
+           num_stages: int | None = None, interpret: bool | None = None) -> jax.Array:
+    """``act(x @ w + b)``: x (..., K), w (K, N), b (N,) -> (..., N) in x's dtype."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{activation=} must be one of {ACTIVATIONS}")
+    if w.ndim != 2 or x.shape[-1] != w.shape[0] or b.shape != (w.shape[1],):
+        raise ValueError(f"shapes do not fit x @ w + b: {x.shape=}, {w.shape=}, {b.shape=}")
+    lead, K, N = x.shape[:-1], w.shape[0], w.shape[1]
+    x2 = x.reshape(-1, K)  # (M, K)
+    M = x2.shape[0]
+    cfg = lookup(MatmulConfig, m=M, n=N, k=K, dtype=x.dtype)
+    bm, bn, bk = block_m or cfg.block_m, block_n or cfg.block_n, block_k or cfg.block_k
+    for name, v in (("block_m", bm), ("block_n", bn), ("block_k", bk)):
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v} must be a power of two >= 16")
+    precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    kernel = functools.partial(_matmul_kernel, m=M, n=N, k=K, bm=bm, bn=bn, bk=bk, activation=activation,
+                               precision=precision)
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((M, N), x.dtype),
+        grid=(pl.cdiv(M, bm), pl.cdiv(N, bn)),
+        in_specs=[pl.no_block_spec] * 3,
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        compiler_params=compiler_params(num_warps or cfg.num_warps, num_stages or cfg.num_stages),
+        interpret=default_interpret(interpret),
+        name=f"jaxgpt_matmul_{activation}",
+    )(x2, w, b)
+    return out.reshape(*lead, N)
+
+
+def matmul_reference(x, w, b, *, activation: str = "none"):
+    y = jnp.dot(x.astype(jnp.float32), w.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST) + b
+    if activation == "gelu_tanh":
+        y = gelu_tanh(y)
+    return y.astype(x.dtype)

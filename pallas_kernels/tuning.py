@@ -1,0 +1,151 @@
+"""Block-size configs per kernel: a frozen dataclass each, a commented heuristic, and a per-GPU table of winners.
+
+``lookup(Config, **shape)`` returns the tuned config for this GPU and shape from ``tuning_tables/<gpu>.json`` when
+there is one, else the heuristic. ``python -m pallas_kernels.autotune`` measures the candidates of each shape in
+device time on the GPU at hand and rewrites that table. Shapes are keyed with rows rounded up to a power of two, so
+one entry serves a bucket of sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+TABLES = Path(__file__).parent / "tuning_tables"
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormConfig:
+    block_rows: int = 1
+    num_warps: int = 4
+
+    def __post_init__(self):
+        if self.block_rows < 1 or self.block_rows & (self.block_rows - 1):
+            raise ValueError(f"{self.block_rows=} must be a power of two")
+
+    @staticmethod
+    def heuristic(rows: int, cols: int, dtype) -> "LayerNormConfig":
+        # Probe on the H100 (KERNELS.md §3): 1-2 rows a program with about 16 fp32 values a thread ran at
+        # 2.65-2.75 TB/s; 64-row blocks fell to 146 GB/s. So: one row, warps = padded width / 512, clamped to 1..8.
+        return LayerNormConfig(block_rows=1, num_warps=max(1, min(8, _pow2(cols) // 512)))
+
+    @staticmethod
+    def candidates(rows: int, cols: int, dtype):
+        return [LayerNormConfig(br, nw) for br in (1, 2, 4) for nw in (1, 2, 4, 8)]
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulConfig:
+    block_m: int = 64
+    block_n: int = 64
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @staticmethod
+    def heuristic(m: int, n: int, k: int, dtype) -> "MatmulConfig":
+        # Small M (decode, short prompts): Triton's dot needs >= 16 rows; wide N tiles keep the weight stream long.
+        if m <= 16:
+            return MatmulConfig(16, 128, 128, 4, 3)
+        if m <= 64:
+            return MatmulConfig(64, 64, 64, 4, 3)
+        # Large M: 128x128 tiles with 64-deep K, 8 warps, 3 stages (Triton's usual Hopper choice for bf16).
+        return MatmulConfig(128, 128, 64, 8, 3)
+
+    @staticmethod
+    def candidates(m: int, n: int, k: int, dtype):
+        out = []
+        for bm in (64, 128) if m > 64 else (16, 32, 64):
+            for bn in (64, 128, 256):
+                for bk in (32, 64, 128):
+                    for nw in (4, 8):
+                        for ns in (3, 4):
+                            if bm * bn >= 128 * 256 and nw == 4:
+                                continue
+                            out.append(MatmulConfig(bm, bn, bk, nw, ns))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    block_q: int = 64
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @staticmethod
+    def heuristic(seq: int, heads: int, head_dim: int, batch: int, dtype) -> "AttentionConfig":
+        # Short sequences: smaller query tiles give more programs to fill 132 SMs.
+        if seq <= 128:
+            return AttentionConfig(32, 32, 4, 2)
+        return AttentionConfig(128, 64, 8, 3)
+
+    @staticmethod
+    def candidates(seq: int, heads: int, head_dim: int, batch: int, dtype):
+        return [AttentionConfig(bq, bk, nw, ns) for bq in (64, 128) for bk in (32, 64, 128) for nw in (4, 8)
+                for ns in (2, 3) if bk <= max(32, _pow2(seq))]
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpConfig:
+    """Fused MLP (4C kept on chip): rows per program and the 4C chunk width."""
+    block_m: int = 16
+    block_h: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @staticmethod
+    def heuristic(m: int, c: int, dtype) -> "MlpConfig":
+        return MlpConfig(16, 64, 4 if _pow2(c) <= 1024 else 8, 2)
+
+    @staticmethod
+    def candidates(m: int, c: int, dtype):
+        return [MlpConfig(bm, bh, nw, ns) for bm in (16, 32) for bh in (32, 64) for nw in (4, 8) for ns in (1, 2)]
+
+
+def shape_key(**shape) -> str:
+    parts = []
+    for k, v in sorted(shape.items()):
+        if k in ("rows", "m"):
+            v = _pow2(v)
+        if k == "dtype":
+            v = jnp.dtype(v).name
+        parts.append(f"{k}={v}")
+    return ",".join(parts)
+
+
+def gpu_name() -> str | None:
+    try:
+        dev = jax.devices()[0]
+    except RuntimeError:
+        return None
+    if dev.platform != "gpu":
+        return None
+    kind = dev.device_kind.lower()
+    for short in ("h200", "h100", "a100", "l40s", "l4"):
+        if short in kind:
+            return short
+    return kind.replace(" ", "_")
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(name: str | None) -> dict:
+    if name is None:
+        return {}
+    path = TABLES / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def lookup(cls, **shape):
+    """Tuned config for this GPU and shape, else ``cls.heuristic(**shape)``."""
+    entry = load_table(gpu_name()).get(cls.__name__, {}).get(shape_key(**shape))
+    return cls(**entry) if entry else cls.heuristic(**shape)
