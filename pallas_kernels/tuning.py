@@ -63,16 +63,10 @@ class MatmulConfig:
 
     @staticmethod
     def candidates(m: int, n: int, k: int, dtype):
-        out = []
-        for bm in (64, 128) if m > 64 else (16, 32, 64):
-            for bn in (64, 128, 256):
-                for bk in (32, 64, 128):
-                    for nw in (4, 8):
-                        for ns in (3, 4):
-                            if bm * bn >= 128 * 256 and nw == 4:
-                                continue
-                            out.append(MatmulConfig(bm, bn, bk, nw, ns))
-        return out
+        tiles = [(128, 128), (128, 256), (64, 128), (128, 64), (64, 256)] if m > 64 else [(16, 64), (16, 128),
+                                                                                        (32, 64), (64, 64)]
+        return [MatmulConfig(bm, bn, bk, nw, ns) for bm, bn in tiles for bk in (64,) for nw in (4, 8)
+                for ns in (3, 4)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +85,8 @@ class AttentionConfig:
 
     @staticmethod
     def candidates(seq: int, heads: int, head_dim: int, batch: int, dtype):
-        return [AttentionConfig(bq, bk, nw, ns) for bq in (64, 128) for bk in (32, 64, 128) for nw in (4, 8)
-                for ns in (2, 3) if bk <= max(32, _pow2(seq))]
+        return [AttentionConfig(bq, bk, nw, ns) for bq in (32, 64, 128) for bk in (32, 64, 128) for nw in (4, 8)
+                for ns in (2, 3) if bk <= max(32, _pow2(seq)) and bq <= max(32, _pow2(seq))]
 
 
 @dataclasses.dataclass(frozen=True)
