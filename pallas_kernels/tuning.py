@@ -40,7 +40,7 @@ class LayerNormConfig:
 
     @staticmethod
     def candidates(rows: int, cols: int, dtype):
-        return [LayerNormConfig(br, nw) for br in (1, 2, 4) for nw in (1, 2, 4, 8)]
+        return [LayerNormConfig(br, nw) for br, nw in ((1, 2), (1, 4), (1, 8), (2, 4), (2, 8), (4, 8))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +63,9 @@ class MatmulConfig:
 
     @staticmethod
     def candidates(m: int, n: int, k: int, dtype):
-        tiles = [(128, 128), (128, 256), (64, 128), (128, 64), (64, 256)] if m > 64 else [(16, 64), (16, 128),
-                                                                                        (32, 64), (64, 64)]
-        return [MatmulConfig(bm, bn, bk, nw, ns) for bm, bn in tiles for bk in (64,) for nw in (4, 8)
-                for ns in (3, 4)]
+        tiles = [(128, 128), (128, 256), (64, 128)] if m > 64 else [(16, 64), (16, 128), (32, 64)]
+        return [MatmulConfig(bm, bn, 64, nw, 3) for bm, bn in tiles for nw in (4, 8)
+                if not (bm * bn >= 128 * 256 and nw == 4)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +84,8 @@ class AttentionConfig:
 
     @staticmethod
     def candidates(seq: int, heads: int, head_dim: int, batch: int, dtype):
-        return [AttentionConfig(bq, bk, nw, ns) for bq in (32, 64, 128) for bk in (32, 64, 128) for nw in (4, 8)
-                for ns in (2, 3) if bk <= max(32, _pow2(seq)) and bq <= max(32, _pow2(seq))]
+        return [AttentionConfig(bq, bk, nw, 3) for bq in (64, 128) for bk in (64, 128) for nw in (4, 8)
+                if bk <= max(32, _pow2(seq)) and bq <= max(32, _pow2(seq))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +98,15 @@ class MlpConfig:
 
     @staticmethod
     def heuristic(m: int, c: int, dtype) -> "MlpConfig":
-        return MlpConfig(16, 64, 4 if _pow2(c) <= 1024 else 8, 2)
+        # Shared memory holds a (Cp, block_h) slice of W_fc and a (block_h, Cp) slice of W_proj per stage:
+        # at C=1600 (Cp=2048) a 64-wide chunk is 2 x 256 KB in bf16, over the H100's 227 KB, so 32 and one stage.
+        if _pow2(c) >= 2048:
+            return MlpConfig(16, 16, 8, 1)
+        return MlpConfig(16, 32, 4, 1)
 
     @staticmethod
     def candidates(m: int, c: int, dtype):
-        return [MlpConfig(bm, bh, nw, ns) for bm in (16, 32) for bh in (32, 64) for nw in (4, 8) for ns in (1, 2)]
+        return [MlpConfig(16, 16, 4, 1), MlpConfig(16, 32, 4, 1), MlpConfig(16, 32, 8, 1), MlpConfig(32, 16, 8, 1)]
 
 
 def shape_key(**shape) -> str:
