@@ -117,6 +117,7 @@ def main(argv=None):
         table = {}
     for k, v in new.items():
         table.setdefault(k, {}).update(v)
+    tuning.TABLES.mkdir(exist_ok=True)
     with open(path, "w") as f:
         json.dump(table, f, indent=1, sort_keys=True)
     print(f"wrote {path}")

@@ -64,6 +64,9 @@ def fused_mlp(x, w_fc, b_fc, w_proj, b_proj, *, block_m: int | None = None, bloc
     if (4 * C) % bh or bh & (bh - 1) or bm & (bm - 1) or bm < 16:
         raise ValueError(f"{block_h=} must be a power of two dividing 4C={4 * C}; {block_m=} a power of two >= 16")
     cp = next_pow2(C)
+    if not fused_fits(C, x.dtype, bm, bh):
+        raise ValueError(f"fused MLP at C={C} with {block_m=}, {block_h=} needs {_smem_bytes(C, x.dtype, bm, bh)} "
+                         f"bytes of shared memory, over {SMEM_BUDGET}: use variant='two_pass' or smaller blocks")
     precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
     kernel = functools.partial(_fused_mlp_kernel, m=M, c=C, bm=bm, bh=bh, cp=cp, precision=precision)
     out = pl.pallas_call(
@@ -79,13 +82,31 @@ def fused_mlp(x, w_fc, b_fc, w_proj, b_proj, *, block_m: int | None = None, bloc
     return out.reshape(*lead, C)
 
 
+SMEM_BUDGET = 200 * 1024  # H100: 227 KB a block; leave room for Triton's own scratch
+
+
+def _smem_bytes(c: int, dtype, bm: int, bh: int) -> int:
+    cp = next_pow2(c)
+    return (bm * cp + 2 * cp * bh) * jnp.dtype(dtype).itemsize  # x block + one W_fc and one W_proj chunk
+
+
+def fused_fits(c: int, dtype, bm: int | None = None, bh: int | None = None) -> bool:
+    """Whether the fused variant's tiles fit shared memory (bm/bh None: the tuned or heuristic config)."""
+    if (4 * c) % 16:
+        return False
+    if bm is None or bh is None:
+        cfg = lookup(MlpConfig, m=1, c=c, dtype=dtype)
+        bm, bh = bm or cfg.block_m, bh or cfg.block_h
+    return _smem_bytes(c, dtype, bm, bh) <= SMEM_BUDGET
+
+
 def mlp(x, w_fc, b_fc, w_proj, b_proj, *, variant: str | None = None, interpret: bool | None = None):
     """GPT-2 MLP with the variant the tuning table picks for this shape (or the one named)."""
     M = x.size // x.shape[-1]
     variant = variant or mlp_variant(M, x.shape[-1], x.dtype)
     if variant not in VARIANTS:
         raise ValueError(f"{variant=} must be one of {VARIANTS}")
-    if variant == "fused" and (4 * x.shape[-1]) % 16 == 0:
+    if variant == "fused":
         return fused_mlp(x, w_fc, b_fc, w_proj, b_proj, interpret=interpret)
     return matmul(matmul(x, w_fc, b_fc, activation="gelu_tanh", interpret=interpret), w_proj, b_proj,
                   interpret=interpret)
@@ -94,7 +115,9 @@ def mlp(x, w_fc, b_fc, w_proj, b_proj, *, variant: str | None = None, interpret:
 def mlp_variant(m: int, c: int, dtype) -> str:
     from pallas_kernels.tuning import load_table, gpu_name, shape_key
     entry = load_table(gpu_name()).get("mlp_variant", {}).get(shape_key(m=m, c=c, dtype=dtype))
-    return entry or ("fused" if m <= 64 else "two_pass")
+    if entry:
+        return entry
+    return "fused" if m <= 64 and fused_fits(c, dtype) else "two_pass"
 
 
 def mlp_reference(x, w_fc, b_fc, w_proj, b_proj):
