@@ -173,3 +173,15 @@ def test_reference_cli_prints_the_same_table(tiny_checkpoint, capsys):
     d = json.loads(out)
     ref_ids = [int(l.split()[1]) for l in ref_out.splitlines()[2:12]]
     assert ref_ids == [c["id"] for c in d["top_k"]]
+
+
+def test_predict_pallas_backend_on_cpu(capsys, tiny_checkpoint):
+    """`--backend pallas --device cpu` runs the kernels in Pallas' interpreter and agrees with the XLA backend."""
+    code, out, err = run(capsys, "predict", "Dobby is", "--checkpoint", str(tiny_checkpoint), "--json",
+                         "--backend", "pallas", "--device", "cpu")
+    assert code == 0, err
+    _, ref, _ = run(capsys, "predict", "Dobby is", "--checkpoint", str(tiny_checkpoint), "--json")
+    got, want = json.loads(out), json.loads(ref)
+    assert got["backend"] == "pallas"
+    assert [c["id"] for c in got["top_k"]] == [c["id"] for c in want["top_k"]]
+    assert max(abs(a["logit"] - b["logit"]) for a, b in zip(got["top_k"], want["top_k"])) < 1e-4
