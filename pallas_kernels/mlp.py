@@ -21,7 +21,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import compiler_params, default_interpret, next_pow2
 from pallas_kernels.matmul import gelu_tanh, matmul
-from pallas_kernels.tuning import MlpConfig, lookup
+from pallas_kernels.tuning import MlpConfig, gpu_name, load_table, lookup, shape_key
 
 VARIANTS = ("fused", "two_pass")
 
@@ -113,7 +113,6 @@ def mlp(x, w_fc, b_fc, w_proj, b_proj, *, variant: str | None = None, interpret:
 
 
 def mlp_variant(m: int, c: int, dtype) -> str:
-    from pallas_kernels.tuning import load_table, gpu_name, shape_key
     entry = load_table(gpu_name()).get("mlp_variant", {}).get(shape_key(m=m, c=c, dtype=dtype))
     if entry:
         return entry
