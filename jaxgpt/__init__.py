@@ -4,11 +4,13 @@
 >>> engine = jaxgpt.load_model("gpt2")           # HF cache / hub, else random weights with a warning
 >>> p = jaxgpt.predict(engine, "Dobby is")
 >>> p.top_k[0].id, p.next_token.text
+>>> jaxgpt.generate(engine, ["Dobby is"], max_new_tokens=20)[0].text
 """
 
 from jaxgpt.config import PRESETS, GPTConfig
 from jaxgpt.engine import Engine, load_model, load_weights
 from jaxgpt.errors import JaxGPTError, UsageError
+from jaxgpt.generate import GenerateResult, Generation, generate
 from jaxgpt.model import GPT
 from jaxgpt.predict import Candidate, Prediction, predict
 from jaxgpt.tokenizer import decode, encode
@@ -16,6 +18,7 @@ from jaxgpt.weights import WeightsError, build_model, load_checkpoint, random_st
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights", "predict", "Prediction",
+__all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights", "predict", "Prediction", "generate", "Generation",
+           "GenerateResult",
            "Candidate", "encode", "decode", "build_model", "load_checkpoint", "random_state_dict",
            "save_safetensors", "JaxGPTError", "UsageError", "WeightsError"]

@@ -40,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="text to continue (several: one batch)")
     p.add_argument("--top-k", type=int, default=10, help="candidates to list (default 10)")
     _common(p)
+    p = sub.add_parser("generate", help="continue prompts token by token (KV cache, one compiled loop)")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="text to continue (several: one batch)")
+    p.add_argument("--batch-file", metavar="FILE", help="one prompt a line (blank lines skipped), all as one batch")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to add per prompt (default 50)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k best tokens (default 0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
+    p.add_argument("--stop", action="append", default=[], metavar="STRING",
+                   help="end a row at this string (repeatable); rows always end at <|endoftext|> unless "
+                        "--ignore-eos")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
+    p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
+    _common(p)
     p = sub.add_parser("parity", help="compare against the PyTorch reference on the same weights")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--steps", type=int, default=8, help="greedy steps to compare (default 8)")
@@ -90,6 +103,73 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _read_batch_file(path: str) -> list[str]:
+    from jaxgpt.errors import UsageError
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--batch-file {path}: cannot read it ({e.__class__.__name__}: "
+                         f"{getattr(e, 'strerror', None) or e})") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise UsageError(f"--batch-file {path}: no prompts in it (one prompt a line)")
+    return prompts
+
+
+def cmd_generate(args) -> int:
+    from jaxgpt.errors import UsageError
+    from jaxgpt.generate import generate
+    from jaxgpt.sampling import Sampling
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
+    Sampling(args.temperature, args.top_k, args.top_p)  # validates before the model loads
+    if args.batch_file and args.prompts:
+        raise UsageError("give prompts or --batch-file, not both")
+    prompts = _read_batch_file(args.batch_file) if args.batch_file else args.prompts
+    if not prompts:
+        raise UsageError("no prompt given: pass text or --batch-file FILE")
+    if any(p == "" for p in prompts):
+        raise UsageError("empty prompt: give some text to continue")
+    engine = _load(args)
+    live = len(prompts) == 1 and not args.json and not args.no_stream
+    started = []  # the prompt is written with the first streamed text: an error before it leaves stdout empty
+
+    def stream(row: int, text: str) -> None:
+        if not started:
+            sys.stdout.write(prompts[0])
+            started.append(True)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    out = generate(engine, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+                   stop_at_eos=not args.ignore_eos,
+                   stream=stream if live else None)
+    stats = {"new_tokens": out.new_tokens, "tokens_per_s": round(out.tokens_per_s, 2),
+             "prefill_ms": round(out.prefill_s * 1e3, 3), "decode_ms_per_step": round(out.decode_ms_per_step, 4),
+             "compile_s": round(engine.timings.compile_s, 3)}
+    if args.json:
+        print(json.dumps({**_describe(engine), "prompts": prompts, "prompt_ids": [r.prompt_ids for r in out],
+                          "ids": [r.ids for r in out], "text": [r.text for r in out],
+                          "finish_reason": [r.finish_reason for r in out], **stats,
+                          "sampling": {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                                       "seed": args.seed}}, ensure_ascii=False))
+    elif live:
+        print("" if started else prompts[0])
+    else:
+        for i, r in enumerate(out):
+            print(f"--- [{i}] {r.finish_reason}, {len(r.ids)} tokens")
+            print(r.prompt + r.text)
+    if args.verbose or (not args.json and not live):
+        print(f"[jaxgpt] {out.new_tokens} tokens in {(out.prefill_s + out.decode_s) * 1e3:.1f} ms "
+              f"({out.tokens_per_s:.1f} tokens/s; prefill {out.prefill_s * 1e3:.1f} ms, decode "
+              f"{out.decode_ms_per_step:.2f} ms/step)", file=sys.stderr)
+    if args.verbose:
+        _verbose(engine)
+    return 0
+
+
 def cmd_parity(args) -> int:
     from jaxgpt import parity
     from jaxgpt.engine import Engine, load_weights, resolve_device
@@ -131,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from jaxgpt.errors import JaxGPTError
     try:
-        return {"predict": cmd_predict, "parity": cmd_parity}[args.command](args)
+        return {"predict": cmd_predict, "generate": cmd_generate, "parity": cmd_parity}[args.command](args)
     except JaxGPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

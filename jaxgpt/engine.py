@@ -85,19 +85,27 @@ class Engine:
         self.graphdef, state = nnx.split(model)
         self.state = jax.device_put(state, self.device)
         self.timings = Timings()
-        self._compiled: dict[tuple[int, int], object] = {}
+        self._compiled: dict[tuple, object] = {}
+        self.hooks: dict[tuple, object] = {}  # host callbacks held by compiled generation loops
 
-    def compiled(self, batch: int, length: int):
-        key = (batch, length)
+    def aot(self, key: tuple, fn, *static, args: tuple, donate: tuple[int, ...] = ()):
+        """``fn(*static, state, *args)`` compiled ahead of time for the abstract ``args``, once per ``key``.
+
+        ``donate`` indexes ``args`` (0 is the first after ``state``); compile time goes to ``timings``.
+        """
         if key not in self._compiled:
             t0 = time.perf_counter()
-            ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-            last = jax.ShapeDtypeStruct((batch,), jnp.int32)
-            fn = jax.jit(functools.partial(_forward, self.graphdef, self.backend))
-            self._compiled[key] = fn.lower(self.state, ids, last).compile()
+            fn = jax.jit(functools.partial(fn, *static), donate_argnums=tuple(1 + d for d in donate))
+            self._compiled[key] = fn.lower(self.state, *args).compile()
             self.timings.compile_s += time.perf_counter() - t0
             self.timings.compiles += 1
         return self._compiled[key]
+
+    def compiled(self, batch: int, length: int):
+        """The forward for ``batch`` rows padded to ``length``: (state, ids (B, T), last (B,)) -> (B, V)."""
+        return self.aot(("forward", batch, length), _forward, self.graphdef, self.backend,
+                        args=(jax.ShapeDtypeStruct((batch, length), jnp.int32),
+                              jax.ShapeDtypeStruct((batch,), jnp.int32)))
 
     def check_ids(self, rows: list[list[int]]) -> None:
         if not rows:

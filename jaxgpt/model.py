@@ -5,6 +5,11 @@ attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f``; linear weights stored ``(in, ou
 is a near-identity map. Every tensor op goes through an ``ops`` backend (``jaxgpt.ops``): the model never imports
 a kernel, and one forward serves the XLA and Pallas backends alike.
 
+One forward serves three uses: a plain prefill (``__call__``, for prediction), a prefill that also writes every
+position's keys and values into a ``KVCache`` (``prefill``), and a one-token decode step that appends to the cache
+and attends over it (``decode``). The cache is an explicit pytree of per-layer ``(B, S, H, D)`` arrays, so a jitted
+caller can donate it and XLA updates it in place.
+
 The residual stream is carried as ``(residual, normed)``: each block adds its sublayer output to the residual and
 normalises it for the next sublayer in one ``ops.add_layer_norm`` call, so a fused residual+LayerNorm kernel can
 serve every LayerNorm in the network (the last one is ``ln_f``).
@@ -12,12 +17,38 @@ serve every LayerNorm in the network (the last one is ``ln_f``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxgpt.config import GPTConfig
 from jaxgpt.ops import Ops
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: ``k[i]``, ``v[i]`` are (B, S, H, D), S the cache length.
+
+    Row ``b``'s token at position ``p`` lives in slot ``p`` (rows are right-padded, so positions are the row's own);
+    slots at or past a row's current length hold stale values that attention masks out.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+    @classmethod
+    def zeros(cls, cfg: GPTConfig, batch: int, length: int, dtype) -> "KVCache":
+        shape = (batch, length, cfg.n_head, cfg.n_embd // cfg.n_head)  # (B, S, H, D)
+        return cls(tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)),
+                   tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)))
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[1]
+
+
+LayerKV = tuple[jax.Array, jax.Array] | None
 
 
 class LayerNorm(nnx.Module):
@@ -48,11 +79,25 @@ class Attention(nnx.Module):
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer) at init.
         self.c_proj = Linear(c, c, dtype=dtype, rngs=rngs, std=0.02 / (2 * cfg.n_layer) ** 0.5)
 
-    def __call__(self, x: jax.Array, ops: Ops) -> jax.Array:
+    def __call__(self, x: jax.Array, ops: Ops, kv: LayerKV = None,
+                 pos: jax.Array | None = None) -> tuple[jax.Array, LayerKV]:
+        """Causal self-attention. ``kv`` is this layer's cache: with ``pos`` None the T positions are written to
+        slots ``[0, T)`` (prefill); with ``pos`` (B,) the one new token (T = 1) goes to slot ``pos[b]`` and attends
+        to slots ``[0, pos[b]]`` (decode)."""
         B, T, C = x.shape
         qkv = ops.qkv(x, self.c_attn.weight[...], self.c_attn.bias[...], n_head=self.n_head)  # (B, T, 3, H, D)
-        y = ops.attention(qkv)  # (B, T, H, D), causal
-        return ops.linear(y.reshape(B, T, C), self.c_proj.weight[...], self.c_proj.bias[...])  # (B, T, C)
+        if pos is None:
+            y = ops.attention(qkv)  # (B, T, H, D), causal
+            if kv is not None:
+                kv = tuple(jax.lax.dynamic_update_slice(c, qkv[:, :, j].astype(c.dtype), (0, 0, 0, 0))
+                           for j, c in ((1, kv[0]), (2, kv[1])))  # slots [0, T) of (B, S, H, D)
+        else:
+            rows = jnp.arange(B)
+            k_cache = kv[0].at[rows, pos].set(qkv[:, 0, 1])  # (B, S, H, D), in place under donation
+            v_cache = kv[1].at[rows, pos].set(qkv[:, 0, 2])
+            y = ops.decode_attention(qkv[:, 0, 0], k_cache, v_cache, pos + 1)[:, None]  # (B, 1, H, D)
+            kv = (k_cache, v_cache)
+        return ops.linear(y.reshape(B, T, C), self.c_proj.weight[...], self.c_proj.bias[...]), kv  # (B, T, C)
 
 
 class MLP(nnx.Module):
@@ -74,12 +119,13 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, dtype=dtype, eps=eps)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, residual: jax.Array, normed: jax.Array, next_ln: LayerNorm, ops: Ops):
-        """``normed`` is ``ln_1(residual)``; returns ``(residual', next_ln(residual'))``."""
-        a = self.attn(normed, ops)  # (B, T, C)
+    def __call__(self, residual: jax.Array, normed: jax.Array, next_ln: LayerNorm, ops: Ops,
+                 kv: LayerKV = None, pos: jax.Array | None = None):
+        """``normed`` is ``ln_1(residual)``; returns ``(residual', next_ln(residual'), kv')``."""
+        a, kv = self.attn(normed, ops, kv, pos)  # (B, T, C)
         residual, normed = _add_ln(ops, a, residual, self.ln_2)  # residual += attn; normed = ln_2(residual)
         m = self.mlp(normed, ops)  # (B, T, C)
-        return _add_ln(ops, m, residual, next_ln)  # residual += mlp; normed = next_ln(residual)
+        return *_add_ln(ops, m, residual, next_ln), kv  # residual += mlp; normed = next_ln(residual)
 
 
 def _add_ln(ops: Ops, x, residual, ln: LayerNorm):
@@ -96,22 +142,44 @@ class GPT(nnx.Module):
         self.h = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, dtype=dtype, eps=cfg.layer_norm_epsilon)
 
-    def hidden_states(self, ids: jax.Array, ops: Ops) -> jax.Array:
-        """Final hidden states ``ln_f(h_L)`` for every position: ids (B, T) -> (B, T, C)."""
+    def hidden_states(self, ids: jax.Array, ops: Ops, cache: KVCache | None = None,
+                      pos: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Final hidden states ``ln_f(h_L)`` for every position and the updated cache: ids (B, T) -> (B, T, C).
+
+        ``pos`` None: the T tokens sit at positions ``0..T-1`` (prefill; written to ``cache`` if one is given).
+        ``pos`` (B,): one token per row (T = 1) at position ``pos[b]``, attending over ``cache`` (decode).
+        """
         B, T = ids.shape
-        wte = self.wte.weight[...]
-        x = wte[ids] + self.wpe.weight[...][:T][None]  # (B, T, C)
+        wte, wpe = self.wte.weight[...], self.wpe.weight[...]
+        x = wte[ids] + (wpe[:T][None] if pos is None else wpe[pos][:, None])  # (B, T, C)
         lns = [blk.ln_1 for blk in self.h] + [self.ln_f]
         residual, normed = x, ops.layer_norm(x, lns[0].weight[...], lns[0].bias[...], eps=lns[0].eps)
+        ks, vs = [], []
         for i, blk in enumerate(self.h):
-            residual, normed = blk(residual, normed, lns[i + 1], ops)
-        return normed  # (B, T, C), = ln_f(residual)
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            residual, normed, kv = blk(residual, normed, lns[i + 1], ops, kv, pos)
+            if kv is not None:
+                ks.append(kv[0])
+                vs.append(kv[1])
+        return normed, (None if cache is None else KVCache(tuple(ks), tuple(vs)))  # (B, T, C), = ln_f(residual)
+
+    def _logits_at(self, h: jax.Array, last: jax.Array, ops: Ops) -> jax.Array:
+        h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # (B, C)
+        return ops.lm_head(h_last, self.wte.weight[...])  # (B, V) float32
 
     def __call__(self, ids: jax.Array, last: jax.Array, ops: Ops) -> jax.Array:
         """Float32 logits at position ``last[b]`` of each row: ids (B, T), last (B,) -> (B, V).
 
         Rows may be right-padded past ``last``: attention is causal, so padding never reaches real positions.
         """
-        h = self.hidden_states(ids, ops)  # (B, T, C)
-        h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # (B, C)
-        return ops.lm_head(h_last, self.wte.weight[...])  # (B, V) float32
+        return self._logits_at(self.hidden_states(ids, ops)[0], last, ops)
+
+    def prefill(self, ids: jax.Array, last: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
+        """Like ``__call__``, and writes the keys and values of positions ``0..T-1`` into ``cache`` (S >= T)."""
+        h, cache = self.hidden_states(ids, ops, cache)  # (B, T, C)
+        return self._logits_at(h, last, ops), cache
+
+    def decode(self, tok: jax.Array, pos: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
+        """One step: token ``tok[b]`` (B,) at position ``pos[b]`` -> float32 logits (B, V) and the cache with it."""
+        h, cache = self.hidden_states(tok[:, None], ops, cache, pos)  # (B, 1, C)
+        return ops.lm_head(h[:, 0], self.wte.weight[...]), cache  # (B, V) float32

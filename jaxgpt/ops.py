@@ -1,7 +1,7 @@
 """The op registry: the only switch between backends.
 
-The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.attention``, ``ops.linear``,
-``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA fuses what it can; attention goes to
+The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.attention``,
+``ops.decode_attention``, ``ops.linear``, ``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA fuses what it can; attention goes to
 cuDNN for bf16/f16 on a GPU). Other backends subclass it and override the ops they have kernels for, so any op
 without a kernel falls back to the jnp version.
 
@@ -64,6 +64,11 @@ class XlaOps:
             return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
         return attention_reference(q, k, v)
 
+    @staticmethod
+    def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:
+        """One query per row against the cache: q (B, H, D), k/v (B, S, H, D), keys ``< lengths[b]`` -> (B, H, D)."""
+        return decode_attention_reference(q, k, v, lengths)
+
     @classmethod
     def mlp(cls, x, w_fc, b_fc, w_proj, b_proj):
         return cls.linear(gelu_tanh(cls.linear(x, w_fc, b_fc)), w_proj, b_proj)
@@ -91,6 +96,21 @@ def attention_reference(q, k, v, *, kv_lengths=None):
     o = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, precision=matmul_precision(q.dtype),
                    preferred_element_type=jnp.float32)
     return o.astype(q.dtype)
+
+
+def decode_attention_reference(q, k, v, lengths):
+    """softmax(q·Kᵀ/√D)·V over the first ``lengths[b]`` cache slots, float32 logits and softmax.
+
+    q (B, H, D), k/v (B, S, H, D), lengths (B,) -> (B, H, D).
+    """
+    B, S, H, D = k.shape
+    s = jnp.einsum("bhd,bshd->bhs", q, k, precision=matmul_precision(q.dtype),
+                   preferred_element_type=jnp.float32) / math.sqrt(D)  # (B, H, S)
+    s = jnp.where(jnp.arange(S)[None, None, :] < lengths[:, None, None], s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)  # (B, H, S)
+    o = jnp.einsum("bhs,bshd->bhd", p.astype(v.dtype), v, precision=matmul_precision(q.dtype),
+                   preferred_element_type=jnp.float32)
+    return o.astype(q.dtype)  # (B, H, D)
 
 
 Ops = type[XlaOps]

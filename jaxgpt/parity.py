@@ -55,8 +55,15 @@ def compare(engine: Engine, ref_model, prompts: list[str], *, steps: int = 8, to
     dev = next(ref_model.parameters()).device
     rows = [tokenizer.encode(p) for p in prompts]
     got = engine.last_logits(rows)  # (B, V) float32
+    greedy = [[] for _ in prompts]
+    if steps:
+        from jaxgpt.generate import generate
+        n = min(steps, engine.config.n_ctx - max(map(len, rows)))
+        if n > 0:
+            gen = generate(engine, rows, max_new_tokens=n, stop_at_eos=False)
+            greedy = [g.ids for g in gen]
     out = []
-    for prompt, ids, row in zip(prompts, rows, got):
+    for prompt, ids, row, g_jax in zip(prompts, rows, got, greedy):
         with torch.no_grad():
             ref = ref_model(torch.tensor([ids], device=dev))[0, -1].float().cpu().numpy()
             lowp_diff = None
@@ -69,13 +76,8 @@ def compare(engine: Engine, ref_model, prompts: list[str], *, steps: int = 8, to
         tk_jax = [int(i) for i in np.argsort(-row, kind="stable")[:top_k]]
         tk_ref = [int(i) for i in np.argsort(-ref, kind="stable")[:top_k]]
         topk_ok = tk_jax == tk_ref or _swaps_are_ties(ref, tk_jax, tk_ref, 2 * tol)
-        # Greedy paths: jaxgpt through the engine (bucketed shapes), the oracle recomputing the full sequence.
-        g_jax, seq = [], list(ids)
-        for _ in range(steps):
-            if len(seq) >= engine.config.n_ctx:
-                break
-            seq.append(int(np.argmax(engine.last_logits([seq])[0])))
-            g_jax.append(seq[-1])
+        # Greedy paths: jaxgpt through the KV-cache generation loop (``greedy``), the oracle recomputing the
+        # full sequence each step.
         g_ref = ref_model.greedy(ids, len(g_jax))
         div = next((i for i, (a, b) in enumerate(zip(g_jax, g_ref)) if a != b), None)
         tie = False

@@ -109,6 +109,28 @@ class MlpConfig:
         return [MlpConfig(16, 16, 4, 1), MlpConfig(16, 32, 4, 1), MlpConfig(16, 32, 8, 1), MlpConfig(32, 16, 8, 1)]
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeAttentionConfig:
+    """Flash-decoding: keys per loop step and how many programs share one (row, head)'s cache."""
+    block_k: int = 64
+    num_splits: int = 8
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @staticmethod
+    def heuristic(batch: int, heads: int, cache: int, head_dim: int, dtype) -> "DecodeAttentionConfig":
+        # One query per (row, head) is too little work to fill 132 SMs at batch 1-8: split the cache so that
+        # B·H·splits is about two programs per SM, with at least one key block per split.
+        bk = min(64, max(16, _pow2(cache)))
+        splits = max(1, min(cache // bk, _pow2(max(1, 264 // (batch * heads)))))
+        return DecodeAttentionConfig(bk, splits, 4, 2)
+
+    @staticmethod
+    def candidates(batch: int, heads: int, cache: int, head_dim: int, dtype):
+        return [DecodeAttentionConfig(bk, sp, nw, 2) for bk in (32, 64, 128) for sp in (1, 4, 8, 16, 32)
+                for nw in (2, 4) if bk * sp <= max(bk, cache)]
+
+
 def shape_key(**shape) -> str:
     parts = []
     for k, v in sorted(shape.items()):

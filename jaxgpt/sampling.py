@@ -1,0 +1,72 @@
+"""Choosing the next token from float32 logits: greedy, or temperature / top-k / top-p sampling.
+
+The settings are traced scalars, not static arguments, so one compiled decode loop serves every setting; greedy
+(``temperature == 0``) takes a ``lax.cond`` branch that never sorts the vocabulary. Randomness comes only from
+the ``jax.random`` key the caller folds per step, so a seed gives the same tokens on every run and platform
+(up to logits that differ across devices by rounding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxgpt.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1.0 switch those filters off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not (self.temperature >= 0.0) or self.temperature == float("inf"):
+            raise UsageError(f"temperature {self.temperature} must be a finite number >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise UsageError(f"top-k {self.top_k} must be >= 0 (0 = off)")
+        if not (0.0 < self.top_p <= 1.0):
+            raise UsageError(f"top-p {self.top_p} must be in (0, 1] (1 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def arrays(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return (jnp.float32(self.temperature), jnp.int32(self.top_k), jnp.float32(self.top_p))
+
+
+def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Scaled logits with everything outside the top-k and the top-p nucleus set to -inf: (B, V) -> (B, V).
+
+    The nucleus is the smallest set of best tokens whose probability reaches ``top_p`` (the best token always
+    stays); ties at a threshold are kept.
+    """
+    V = logits.shape[-1]
+    x = logits.astype(jnp.float32) / temperature  # (B, V)
+    srt = -jnp.sort(-x, axis=-1)  # (B, V), best first
+    kth = jnp.where(top_k > 0, srt[:, jnp.clip(top_k, 1, V) - 1], -jnp.inf)  # (B,)
+    srt = jnp.where(srt >= kth[:, None], srt, -jnp.inf)
+    probs = jax.nn.softmax(srt, axis=-1)  # (B, V)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly better tokens
+    keep = (before < top_p) | (jnp.arange(V) == 0)[None]
+    p_min = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1)  # (B,) the worst token kept by top-p
+    return jnp.where(x >= jnp.maximum(kth, p_min)[:, None], x, -jnp.inf)
+
+
+def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
+           top_p: jax.Array) -> jax.Array:
+    """Next token per row: (B, V) float32 logits -> (B,) int32."""
+
+    def greedy(_):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sampled(_):
+        x = filter_logits(logits, temperature, top_k, top_p)
+        return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature <= 0.0, greedy, sampled, None)

@@ -1,0 +1,123 @@
+"""Decode attention, "flash-decoding": one new query per (row, head) against the KV cache (Pallas, Triton lowering).
+
+Generation reads the whole cache every step with a single query, so a (row, head) program alone leaves most of
+the GPU idle at batch 1-8. The cache axis is split over ``num_splits`` programs; each runs an online softmax over
+its slice (float32 statistics, base 2) and writes its partial output and log-sum-exp; a small jnp step merges the
+splits. Only slots ``< lengths[b]`` count: the loop of each program stops at the row's length, so splits past it
+do no work. With one query row there is no matrix product to feed the tensor cores: scores and the weighted sum
+are vector reductions, and the kernel is bound by reading K and V.
+
+Layouts: q (B, H, D), cache k/v (B, S, H, D) (the model's cache layout; slot ``s`` of head ``h`` is one contiguous
+D-vector), lengths (B,) int32 -> (B, H, D).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels.tuning import DecodeAttentionConfig, lookup
+
+LOG2E = 1.4426950408889634
+_NEG = -1e30  # finite "minus infinity": an empty split keeps exp2(s - m) = 0 instead of NaN
+
+
+def _decode_kernel(q_ref,  # (B, H, D) whole array
+                   k_ref, v_ref,  # (B, S, H, D) whole arrays
+                   len_ref,  # (B,) int32
+                   o_ref,  # (B, H, splits, D) float32: each split's normalised output
+                   lse_ref,  # (B, H, splits, D) float32: each split's log2-sum-exp, broadcast over D
+                   *, bk: int, chunk: int, scale: float):
+    b, h, sp = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    q = pltriton.load(q_ref.at[b, h, :]).astype(jnp.float32) * (scale * LOG2E)  # (D,)
+    length = len_ref[b]
+    lo = sp * chunk
+    hi = jnp.minimum(lo + chunk, length)  # this split's keys: [lo, hi)
+
+    def step(j, carry):
+        acc, m, l = carry
+        k_pos = lo + j * bk + jnp.arange(bk)  # (BK,)
+        ok = k_pos < hi
+        k = pltriton.load(k_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
+        v = pltriton.load(v_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
+        s = jnp.sum(k.astype(jnp.float32) * q[None, :], axis=1)  # (BK,)
+        s = jnp.where(ok, s, _NEG)
+        m_new = jnp.maximum(m, jnp.max(s))
+        p = jnp.exp2(s - m_new)  # (BK,)
+        alpha = jnp.exp2(m - m_new)
+        l = l * alpha + jnp.sum(p)
+        acc = acc * alpha + jnp.sum(p[:, None] * v.astype(jnp.float32), axis=0)  # (D,)
+        return acc, m_new, l
+
+    D = q.shape[0]
+    n = pl.cdiv(jnp.maximum(hi - lo, 0), bk)
+    acc, m, l = jax.lax.fori_loop(0, n, step, (jnp.zeros((D,), jnp.float32), jnp.float32(_NEG), jnp.float32(0.0)))
+    nonempty = l > 0.0
+    out = acc / jnp.where(nonempty, l, 1.0)
+    lse = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, l, 1.0)), _NEG)
+    pltriton.store(o_ref.at[b, h, sp, :], out)
+    pltriton.store(lse_ref.at[b, h, sp, :], jnp.full((D,), lse, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("block_k", "num_splits", "num_warps", "num_stages", "interpret"))
+def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, *, block_k: int | None = None,
+                     num_splits: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                     interpret: bool | None = None) -> jax.Array:
+    """softmax(q·Kᵀ/√D)·V over the first ``lengths[b]`` cache slots: q (B, H, D), k/v (B, S, H, D) -> (B, H, D).
+
+    Rows with ``lengths[b] == 0`` give zeros; lengths past S are clipped to S.
+    """
+    if q.ndim != 3 or k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"{q.shape=} must be (B, H, D) and {k.shape=}, {v.shape=} equal (B, S, H, D)")
+    B, S, H, D = k.shape
+    if q.shape != (B, H, D):
+        raise ValueError(f"{q.shape=} must be (B, H, D) = {(B, H, D)} to match the cache {k.shape}")
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head_dim {D=} must be a power of two >= 16")
+    if lengths.shape != (B,):
+        raise ValueError(f"{lengths.shape=} must be ({B},)")
+    cfg = lookup(DecodeAttentionConfig, batch=B, heads=H, cache=S, head_dim=D, dtype=k.dtype)
+    bk, splits = block_k or cfg.block_k, num_splits or cfg.num_splits
+    if bk < 16 or bk & (bk - 1):
+        raise ValueError(f"block_k={bk} must be a power of two >= 16")
+    if splits < 1:
+        raise ValueError(f"num_splits={splits} must be >= 1")
+    chunk = pl.cdiv(pl.cdiv(S, splits), bk) * bk  # keys per split, a whole number of blocks
+    splits = pl.cdiv(S, chunk)
+    kernel = functools.partial(_decode_kernel, bk=bk, chunk=chunk, scale=1.0 / math.sqrt(D))
+    part = jax.ShapeDtypeStruct((B, H, splits, D), jnp.float32)
+    o, lse = pl.pallas_call(
+        kernel,
+        out_shape=(part, part),
+        grid=(B, H, splits),
+        in_specs=[pl.no_block_spec] * 4,
+        out_specs=(pl.no_block_spec, pl.no_block_spec),
+        compiler_params=compiler_params(num_warps or cfg.num_warps, num_stages or cfg.num_stages),
+        interpret=default_interpret(interpret),
+        name="jaxgpt_decode_attention",
+    )(q, k, v, jnp.minimum(lengths.astype(jnp.int32), S))
+    return _combine(o, lse[..., 0]).astype(q.dtype)
+
+
+def _combine(o: jax.Array, lse: jax.Array) -> jax.Array:
+    """Merge split outputs: o (B, H, splits, D), lse (B, H, splits) in log2 -> (B, H, D) float32."""
+    w = jnp.exp2(lse - jnp.max(lse, axis=-1, keepdims=True))  # (B, H, splits); empty splits weigh 0
+    w = jnp.where(lse > _NEG / 2, w, 0.0)
+    return jnp.sum(o * w[..., None], axis=2) / jnp.maximum(jnp.sum(w, axis=-1), 1e-30)[..., None]
+
+
+def decode_attention_reference(q, k, v, lengths):
+    """Pure jnp in float32: (B, H, D), (B, S, H, D) x2, (B,) -> (B, H, D); rows with no key give zeros."""
+    B, S, H, D = k.shape
+    s = jnp.einsum("bhd,bshd->bhs", q.astype(jnp.float32), k.astype(jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST) / math.sqrt(D)
+    s = jnp.where(jnp.arange(S)[None, None, :] < lengths[:, None, None], s, -jnp.inf)
+    p = jnp.nan_to_num(jax.nn.softmax(s, axis=-1))
+    o = jnp.einsum("bhs,bshd->bhd", p, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    return o.astype(q.dtype)
