@@ -185,3 +185,56 @@ def test_predict_pallas_backend_on_cpu(capsys, tiny_checkpoint):
     assert got["backend"] == "pallas"
     assert [c["id"] for c in got["top_k"]] == [c["id"] for c in want["top_k"]]
     assert max(abs(a["logit"] - b["logit"]) for a, b in zip(got["top_k"], want["top_k"])) < 1e-4
+
+
+def test_generate_streams_the_prompt_and_its_continuation(capsys, tiny_checkpoint):
+    code, out, err = run(capsys, "generate", "Dobby is", "--checkpoint", str(tiny_checkpoint),
+                         "--max-new-tokens", "6", "--ignore-eos")
+    assert code == 0, err
+    assert out.startswith("Dobby is") and out.endswith("\n") and len(out) > len("Dobby is\n")
+
+
+def test_generate_json_and_batch_file_in_input_order(capsys, tmp_path, tiny_checkpoint):
+    prompts = ["The cat sat on", "", "Dobby is", "Hello"]
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(prompts) + "\n")
+    code, out, err = run(capsys, "generate", "--batch-file", str(f), "--checkpoint", str(tiny_checkpoint),
+                         "--max-new-tokens", "5", "--json", "--ignore-eos")
+    assert code == 0, err
+    d = json.loads(out)
+    want = [p for p in prompts if p]
+    assert d["prompts"] == want and len(d["ids"]) == 3 and all(len(i) == 5 for i in d["ids"])
+    assert all(isinstance(t, int) for i in d["ids"] for t in i)
+    assert d["tokens_per_s"] > 0 and d["finish_reason"] == ["length"] * 3
+    # The batch's rows are what each prompt gives alone.
+    for p, ids in zip(want, d["ids"]):
+        code, out, _ = run(capsys, "generate", p, "--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "5",
+                           "--json", "--ignore-eos")
+        assert json.loads(out)["ids"] == [ids]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--max-new-tokens", "0"], "max-new-tokens"),
+    (["--max-new-tokens", "70"], "past the context"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "1.5"], "top-p"),
+    (["--top-k", "-2"], "top-k"),
+    (["--batch-file", "/nonexistent/prompts.txt"], "cannot read"),
+])
+def test_generate_bad_input_is_one_line_exit_2(capsys, tiny_checkpoint, extra, needle):
+    argv = ["generate"] + ([] if "--batch-file" in extra else ["Dobby is"]) + extra
+    code = main(argv + ["--checkpoint", str(tiny_checkpoint)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error:") and needle in err, err
+
+
+@pytest.mark.parametrize("content,needle", [("\n  \n", "no prompts"), (b"\xff\xfe\x00bad", "cannot read")])
+def test_generate_bad_batch_file(capsys, tmp_path, tiny_checkpoint, content, needle):
+    f = tmp_path / "p.txt"
+    f.write_bytes(content.encode() if isinstance(content, str) else content)
+    code = main(["generate", "--batch-file", str(f), "--checkpoint", str(tiny_checkpoint)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and needle in err and err.count("\n") == 1, err
+    code = main(["generate", "x", "--batch-file", str(f), "--checkpoint", str(tiny_checkpoint)])
+    assert code == 2 and "not both" in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""Generation: the KV-cache loop against the PyTorch reference's full-recompute greedy, batches, stops, sampling."""
+
+import numpy as np
+import pytest
+
+from jaxgpt import GPTConfig, random_state_dict
+from jaxgpt.engine import Engine
+from jaxgpt.errors import UsageError
+from jaxgpt.generate import EOS_ID, generate
+from jaxgpt.parity import reference_model
+from tests.conftest import TINY
+
+GEN_CONFIGS = {
+    "h5_c80": GPTConfig(n_layer=2, n_head=5, n_embd=80, n_ctx=64, vocab_size=503),
+    "h25_c200": GPTConfig(n_layer=2, n_head=25, n_embd=200, n_ctx=128, vocab_size=300),
+    "h1_c64": GPTConfig(n_layer=3, n_head=1, n_embd=64, n_ctx=100, vocab_size=97),
+}
+
+
+def _prompts(cfg, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+@pytest.mark.parametrize("name", list(GEN_CONFIGS))
+def test_greedy_40_tokens_equal_the_reference(name, backend):
+    cfg = GEN_CONFIGS[name]
+    if backend == "pallas" and name == "h25_c200":
+        pytest.skip("covered on the XLA backend; the Pallas interpreter is slow at 25 heads")
+    sd = random_state_dict(cfg, seed=7)
+    engine = Engine(cfg, sd, backend=backend)
+    rows = _prompts(cfg, (1, 5, 17))
+    out = generate(engine, rows, max_new_tokens=40, stop_at_eos=False)
+    ref = reference_model(cfg, sd)
+    for row, gen in zip(rows, out):
+        assert gen.finish_reason == "length" and len(gen.ids) == 40
+        assert gen.ids == ref.greedy(row, 40)
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+def test_each_row_of_a_mixed_batch_equals_the_prompt_alone(backend):
+    cfg = GEN_CONFIGS["h5_c80"]
+    engine = Engine(cfg, random_state_dict(cfg, seed=2), backend=backend)
+    rows = _prompts(cfg, (9, 1, 30), seed=4)  # 3 rows: padded to a batch of 4
+    batch = generate(engine, rows, max_new_tokens=20, stop_at_eos=False)
+    for row, gen in zip(rows, batch):
+        assert generate(engine, [row], max_new_tokens=20, stop_at_eos=False)[0].ids == gen.ids
+
+
+def test_same_buckets_do_not_recompile():
+    engine = Engine(TINY, random_state_dict(TINY, seed=1))
+    generate(engine, ["Dobby is"], max_new_tokens=5)
+    n = engine.timings.compiles
+    generate(engine, ["Dobby is a house"], max_new_tokens=3)  # 5 + 3 tokens: the same buckets (8, 8)
+    assert engine.timings.compiles == n
+    generate(engine, ["a", "b"], max_new_tokens=5)  # a new batch bucket
+    assert engine.timings.compiles == n + 2
+
+
+def _eos_engine():
+    """ln_f outputs its bias alone and wte[EOS] points along it: EOS wins every step."""
+    sd = random_state_dict(TINY, seed=3)
+    sd["ln_f.weight"] = np.zeros_like(sd["ln_f.weight"])
+    sd["ln_f.bias"] = np.ones_like(sd["ln_f.bias"])
+    sd["wte.weight"][EOS_ID] = 1.0
+    return Engine(TINY, sd)
+
+
+def test_stops_at_endoftext_unless_told_not_to():
+    engine = _eos_engine()
+    out = generate(engine, ["Dobby is", "Hello"], max_new_tokens=10)
+    assert [(g.ids, g.text, g.finish_reason) for g in out] == [([], "", "eos")] * 2
+    assert out.decode_steps == 0  # every row done after the prefill: the loop never ran
+    out = generate(engine, ["Dobby is"], max_new_tokens=4, stop_at_eos=False)
+    assert out[0].ids == [EOS_ID] * 4 and out[0].finish_reason == "length"
+
+
+def test_stop_string_cuts_the_text_and_streaming_matches():
+    engine = Engine(TINY, random_state_dict(TINY, seed=5))
+    full = generate(engine, ["Dobby is"], max_new_tokens=12, stop_at_eos=False)[0]
+    stop = full.text[len(full.text) // 2:][:3]
+    pieces = []
+    cut = generate(engine, ["Dobby is"], max_new_tokens=12, stop_at_eos=False, stop=[stop],
+                   stream=lambda r, t: pieces.append(t))[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[:full.text.find(stop)] and stop not in cut.text
+    assert "".join(pieces) == cut.text
+    assert full.ids[:len(cut.ids)] == cut.ids
+
+
+def test_streamed_pieces_add_up_to_the_text():
+    engine = Engine(TINY, random_state_dict(TINY, seed=6))
+    seen = {0: [], 1: []}
+    out = generate(engine, ["Dobby is", "The cat sat"], max_new_tokens=15, stop_at_eos=False,
+                   stream=lambda r, t: seen[r].append(t))
+    assert ["".join(seen[r]) for r in (0, 1)] == [g.text for g in out]
+
+
+def test_sampling_is_reproducible_and_seeded():
+    engine = Engine(TINY, random_state_dict(TINY, seed=8))
+    kw = dict(max_new_tokens=16, temperature=1.0, top_k=100, top_p=0.95, stop_at_eos=False)
+    a = generate(engine, ["Dobby is"], seed=1, **kw)[0].ids
+    assert generate(engine, ["Dobby is"], seed=1, **kw)[0].ids == a
+    assert generate(engine, ["Dobby is"], seed=2, **kw)[0].ids != a
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"max_new_tokens": 0}, "max-new-tokens"),
+    ({"max_new_tokens": 64}, "past the context"),
+    ({"prompts": [""]}, "empty prompt"),
+    ({"prompts": []}, "no prompts"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_p": 2.0}, "top-p"),
+])
+def test_bad_arguments(kw, needle):
+    engine = Engine(TINY, random_state_dict(TINY, seed=1))
+    kw = {"prompts": ["Dobby is"], "max_new_tokens": 4, **kw}
+    with pytest.raises(UsageError, match=needle):
+        generate(engine, kw.pop("prompts"), **kw)
