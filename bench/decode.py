@@ -1,0 +1,201 @@
+"""Decode speed: ms per generated token through ``jaxgpt.generate``'s compiled loop, against HF transformers.
+
+    python -m bench.decode --model gpt2,gpt2-xl --backend xla,pallas --batch 1,8 [--tokens 256] [--hf] [--out F]
+
+Method: random weights, a 16-token random prompt, greedy, EOS ignored; the decode loop (one compiled
+``lax.while_loop`` over ``tokens - 1`` steps, the KV cache donated) is timed by wall clock around
+``block_until_ready`` after a warm-up run, median of ``--reps``; ms/token = loop time / steps (the prefill is
+timed apart). That is the number a user waits for, launch gaps included. Beside it, CUPTI device time of one
+jitted decode step with its per-kernel breakdown shows how much of the step is kernel time. Achieved bandwidth counts
+the bytes a step must read (every weight once, the LM head included, plus the K/V cache up to the mean length) over
+the measured copy bandwidth of the same GPU in the same process.
+HF transformers (``--hf``): ``GPT2LMHeadModel`` from the same config, random weights, ``generate`` greedy with
+``min_new_tokens = max_new_tokens``, eager, and ``torch.compile`` with a static cache where it compiles; timed by
+wall clock with ``torch.cuda.synchronize``, (total - prefill-only run) / steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bench.timing import device_time_ms, kernel_breakdown
+from jaxgpt import GPTConfig, random_state_dict
+from jaxgpt.engine import Engine, bucket_length
+from jaxgpt.generate import _compiled
+from jaxgpt.model import KVCache
+from jaxgpt.ops import get_ops
+
+PROMPT = 16
+
+
+def copy_bandwidth_gbs() -> float:
+    x = jnp.ones((65536, 4096), jnp.bfloat16)
+    t = device_time_ms(jax.jit(lambda a: a * 2), x)
+    return 2 * x.size * 2 / (t["median_ms"] * 1e-3) / 1e9
+
+
+def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int) -> float:
+    kv = 2 * cfg.n_layer * batch * mean_len * cfg.n_embd * itemsize
+    return (cfg.num_params - cfg.n_ctx * cfg.n_embd) * itemsize + kv
+
+
+def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int) -> dict:
+    cfg = GPTConfig.from_name(model)
+    engine = Engine(cfg, random_state_dict(cfg, seed=0), dtype=dtype, backend=backend)
+    P = bucket_length(PROMPT, cfg.n_ctx)
+    S = bucket_length(PROMPT + tokens, cfg.n_ctx)
+    t0 = time.perf_counter()
+    pre, dec, _ = _compiled(engine, batch, P, S, False)
+    compile_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    put = lambda a: jax.device_put(a, engine.device)  # noqa: E731
+    ids = np.zeros((batch, P), np.int32)
+    ids[:, :PROMPT] = rng.integers(0, cfg.vocab_size, (batch, PROMPT))
+    lengths = put(np.full((batch,), PROMPT, np.int32))
+    ids, done, key = put(ids), put(np.zeros((batch,), bool)), put(jax.random.key(0))
+    params = [put(np.float32(0.0)), put(np.int32(0)), put(np.float32(1.0))]
+    n, eos = put(np.int32(tokens)), put(np.int32(-1))
+    pre_ms, dec_ms, steps, finite = [], [], 0, True
+    for r in range(reps + 1):
+        t0 = time.perf_counter()
+        tok, cache = pre(engine.state, ids, lengths, key, *params)
+        jax.block_until_ready(tok)
+        t1 = time.perf_counter()
+        out, steps, cache = dec(engine.state, cache, tok, lengths, done, n, key, eos, *params)
+        jax.block_until_ready(out)
+        t2 = time.perf_counter()
+        if r:  # the first run warms up
+            pre_ms.append((t1 - t0) * 1e3)
+            dec_ms.append((t2 - t1) * 1e3)
+    out = np.asarray(out)
+    finite = bool((out[:, :tokens] >= 0).all())
+    steps = int(steps) - 1
+    ms_tok = statistics.median(dec_ms) / steps
+    row = {"impl": f"jaxgpt-{backend}", "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
+           "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
+           "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
+           "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize)}
+    # One decode step as its own jitted function (no donation): CUPTI kernel time and where it goes.
+    def one_step(state, tok, pos, cache):
+        m = nnx.merge(engine.graphdef, state)
+        return m.decode(tok, pos, cache, get_ops(backend))
+
+    step = jax.jit(one_step)
+    cache = jax.tree.map(lambda a: put(np.asarray(rng.standard_normal(a.shape), np.float32).astype(a.dtype)),
+                         jax.eval_shape(lambda: KVCache.zeros(cfg, batch, S, engine.dtype)))
+    sargs = (engine.state, put(np.ones((batch,), np.int32)), put(np.full((batch,), S // 2, np.int32)), cache)
+    t = device_time_ms(step, *sargs, iterations=20)
+    row["step_kernel_ms"] = t["median_ms"]
+    if breakdown and jax.default_backend() == "gpu":
+        ks = kernel_breakdown(step, *sargs)
+        row["kernel_count"] = len(ks)
+        row["kernels"] = ks[:breakdown]
+    return row
+
+
+def hf_case(model: str, dtype: str, batch: int, tokens: int, reps: int, compiled: bool) -> dict:
+    import torch
+    import transformers
+    cfg = GPTConfig.from_name(model)
+    hcfg = transformers.GPT2Config(**cfg.to_hf_dict())
+    tdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(hcfg).to("cuda", tdtype).eval()
+    ids = torch.randint(0, cfg.vocab_size, (batch, PROMPT), device="cuda")
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
+    if compiled:
+        m.generation_config.cache_implementation = "static"
+        m.forward = torch.compile(m.forward, mode="reduce-overhead", fullgraph=True)
+
+    def timed(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            m.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+
+    t0 = time.perf_counter()
+    timed(tokens), timed(1)
+    warm_s = time.perf_counter() - t0
+    full = statistics.median(timed(tokens) for _ in range(reps))
+    one = statistics.median(timed(1) for _ in range(reps))
+    ms_tok = (full - one) / (tokens - 1)
+    return {"impl": "hf-torch.compile" if compiled else "hf-eager", "model": model, "dtype": dtype, "batch": batch,
+            "tokens": tokens, "prefill_ms": one, "ms_per_token": ms_tok, "tokens_per_s": batch / ms_tok * 1e3,
+            "compile_s": warm_s, "torch": torch.__version__, "transformers": transformers.__version__,
+            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, torch.finfo(tdtype).bits // 8)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2,gpt2-xl")
+    ap.add_argument("--backend", default="xla,pallas")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--hf", default="", help="comma list of eager,compile: HF transformers peers")
+    ap.add_argument("--hf-tokens", type=int, default=64, help="tokens for the HF peers (eager is slow)")
+    ap.add_argument("--breakdown", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    on_gpu = jax.default_backend() == "gpu"
+    bw = copy_bandwidth_gbs() if on_gpu else None
+    rows = []
+    for model in args.model.split(","):
+        for batch in map(int, args.batch.split(",")):
+            for backend in args.backend.split(","):
+                try:
+                    rows.append(jax_case(model, backend, args.dtype, batch, args.tokens, args.reps, args.breakdown))
+                except Exception as e:  # noqa: BLE001 - a failing case is reported, the others still run
+                    rows.append({"impl": f"jaxgpt-{backend}", "model": model, "batch": batch, "error": repr(e)[:300]})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "kernels"}), flush=True)
+            for kind in filter(None, args.hf.split(",")):
+                try:
+                    rows.append(hf_case(model, args.dtype, batch, args.hf_tokens, args.reps, kind == "compile"))
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"impl": f"hf-{kind}", "model": model, "batch": batch, "error": repr(e)[:300]})
+                print(json.dumps(rows[-1]), flush=True)
+    for r in rows:
+        if bw and "ms_per_token" in r:
+            r["bandwidth_gbs"] = r["bytes_per_step"] / (r["ms_per_token"] * 1e-3) / 1e9
+            r["pct_copy_bw"] = 100 * r["bandwidth_gbs"] / bw
+            r["weight_limit_ms"] = r["bytes_per_step"] / (bw * 1e9) * 1e3
+    dev = jax.devices()[0].device_kind
+    print(f"\ndecode, {args.dtype}, greedy, {args.tokens} tokens after a {PROMPT}-token prompt, on {dev}"
+          + (f"; copy bandwidth {bw:.0f} GB/s" if bw else ""))
+    print(f"{'model':<8} {'B':>2} {'impl':<18} {'ms/token':>9} {'tok/s':>8} {'%copyBW':>7} {'limit ms':>8} "
+          f"{'step kern ms':>12} {'#kern':>5} {'prefill ms':>10} {'compile s':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:<8} {r['batch']:>2} {r['impl']:<18} ERROR {r['error'][:100]}")
+            continue
+        print(f"{r['model']:<8} {r['batch']:>2} {r['impl']:<18} {r['ms_per_token']:9.3f} {r['tokens_per_s']:8.0f} "
+              f"{r.get('pct_copy_bw', float('nan')):7.1f} {r.get('weight_limit_ms', float('nan')):8.3f} "
+              f"{r.get('step_kernel_ms', float('nan')):12.3f} {r.get('kernel_count', 0):5d} {r['prefill_ms']:10.2f} "
+              f"{r['compile_s']:9.1f}")
+    print("jaxgpt: wall clock of the compiled decode loop / steps (median of reps); step kern = CUPTI device time "
+          "of one jitted decode step; HF: wall clock with cuda synchronize, (generate(N) - generate(1)) / (N-1).")
+    if args.breakdown:
+        for r in rows:
+            if r.get("kernels"):
+                print(f"\n{r['model']} B{r['batch']} {r['impl']}: top kernels of one step (us)")
+                for name, ms in r["kernels"]:
+                    print(f"  {ms * 1e3:8.1f}  {name[:100]}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": dev, "jax": jax.__version__, "copy_gbs": bw, "date": time.strftime("%Y-%m-%d"),
+                       "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
