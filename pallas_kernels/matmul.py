@@ -49,12 +49,60 @@ def _matmul_kernel(x_ref, w_ref, b_ref,  # inputs: (M, K), (K, N), (N,) — whol
     pltriton.store(o_ref, acc.astype(o_ref.dtype), mask=(rows[:, None] < m) & (cols[None, :] < n))
 
 
+def _splitk_kernel(x_ref, w_ref,  # (M, K), (K, N) whole arrays
+                   o_ref,  # (splits, M, N) float32 partial products, whole array
+                   *, m: int, n: int, k: int, bm: int, bn: int, bk: int, chunk: int, precision):
+    j, s = pl.program_id(0), pl.program_id(1)
+    rows = jnp.arange(bm)
+    cols = j * bn + jnp.arange(bn)
+    lo = s * chunk
+
+    def body(kk, acc):
+        ks = lo + kk * bk + jnp.arange(bk)
+        xt = pltriton.load(x_ref.at[pl.ds(0, bm), pl.ds(lo + kk * bk, bk)],
+                           mask=(rows[:, None] < m) & (ks[None, :] < k), other=0.0)  # (BM, BK)
+        wt = pltriton.load(w_ref.at[pl.ds(lo + kk * bk, bk), pl.ds(j * bn, bn)],
+                           mask=(ks[:, None] < k) & (cols[None, :] < n), other=0.0)  # (BK, BN)
+        return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
+
+    n_k = pl.cdiv(jnp.minimum(chunk, k - lo), bk)
+    acc = jax.lax.fori_loop(0, n_k, body, jnp.zeros((bm, bn), jnp.float32))  # (BM, BN)
+    pltriton.store(o_ref.at[s, pl.ds(0, bm), pl.ds(j * bn, bn)], acc,
+                   mask=(rows[:, None] < m) & (cols[None, :] < n))
+
+
+def _split_k_matmul(x2, w, b, *, activation, bm, bn, bk, split, num_warps, num_stages, precision, interpret):
+    """Small M (decode): programs over (N blocks, K chunks) write float32 partials; XLA fuses sum+bias+act."""
+    M, K = x2.shape
+    N = w.shape[1]
+    chunk = pl.cdiv(pl.cdiv(K, split), bk) * bk
+    split = pl.cdiv(K, chunk)
+    kernel = functools.partial(_splitk_kernel, m=M, n=N, k=K, bm=bm, bn=bn, bk=bk, chunk=chunk,
+                               precision=precision)
+    part = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((split, M, N), jnp.float32),
+        grid=(pl.cdiv(N, bn), split),
+        in_specs=[pl.no_block_spec] * 2,
+        out_specs=pl.no_block_spec,
+        compiler_params=compiler_params(num_warps, num_stages),
+        interpret=default_interpret(interpret),
+        name="jaxgpt_matmul_split_k",
+    )(x2, w)
+    y = part.sum(0) + b.astype(jnp.float32)  # (M, N)
+    return (gelu_tanh(y) if activation == "gelu_tanh" else y).astype(x2.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "block_k", "num_warps",
-                                             "num_stages", "interpret"))
+                                             "num_stages", "split_k", "interpret"))
 def matmul(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "none", block_m: int | None = None,
            block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
-           num_stages: int | None = None, interpret: bool | None = None) -> jax.Array:
-    """``act(x @ w + b)``: x (..., K), w (K, N), b (N,) -> (..., N) in x's dtype."""
+           num_stages: int | None = None, split_k: int | None = None, interpret: bool | None = None) -> jax.Array:
+    """``act(x @ w + b)``: x (..., K), w (K, N), b (N,) -> (..., N) in x's dtype.
+
+    ``split_k`` > 1 (the tuned choice for decode-sized M <= block_m) also splits K over programs; their float32
+    partials are summed, biased and activated by one fused XLA epilogue.
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"{activation=} must be one of {ACTIVATIONS}")
     if w.ndim != 2 or x.shape[-1] != w.shape[0] or b.shape != (w.shape[1],):
@@ -68,6 +116,15 @@ def matmul(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "none"
         if v < 16 or v & (v - 1):
             raise ValueError(f"{name}={v} must be a power of two >= 16")
     precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    split = split_k or cfg.split_k
+    if split < 1:
+        raise ValueError(f"split_k={split} must be >= 1")
+    if split > 1:
+        if M > bm:
+            raise ValueError(f"split_k={split} needs M={M} <= block_m={bm}")
+        return _split_k_matmul(x2, w, b, activation=activation, bm=bm, bn=bn, bk=bk, split=split,
+                               num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
+                               precision=precision, interpret=interpret).reshape(*lead, N)
     kernel = functools.partial(_matmul_kernel, m=M, n=N, k=K, bm=bm, bn=bn, bk=bk, activation=activation,
                                precision=precision)
     out = pl.pallas_call(

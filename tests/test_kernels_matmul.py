@@ -7,7 +7,8 @@ from tests.kernel_base import DTYPES, ON_GPU, check, rand
 # (M, K, N): decode-sized M, odd M/N tails, GPT-2 QKV and fc shapes (gpt2-xl's N=4800 is not a multiple of 128).
 SHAPES = [(1, 64, 192), (37, 80, 240), (130, 96, 200), (16, 768, 2304)]
 if ON_GPU:
-    SHAPES += [(8192, 768, 2304), (8192, 768, 3072), (8192, 3072, 768), (1000, 1600, 4800), (8, 1600, 6400)]
+    SHAPES += [(8192, 768, 2304), (8192, 768, 3072), (8192, 3072, 768), (1000, 1600, 4800), (8, 1600, 6400),
+               (1, 1600, 4800), (1, 6400, 1600), (8, 3072, 768), (2, 768, 50257)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -27,6 +28,18 @@ def test_blocks_overhang_every_dimension(bm, bn, bk):
     x, w, b = rand(rng, (3, 29, 72), "float32"), rand(rng, (72, 100), "float32"), rand(rng, (100,), "float32")
     got = matmul(x, w, b, block_m=bm, block_n=bn, block_k=bk)
     check(got, matmul_reference(x, w, b), "float32", 72, "overhang")
+
+
+@pytest.mark.parametrize("m,split", [(1, 2), (3, 5), (16, 3), (8, 64)])
+def test_split_k_for_decode_sized_m(m, split):
+    """Decode shapes: programs split K and write float32 partials; ragged K chunks and N tails included."""
+    rng = np.random.default_rng(m * split)
+    x, w, b = rand(rng, (m, 200), "float32"), rand(rng, (200, 90), "float32"), rand(rng, (90,), "float32")
+    for act in ("none", "gelu_tanh"):
+        got = matmul(x, w, b, activation=act, block_n=32, block_k=32, split_k=split)
+        check(got, matmul_reference(x, w, b, activation=act), "float32", 200, f"split{split}")
+    with pytest.raises(ValueError, match="split_k"):
+        matmul(rand(rng, (17, 200), "float32"), w, b, block_m=16, split_k=2)
 
 
 def test_validation():
