@@ -92,11 +92,8 @@ class Attention(nnx.Module):
                 kv = tuple(jax.lax.dynamic_update_slice(c, qkv[:, :, j].astype(c.dtype), (0, 0, 0, 0))
                            for j, c in ((1, kv[0]), (2, kv[1])))  # slots [0, T) of (B, S, H, D)
         else:
-            rows = jnp.arange(B)
-            k_cache = kv[0].at[rows, pos].set(qkv[:, 0, 1])  # (B, S, H, D), in place under donation
-            v_cache = kv[1].at[rows, pos].set(qkv[:, 0, 2])
-            y = ops.decode_attention(qkv[:, 0, 0], k_cache, v_cache, pos + 1)[:, None]  # (B, 1, H, D)
-            kv = (k_cache, v_cache)
+            y, k_cache, v_cache = ops.decode_attention(qkv, kv[0], kv[1], pos)  # (B, H, D); caches (B, S, H, D)
+            y, kv = y[:, None], (k_cache, v_cache)  # (B, 1, H, D)
         return ops.linear(y.reshape(B, T, C), self.c_proj.weight[...], self.c_proj.bias[...]), kv  # (B, T, C)
 
 

@@ -5,6 +5,10 @@ The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.a
 cuDNN for bf16/f16 on a GPU). Other backends subclass it and override the ops they have kernels for, so any op
 without a kernel falls back to the jnp version.
 
+A backend may hand a value of its own between two of its ops (the Pallas backend's decode step passes a matmul's
+unfinished split-K partials to the next kernel, which finishes them): the model passes op outputs along untouched
+and never looks inside them except for the arrays ``qkv`` and ``attention`` document.
+
 Precision contract: LayerNorm statistics and softmax run in float32; matmuls take the compute dtype and accumulate
 in float32 (float32 models use ``Precision.HIGHEST`` so a GPU does not silently drop to TF32); logits are float32.
 """
@@ -65,9 +69,16 @@ class XlaOps:
         return attention_reference(q, k, v)
 
     @staticmethod
-    def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:
-        """One query per row against the cache: q (B, H, D), k/v (B, S, H, D), keys ``< lengths[b]`` -> (B, H, D)."""
-        return decode_attention_reference(q, k, v, lengths)
+    def decode_attention(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, pos: jax.Array):
+        """A decode step's attention: qkv (B, 1, 3, H, D) of the new tokens, caches (B, S, H, D), pos (B,).
+
+        Writes row b's key/value to slot ``pos[b]`` and attends over slots ``0..pos[b]``: returns
+        ``(out (B, H, D), k_cache, v_cache)``.
+        """
+        rows = jnp.arange(qkv.shape[0])
+        k_cache = k_cache.at[rows, pos].set(qkv[:, 0, 1])  # in place when the caller donates or carries it
+        v_cache = v_cache.at[rows, pos].set(qkv[:, 0, 2])
+        return decode_attention_reference(qkv[:, 0, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
 
     @classmethod
     def mlp(cls, x, w_fc, b_fc, w_proj, b_proj):

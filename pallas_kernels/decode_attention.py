@@ -22,6 +22,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels.partials import SplitK, finish
 from pallas_kernels.tuning import DecodeAttentionConfig, lookup
 
 LOG2E = 1.4426950408889634
@@ -103,6 +104,118 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Arra
         name="jaxgpt_decode_attention",
     )(q, k, v, jnp.minimum(lengths.astype(jnp.int32), S))
     return _combine(o, lse[..., 0]).astype(q.dtype)
+
+
+def _append_kernel(p_ref,  # (P, B, 3C) float32 split-K partials of the c_attn projection of the new tokens
+                   pb_ref,  # (3C,) c_attn bias
+                   kc_ref, vc_ref,  # (B, S, H, D) caches (aliased to kc_out/vc_out)
+                   pos_ref,  # (B,) int32: the slot of each row's new token
+                   o_ref, lse_ref,  # (B, H, splits, D) float32 each
+                   kc_out, vc_out,  # the caches, updated in place at slot pos
+                   *, heads: int, bk: int, chunk: int, scale: float, dtype):
+    b, h, sp = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    D = kc_ref.shape[-1]
+    C = heads * D
+
+    def finished(off):  # (D,) columns [off, off + D) of the projection, finished and rounded like a store
+        acc = jnp.zeros((D,), jnp.float32)
+        for p in range(p_ref.shape[0]):
+            acc += pltriton.load(p_ref.at[jnp.int32(p), b, pl.ds(off, D)])
+        return finish(acc, pltriton.load(pb_ref.at[pl.ds(off, D)]), "none", dtype)
+
+    q = finished(h * D).astype(jnp.float32) * (scale * LOG2E)  # (D,)
+    k_new, v_new = finished(C + h * D), finished(2 * C + h * D)  # (D,) each, cache dtype
+    pos = pos_ref[b]
+    first = jnp.broadcast_to(sp == 0, (D,))
+    # The new token's key and value go to slot pos (split 0 writes them) and count here straight from registers;
+    # the cache loop reads only slots before pos, so no program reads a slot another one writes.
+    pltriton.store(kc_out.at[b, pos, h, :], k_new.astype(kc_out.dtype), mask=first)
+    pltriton.store(vc_out.at[b, pos, h, :], v_new.astype(vc_out.dtype), mask=first)
+    s_new = jnp.sum(q * k_new.astype(jnp.float32))
+    carry = (jnp.where(first, v_new.astype(jnp.float32), 0.0), jnp.where(sp == 0, s_new, _NEG),
+             jnp.where(sp == 0, 1.0, 0.0).astype(jnp.float32))
+    lo = sp * chunk
+    hi = jnp.minimum(lo + chunk, pos)
+
+    def step(j, carry):
+        acc, m, l = carry
+        k_pos = lo + j * bk + jnp.arange(bk)  # (BK,)
+        ok = k_pos < hi
+        k = pltriton.load(kc_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
+        v = pltriton.load(vc_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
+        s = jnp.where(ok, jnp.sum(k.astype(jnp.float32) * q[None, :], axis=1), _NEG)  # (BK,)
+        m_new = jnp.maximum(m, jnp.max(s))
+        p = jnp.exp2(s - m_new)
+        alpha = jnp.exp2(m - m_new)
+        return (acc * alpha + jnp.sum(p[:, None] * v.astype(jnp.float32), axis=0), m_new,
+                l * alpha + jnp.sum(p))
+
+    acc, m, l = jax.lax.fori_loop(0, pl.cdiv(jnp.maximum(hi - lo, 0), bk), step, carry)
+    nonempty = l > 0.0
+    pltriton.store(o_ref.at[b, h, sp, :], acc / jnp.where(nonempty, l, 1.0))
+    lse = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, l, 1.0)), _NEG)
+    pltriton.store(lse_ref.at[b, h, sp, :], jnp.full((D,), lse, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("block_k", "num_splits", "num_warps", "num_stages", "interpret"))
+def decode_attention_append(qkv: "SplitK | jax.Array", k_cache: jax.Array, v_cache: jax.Array, pos: jax.Array, *,
+                            block_k: int | None = None, num_splits: int | None = None,
+                            num_warps: int | None = None, num_stages: int | None = None,
+                            interpret: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One decode step's attention in one kernel: finish the QKV projection, append K/V, attend.
+
+    qkv: the new tokens' c_attn output, (B, 3, H, D) / (B, 1, 3, H, D), or its ``SplitK`` partials (P, B, 3C) with
+    the bias still to add (the kernel adds it). Row ``b``'s key and value are written to cache slot ``pos[b]`` and its
+    query attends to slots ``0..pos[b]``. The caches are aliased to the outputs: inside a jitted loop that carries
+    (or donates) them, the update is in place; called alone, XLA copies them first.
+    Returns ``(out (B, H, D), k_cache, v_cache)``.
+    """
+    if k_cache.ndim != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"{k_cache.shape=} and {v_cache.shape=} must be equal (B, S, H, D)")
+    B, S, H, D = k_cache.shape
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head_dim {D=} must be a power of two >= 16")
+    if pos.shape != (B,):
+        raise ValueError(f"{pos.shape=} must be ({B},)")
+    if isinstance(qkv, SplitK):
+        parts, bias, dtype = qkv.parts, qkv.bias, qkv.dtype
+    else:
+        parts = qkv.reshape(1, B, 3 * H * D).astype(jnp.float32)
+        bias, dtype = jnp.zeros((3 * H * D,), jnp.float32), qkv.dtype
+    if parts.shape[1:] != (B, 3 * H * D):
+        raise ValueError(f"qkv partials {parts.shape} must be (P, {B}, {3 * H * D}) for the cache {k_cache.shape}")
+    cfg = lookup(DecodeAttentionConfig, batch=B, heads=H, cache=S, head_dim=D, dtype=k_cache.dtype)
+    bk, splits = block_k or cfg.block_k, num_splits or cfg.num_splits
+    if bk < 16 or bk & (bk - 1):
+        raise ValueError(f"block_k={bk} must be a power of two >= 16")
+    chunk = pl.cdiv(pl.cdiv(S, max(splits, 1)), bk) * bk
+    splits = pl.cdiv(S, chunk)
+    kernel = functools.partial(_append_kernel, heads=H, bk=bk, chunk=chunk, scale=1.0 / math.sqrt(D),
+                               dtype=jnp.dtype(dtype))
+    part = jax.ShapeDtypeStruct((B, H, splits, D), jnp.float32)
+    o, lse, k_cache, v_cache = pl.pallas_call(
+        kernel,
+        out_shape=(part, part, jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
+                   jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype)),
+        grid=(B, H, splits),
+        in_specs=[pl.no_block_spec] * 5,
+        out_specs=[pl.no_block_spec] * 4,
+        input_output_aliases={2: 2, 3: 3},
+        compiler_params=compiler_params(num_warps or cfg.num_warps, num_stages or cfg.num_stages),
+        interpret=default_interpret(interpret),
+        name="jaxgpt_decode_attention_append",
+    )(parts, bias, k_cache, v_cache, jnp.clip(pos.astype(jnp.int32), 0, S - 1))
+    return _combine(o, lse[..., 0]).astype(dtype), k_cache, v_cache
+
+
+def decode_attention_append_reference(qkv, k_cache, v_cache, pos):
+    """Pure jnp: qkv (B, 3, H, D) appended at slot pos[b], then attention over slots 0..pos[b]."""
+    B = k_cache.shape[0]
+    qkv = qkv.reshape(B, 3, *k_cache.shape[2:])
+    rows = jnp.arange(B)
+    k_cache = k_cache.at[rows, pos].set(qkv[:, 1].astype(k_cache.dtype))
+    v_cache = v_cache.at[rows, pos].set(qkv[:, 2].astype(v_cache.dtype))
+    return decode_attention_reference(qkv[:, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
 
 
 def _combine(o: jax.Array, lse: jax.Array) -> jax.Array:

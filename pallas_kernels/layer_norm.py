@@ -19,6 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import compiler_params, default_interpret, next_pow2
+from pallas_kernels.partials import SplitK, finish
 from pallas_kernels.tuning import LayerNormConfig, lookup
 
 
@@ -44,11 +45,68 @@ def _add_layer_norm_kernel(x_ref, r_ref, w_ref, b_ref,  # inputs: (BR, Cp), (BR,
     pltriton.store(y_ref, y.astype(y_ref.dtype), mask=mask)
 
 
+def _partials_add_ln_kernel(p_ref,  # (S, N, C) float32 split-K partials of the sublayer's last matmul
+                            pb_ref,  # (C,) that matmul's bias
+                            r_ref, w_ref, b_ref,  # (N, C), (C,), (C,)
+                            h_ref, y_ref,  # (N, C) each
+                            *, n_rows: int, n_cols: int, eps: float, block_rows: int, block_cols: int, dtype):
+    """The decode-step twin of ``_add_layer_norm_kernel``: x is finished here from the partials."""
+    row0 = pl.program_id(0) * block_rows
+    rows = row0 + jax.lax.broadcasted_iota(jnp.int32, (block_rows, block_cols), 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (block_rows, block_cols), 1)
+    mask = (rows < n_rows) & (cols < n_cols)
+    cmask = jax.lax.broadcasted_iota(jnp.int32, (block_cols,), 0) < n_cols
+    acc = jnp.zeros((block_rows, block_cols), jnp.float32)
+    for p in range(p_ref.shape[0]):
+        acc += pltriton.load(p_ref.at[jnp.int32(p), pl.ds(row0, block_rows), pl.ds(0, block_cols)], mask=mask, other=0.0)
+    pb = pltriton.load(pb_ref.at[pl.ds(0, block_cols)], mask=cmask, other=0.0)
+    x = finish(acc, pb[None, :], "none", dtype).astype(jnp.float32)  # the sublayer output, rounded like a store
+    x = x + pltriton.load(r_ref.at[pl.ds(row0, block_rows), pl.ds(0, block_cols)], mask=mask,
+                          other=0.0).astype(jnp.float32)
+    pltriton.store(h_ref.at[pl.ds(row0, block_rows), pl.ds(0, block_cols)], x.astype(h_ref.dtype), mask=mask)
+    mean = jnp.sum(jnp.where(mask, x, 0.0), axis=1) / n_cols  # (BR,)
+    xc = jnp.where(mask, x - mean[:, None], 0.0)
+    var = jnp.sum(xc * xc, axis=1) / n_cols
+    rstd = jax.lax.rsqrt(var + eps)
+    w = pltriton.load(w_ref.at[pl.ds(0, block_cols)], mask=cmask, other=0.0).astype(jnp.float32)
+    b = pltriton.load(b_ref.at[pl.ds(0, block_cols)], mask=cmask, other=0.0).astype(jnp.float32)
+    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    pltriton.store(y_ref.at[pl.ds(row0, block_rows), pl.ds(0, block_cols)], y.astype(y_ref.dtype), mask=mask)
+
+
+def _partials_add_layer_norm(x: SplitK, residual, w, b, *, eps, block_rows, num_warps, interpret):
+    S, N, C = x.parts.shape
+    if residual is None or residual.shape[-1] != C or residual.size != N * C:
+        raise ValueError(f"partials (S, N, C) = {x.parts.shape} need a residual of N*C elements, got "
+                         f"{None if residual is None else residual.shape}")
+    cfg = lookup(LayerNormConfig, rows=N, cols=C, dtype=residual.dtype)
+    br = block_rows or cfg.block_rows
+    kernel = functools.partial(_partials_add_ln_kernel, n_rows=N, n_cols=C, eps=eps, block_rows=br,
+                               block_cols=next_pow2(C), dtype=x.dtype)
+    h, y = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct((N, C), residual.dtype)] * 2,
+        grid=(pl.cdiv(N, br),),
+        in_specs=[pl.no_block_spec] * 5,
+        out_specs=[pl.no_block_spec] * 2,
+        compiler_params=compiler_params(num_warps or cfg.num_warps, 1),
+        interpret=default_interpret(interpret),
+        name="jaxgpt_partials_add_layer_norm",
+    )(x.parts, x.bias, residual.reshape(N, C), w, b)
+    return h.reshape(residual.shape), y.reshape(residual.shape)
+
+
 @functools.partial(jax.jit, static_argnames=("eps", "block_rows", "num_warps", "interpret"))
 def add_layer_norm(x: jax.Array, residual: jax.Array | None, w: jax.Array, b: jax.Array, *, eps: float = 1e-5,
                    block_rows: int | None = None, num_warps: int | None = None,
                    interpret: bool | None = None) -> tuple[jax.Array, jax.Array]:
-    """``(h, LN(h))`` with ``h = x + residual`` over the last axis; x/residual (..., C), w/b (C,)."""
+    """``(h, LN(h))`` with ``h = x + residual`` over the last axis; x/residual (..., C), w/b (C,).
+
+    ``x`` may be a ``SplitK`` (a decode-sized matmul's unfinished partials): its epilogue runs in this kernel.
+    """
+    if isinstance(x, SplitK):
+        return _partials_add_layer_norm(x, residual, w, b, eps=eps, block_rows=block_rows, num_warps=num_warps,
+                                        interpret=interpret)
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"{residual.shape=} must equal {x.shape=}")
     if x.ndim < 1 or w.shape != (x.shape[-1],) or b.shape != (x.shape[-1],):

@@ -18,12 +18,7 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels._common import compiler_params, default_interpret
 from pallas_kernels.tuning import MatmulConfig, lookup
 
-ACTIVATIONS = ("none", "gelu_tanh")
-
-
-def gelu_tanh(x):
-    """GPT-2's GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
-    return 0.5 * x * (1.0 + jnp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+from pallas_kernels.partials import ACTIVATIONS, SplitK, finish, gelu_tanh, resolve  # noqa: F401
 
 
 def _matmul_kernel(x_ref, w_ref, b_ref,  # inputs: (M, K), (K, N), (N,) — whole arrays, indexed here
@@ -49,9 +44,11 @@ def _matmul_kernel(x_ref, w_ref, b_ref,  # inputs: (M, K), (K, N), (N,) — whol
     pltriton.store(o_ref, acc.astype(o_ref.dtype), mask=(rows[:, None] < m) & (cols[None, :] < n))
 
 
-def _splitk_kernel(x_ref, w_ref,  # (M, K), (K, N) whole arrays
-                   o_ref,  # (splits, M, N) float32 partial products, whole array
-                   *, m: int, n: int, k: int, bm: int, bn: int, bk: int, chunk: int, precision):
+def _splitk_kernel(x_ref,  # (M, K) activations, or (S', M, K) float32 partials of the previous matmul
+                   xb_ref,  # (K,) the previous matmul's bias when x_ref holds partials, else None
+                   w_ref,  # (K, N)
+                   o_ref,  # (S, M, N) float32 partial products
+                   *, m: int, n: int, k: int, bm: int, bn: int, bk: int, chunk: int, x_act: str, precision):
     j, s = pl.program_id(0), pl.program_id(1)
     rows = jnp.arange(bm)
     cols = j * bn + jnp.arange(bn)
@@ -59,10 +56,17 @@ def _splitk_kernel(x_ref, w_ref,  # (M, K), (K, N) whole arrays
 
     def body(kk, acc):
         ks = lo + kk * bk + jnp.arange(bk)
-        xt = pltriton.load(x_ref.at[pl.ds(0, bm), pl.ds(lo + kk * bk, bk)],
-                           mask=(rows[:, None] < m) & (ks[None, :] < k), other=0.0)  # (BM, BK)
+        xm = (rows[:, None] < m) & (ks[None, :] < k)
         wt = pltriton.load(w_ref.at[pl.ds(lo + kk * bk, bk), pl.ds(j * bn, bn)],
                            mask=(ks[:, None] < k) & (cols[None, :] < n), other=0.0)  # (BK, BN)
+        if xb_ref is None:
+            xt = pltriton.load(x_ref.at[pl.ds(0, bm), pl.ds(lo + kk * bk, bk)], mask=xm, other=0.0)  # (BM, BK)
+        else:  # finish the previous matmul on the fly: sum its partials, bias, activation, round
+            xs = jnp.zeros((bm, bk), jnp.float32)
+            for p in range(x_ref.shape[0]):
+                xs += pltriton.load(x_ref.at[jnp.int32(p), pl.ds(0, bm), pl.ds(lo + kk * bk, bk)], mask=xm, other=0.0)
+            xb = pltriton.load(xb_ref.at[pl.ds(lo + kk * bk, bk)], mask=ks < k, other=0.0)
+            xt = jnp.where(xm, finish(xs, xb[None, :], x_act, w_ref.dtype), 0.0).astype(w_ref.dtype)
         return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
 
     n_k = pl.cdiv(jnp.minimum(chunk, k - lo), bk)
@@ -71,26 +75,59 @@ def _splitk_kernel(x_ref, w_ref,  # (M, K), (K, N) whole arrays
                    mask=(rows[:, None] < m) & (cols[None, :] < n))
 
 
-def _split_k_matmul(x2, w, b, *, activation, bm, bn, bk, split, num_warps, num_stages, precision, interpret):
-    """Small M (decode): programs over (N blocks, K chunks) write float32 partials; XLA fuses sum+bias+act."""
-    M, K = x2.shape
+@functools.partial(jax.jit, static_argnames=("activation", "block_n", "block_k", "split_k", "num_warps",
+                                             "num_stages", "interpret"))
+def matmul_split_k(x: "jax.Array | SplitK", w: jax.Array, b: jax.Array, *, activation: str = "none",
+                   block_n: int | None = None, block_k: int | None = None, split_k: int | None = None,
+                   num_warps: int | None = None, num_stages: int | None = None,
+                   interpret: bool | None = None) -> SplitK:
+    """Decode-sized ``act(x @ w + b)`` left unfinished: programs over (N blocks, K chunks) write float32 partials.
+
+    x: (M, K) with M <= 16, or the ``SplitK`` of the previous matmul (finished on load, so its epilogue costs no
+    kernel). Returns ``SplitK`` (S, M, N); ``resolve`` it, or hand it to a kernel that takes partials.
+    """
+    xs = x.parts if isinstance(x, SplitK) else x
+    M, K = xs.shape[-2:]
+    if w.ndim != 2 or K != w.shape[0] or b.shape != (w.shape[1],):
+        raise ValueError(f"shapes do not fit x @ w + b: x (M, K) = {(M, K)}, {w.shape=}, {b.shape=}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{activation=} must be one of {ACTIVATIONS}")
+    if M > 16:
+        raise ValueError(f"split-K matmul is for decode-sized M <= 16, got {M=}")
     N = w.shape[1]
+    cfg = lookup(MatmulConfig, m=M, n=N, k=K, dtype=w.dtype)
+    bn, bk = block_n or cfg.block_n, block_k or cfg.block_k
+    split = split_k or max(cfg.split_k, 1)
+    for name, v in (("block_n", bn), ("block_k", bk)):
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v} must be a power of two >= 16")
+    if split < 1:
+        raise ValueError(f"split_k={split} must be >= 1")
     chunk = pl.cdiv(pl.cdiv(K, split), bk) * bk
     split = pl.cdiv(K, chunk)
-    kernel = functools.partial(_splitk_kernel, m=M, n=N, k=K, bm=bm, bn=bn, bk=bk, chunk=chunk,
-                               precision=precision)
+    precision = jax.lax.Precision.HIGHEST if w.dtype == jnp.float32 else None
+    kernel = functools.partial(_splitk_kernel, m=M, n=N, k=K, bm=16, bn=bn, bk=bk, chunk=chunk,
+                               x_act=x.activation if isinstance(x, SplitK) else "none", precision=precision)
+    args = (xs, x.bias, w) if isinstance(x, SplitK) else (xs, w)
+    if not isinstance(x, SplitK):
+        kernel = _no_x_bias(kernel)
     part = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((split, M, N), jnp.float32),
         grid=(pl.cdiv(N, bn), split),
-        in_specs=[pl.no_block_spec] * 2,
+        in_specs=[pl.no_block_spec] * len(args),
         out_specs=pl.no_block_spec,
-        compiler_params=compiler_params(num_warps, num_stages),
+        compiler_params=compiler_params(num_warps or cfg.num_warps, num_stages or cfg.num_stages),
         interpret=default_interpret(interpret),
         name="jaxgpt_matmul_split_k",
-    )(x2, w)
-    y = part.sum(0) + b.astype(jnp.float32)  # (M, N)
-    return (gelu_tanh(y) if activation == "gelu_tanh" else y).astype(x2.dtype)
+    )(*args)
+    return SplitK(part, b, activation, jnp.dtype(x.dtype if isinstance(x, SplitK) else xs.dtype))
+
+
+def _no_x_bias(kernel):
+    def k(x_ref, w_ref, o_ref):
+        kernel(x_ref, None, w_ref, o_ref)
+    return k
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "block_k", "num_warps",
@@ -122,9 +159,9 @@ def matmul(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "none"
     if split > 1:
         if M > bm:
             raise ValueError(f"split_k={split} needs M={M} <= block_m={bm}")
-        return _split_k_matmul(x2, w, b, activation=activation, bm=bm, bn=bn, bk=bk, split=split,
-                               num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
-                               precision=precision, interpret=interpret).reshape(*lead, N)
+        return resolve(matmul_split_k(x2, w, b, activation=activation, block_n=bn, block_k=bk, split_k=split,
+                                      num_warps=num_warps, num_stages=num_stages,
+                                      interpret=interpret)).reshape(*lead, N)
     kernel = functools.partial(_matmul_kernel, m=M, n=N, k=K, bm=bm, bn=bn, bk=bk, activation=activation,
                                precision=precision)
     out = pl.pallas_call(

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from pallas_kernels.decode_attention import decode_attention, decode_attention_reference
+from pallas_kernels.decode_attention import (decode_attention, decode_attention_append,
+                                             decode_attention_append_reference, decode_attention_reference)
+from pallas_kernels.matmul import matmul_reference, matmul_split_k
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
 
 # (B, S, H, lengths): a single key, a full cache, an empty row, 25 heads, a cache length that is not a power of two.
@@ -56,3 +58,31 @@ def test_validation():
                          rand(rng, (1, 8, 2, 24), "float32"), lengths)
     with pytest.raises(ValueError, match="block_k"):
         decode_attention(q, k, k, lengths, block_k=24)
+
+
+APPEND_CASES = [(1, 16, 12, [0]), (3, 100, 5, [0, 57, 99]), (2, 64, 25, [63, 1])]
+if ON_GPU:
+    APPEND_CASES += [(8, 512, 12, [0, 1, 100, 255, 256, 300, 511, 17]), (1, 1024, 25, [1000])]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,s,h,pos", APPEND_CASES)
+@pytest.mark.parametrize("partials", [False, True])
+def test_decode_attention_append(b, s, h, pos, dtype, partials):
+    """Finish the QKV projection (from split-K partials or a plain array), append K/V at pos, attend."""
+    rng = np.random.default_rng(b * s + h)
+    d, c = 64, 64 * h
+    kc, vc = rand(rng, (b, s, h, d), dtype), rand(rng, (b, s, h, d), dtype)
+    x, w, bias = rand(rng, (b, 128), dtype), rand(rng, (128, 3 * c), dtype, 128 ** -0.5), rand(rng, (3 * c,), dtype)
+    pos = np.array(pos, np.int32)
+    full = matmul_reference(x, w, bias)  # (B, 3C), rounded to dtype like the kernel's finish
+    qkv = matmul_split_k(x, w, bias, split_k=3) if partials else full.reshape(b, 3, h, d)
+    got = decode_attention_append(qkv, kc, vc, pos)
+    f32 = lambda a: a.astype("float32")  # noqa: E731
+    want = decode_attention_append_reference(f32(full), f32(kc), f32(vc), pos)
+    check(got[0], want[0], dtype, 64, f"append B{b} S{s} H{h}")
+    for g, wnt in zip(got[1:], want[1:]):
+        check(g, wnt, dtype, 128, "cache")
+        untouched = np.ones(g.shape[:2], bool)
+        untouched[np.arange(b), pos] = False
+        np.testing.assert_array_equal(np.asarray(g, np.float32)[untouched], np.asarray(wnt, np.float32)[untouched])

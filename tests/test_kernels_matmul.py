@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from pallas_kernels.matmul import matmul, matmul_reference
+from pallas_kernels.layer_norm import add_layer_norm, add_layer_norm_reference
+from pallas_kernels.matmul import matmul, matmul_reference, matmul_split_k
+from pallas_kernels.partials import SplitK, resolve
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
 
 # (M, K, N): decode-sized M, odd M/N tails, GPT-2 QKV and fc shapes (gpt2-xl's N=4800 is not a multiple of 128).
@@ -40,6 +42,32 @@ def test_split_k_for_decode_sized_m(m, split):
         check(got, matmul_reference(x, w, b, activation=act), "float32", 200, f"split{split}")
     with pytest.raises(ValueError, match="split_k"):
         matmul(rand(rng, (17, 200), "float32"), w, b, block_m=16, split_k=2)
+
+
+DECODE_MLP = [(1, 80), (5, 48)] + ([(1, 768), (8, 1600), (16, 1280)] if ON_GPU else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,c", DECODE_MLP)
+def test_decode_chain_finishes_partials_in_the_next_kernel(m, c, dtype):
+    """The Pallas decode step's MLP + residual/LayerNorm: c_fc partials finished (bias, GELU) as c_proj's
+    prologue, c_proj partials finished (bias) inside the residual+LayerNorm kernel."""
+    rng = np.random.default_rng(m + c)
+    x, res = rand(rng, (m, c), dtype), rand(rng, (m, c), dtype)
+    w1, b1 = rand(rng, (c, 4 * c), dtype, c ** -0.5), rand(rng, (4 * c,), dtype)
+    w2, b2 = rand(rng, (4 * c, c), dtype, (4 * c) ** -0.5), rand(rng, (c,), dtype)
+    lw, lb = rand(rng, (c,), dtype), rand(rng, (c,), dtype)
+    p1 = matmul_split_k(x, w1, b1, activation="gelu_tanh")
+    p2 = matmul_split_k(p1, w2, b2)
+    assert isinstance(p2, SplitK) and p2.parts.dtype == np.float32 and p2.shape == (m, c)
+    f32 = lambda a: a.astype("float32")  # noqa: E731
+    hidden = matmul_reference(f32(x), f32(w1), f32(b1), activation="gelu_tanh").astype(dtype)  # stored like an
+    want = matmul_reference(f32(hidden), f32(w2), f32(b2))                                      # unsplit matmul's
+    check(resolve(p2), want, dtype, 4 * c, "split-K MLP")
+    h, y = add_layer_norm(p2, res, lw, lb)
+    hr, yr = add_layer_norm_reference(want.astype(dtype), res, lw, lb)
+    check(h, hr, dtype, 4 * c, "partials + residual")
+    check(y, yr, dtype, 4 * c, "partials LayerNorm")
 
 
 def test_validation():
