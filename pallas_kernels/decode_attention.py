@@ -132,8 +132,10 @@ def _append_kernel(p_ref,  # (P, B, 3C) float32 split-K partials of the c_attn p
     pltriton.store(kc_out.at[b, pos, h, :], k_new.astype(kc_out.dtype), mask=first)
     pltriton.store(vc_out.at[b, pos, h, :], v_new.astype(vc_out.dtype), mask=first)
     s_new = jnp.sum(q * k_new.astype(jnp.float32))
-    carry = (jnp.where(first, v_new.astype(jnp.float32), 0.0), jnp.where(sp == 0, s_new, _NEG),
-             jnp.where(sp == 0, 1.0, 0.0).astype(jnp.float32))
+    # (Triton lowering: a select between two Python literals types them like its i1 predicate, so build every
+    # initial value from a traced float32.)
+    is_first = (sp == 0).astype(jnp.float32)
+    carry = (v_new.astype(jnp.float32) * is_first, jnp.where(sp == 0, s_new, jnp.full_like(s_new, _NEG)), is_first)
     lo = sp * chunk
     hi = jnp.minimum(lo + chunk, pos)
 
