@@ -9,26 +9,35 @@ stays on XLA: it is one (B, C) x (C, V) product with float32 output.
 A decode step (T = 1, at most 16 rows) reads every weight once for a handful of rows, so launches matter as much as
 bandwidth. There each matmul splits K over programs and leaves its float32 partials unfinished (``SplitK``); the
 next kernel finishes them on load: decode attention adds the c_attn bias and appends K/V to the cache, the MLP's
-second matmul applies c_fc's bias and GELU, the residual+LayerNorm kernel adds c_proj's bias. Eight kernels a layer.
+second matmul applies c_fc's bias and GELU, the residual+LayerNorm kernel adds c_proj's bias. Eight kernels a layer
+(opt-in, ``JAXGPT_FUSED_DECODE=1``, until it has run on the H100; by default the split-K matmuls finish in XLA
+epilogues and the flash-decoding kernel reads the cache after an XLA scatter).
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
+import jax.numpy as jnp
 
 from jaxgpt.ops import BACKENDS, XlaOps
-from pallas_kernels.decode_attention import decode_attention_append
+from pallas_kernels.decode_attention import decode_attention, decode_attention_append
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
+# The fused decode step passes its tests in CPU interpret mode but has not yet been compiled on the H100 (the
+# session's device time ran out), so it stays opt-in: JAXGPT_FUSED_DECODE=1. The default decode step is the one
+# measured on the H100: split-K matmuls with XLA epilogues, the cache scatter on XLA, the flash-decoding kernel.
+FUSED_DECODE = os.environ.get("JAXGPT_FUSED_DECODE", "0") == "1"
 
 
 def _decode_rows(x: jax.Array) -> int | None:
     """Rows of a decode step's (B, 1, C) activations, if the fused decode path applies; else None."""
-    if x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= DECODE_ROWS:
+    if FUSED_DECODE and x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= DECODE_ROWS:
         return x.shape[0]
     return None
 
@@ -63,7 +72,12 @@ class PallasOps(XlaOps):
 
     @staticmethod
     def decode_attention(qkv, k_cache, v_cache, pos):
-        return decode_attention_append(qkv, k_cache, v_cache, pos)
+        if FUSED_DECODE:  # qkv may be SplitK partials: finished, appended and attended in one kernel
+            return decode_attention_append(qkv, k_cache, v_cache, pos)
+        rows = jnp.arange(qkv.shape[0])
+        k_cache = k_cache.at[rows, pos].set(qkv[:, 0, 1])  # (B, S, H, D), in place inside the decode loop
+        v_cache = v_cache.at[rows, pos].set(qkv[:, 0, 2])
+        return decode_attention(qkv[:, 0, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
 
     @staticmethod
     def mlp(x, w_fc, b_fc, w_proj, b_proj):

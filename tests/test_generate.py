@@ -22,7 +22,14 @@ def _prompts(cfg, lengths, seed=0):
     return [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("backend", ["xla", "pallas"])
+@pytest.fixture(params=["xla", "pallas", "pallas-fused"])
+def backend(request, monkeypatch):
+    """``pallas-fused``: the Pallas backend's fused decode step (JAXGPT_FUSED_DECODE=1)."""
+    from jaxgpt import ops_pallas
+    monkeypatch.setattr(ops_pallas, "FUSED_DECODE", request.param == "pallas-fused")
+    return request.param.split("-")[0]
+
+
 @pytest.mark.parametrize("name", list(GEN_CONFIGS))
 def test_greedy_40_tokens_equal_the_reference(name, backend):
     cfg = GEN_CONFIGS[name]
@@ -38,7 +45,6 @@ def test_greedy_40_tokens_equal_the_reference(name, backend):
         assert gen.ids == ref.greedy(row, 40)
 
 
-@pytest.mark.parametrize("backend", ["xla", "pallas"])
 def test_each_row_of_a_mixed_batch_equals_the_prompt_alone(backend):
     cfg = GEN_CONFIGS["h5_c80"]
     engine = Engine(cfg, random_state_dict(cfg, seed=2), backend=backend)
