@@ -61,15 +61,16 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     ids[:, :PROMPT] = rng.integers(0, cfg.vocab_size, (batch, PROMPT))
     lengths = put(np.full((batch,), PROMPT, np.int32))
     ids, done, key = put(ids), put(np.zeros((batch,), bool)), put(jax.random.key(0))
+    rows = put(np.arange(batch, dtype=np.int32))
     params = [put(np.float32(0.0)), put(np.int32(0)), put(np.float32(1.0))]
     n, eos = put(np.int32(tokens)), put(np.int32(-1))
     pre_ms, dec_ms, steps, finite = [], [], 0, True
     for r in range(reps + 1):
         t0 = time.perf_counter()
-        tok, cache = pre(engine.state, ids, lengths, key, *params)
+        tok, cache = pre(engine.state, ids, lengths, rows, key, *params)
         jax.block_until_ready(tok)
         t1 = time.perf_counter()
-        out, steps, cache = dec(engine.state, cache, tok, lengths, done, n, key, eos, *params)
+        out, steps, cache = dec(engine.state, cache, tok, lengths, done, rows, n, key, eos, *params)
         jax.block_until_ready(out)
         t2 = time.perf_counter()
         if r:  # the first run warms up
@@ -77,7 +78,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
             dec_ms.append((t2 - t1) * 1e3)
     out = np.asarray(out)
     finite = bool((out[:, :tokens] >= 0).all())
-    steps = int(steps) - 1
+    steps = int(np.max(np.asarray(steps))) - 1
     ms_tok = statistics.median(dec_ms) / steps
     row = {"impl": f"jaxgpt-{backend}", "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,

@@ -13,12 +13,13 @@ from jaxgpt.errors import JaxGPTError, UsageError
 from jaxgpt.generate import GenerateResult, Generation, generate
 from jaxgpt.model import GPT
 from jaxgpt.predict import Candidate, Prediction, predict
+from jaxgpt.sharding import initialize_distributed, make_mesh, pmap_last_logits, shard
 from jaxgpt.tokenizer import decode, encode
 from jaxgpt.weights import WeightsError, build_model, load_checkpoint, random_state_dict, save_safetensors
 
 __version__ = "0.1.0"
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights", "predict", "Prediction", "generate", "Generation",
-           "GenerateResult",
+           "GenerateResult", "shard", "make_mesh", "pmap_last_logits", "initialize_distributed",
            "Candidate", "encode", "decode", "build_model", "load_checkpoint", "random_state_dict",
            "save_safetensors", "JaxGPTError", "UsageError", "WeightsError"]

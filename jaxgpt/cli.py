@@ -33,6 +33,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
 
 
+def _parallel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-parallel", action="store_true", help="split the batch over every device")
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="shard the weights over N devices, Megatron style (xla backend; N divides n_head)")
+    p.add_argument("--distributed", action="store_true", help="join a multi-process run first "
+                   "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="jaxgpt", description="GPT-2 inference in JAX with Pallas kernels.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -40,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="text to continue (several: one batch)")
     p.add_argument("--top-k", type=int, default=10, help="candidates to list (default 10)")
     _common(p)
+    _parallel(p)
     p = sub.add_parser("generate", help="continue prompts token by token (KV cache, one compiled loop)")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="text to continue (several: one batch)")
     p.add_argument("--batch-file", metavar="FILE", help="one prompt a line (blank lines skipped), all as one batch")
@@ -53,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
     _common(p)
+    _parallel(p)
     p = sub.add_parser("parity", help="compare against the PyTorch reference on the same weights")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--steps", type=int, default=8, help="greedy steps to compare (default 8)")
@@ -63,14 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args):
     from jaxgpt.engine import load_model
+    from jaxgpt.errors import UsageError
+    parallel = {}
+    if hasattr(args, "data_parallel"):
+        if args.tensor_parallel < 1:
+            raise UsageError(f"--tensor-parallel {args.tensor_parallel} must be >= 1")
+        if args.distributed:
+            from jaxgpt.sharding import initialize_distributed
+            initialize_distributed()
+        parallel = {"data_parallel": args.data_parallel, "tensor_parallel": args.tensor_parallel}
     return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
-                      device=args.device, backend=args.backend, seed=args.seed)
+                      device=args.device, backend=args.backend, seed=args.seed, **parallel)
 
 
 def _describe(engine) -> dict:
+    layout = getattr(engine, "layout", None)
     return {"model": engine.source, "config": engine.config.describe(),
             "dtype": engine.dtype_name, "device": str(engine.device), "backend": engine.backend,
-            "random_weights": engine.random}
+            "random_weights": engine.random,
+            "mesh": None if layout is None else {"data": layout.data, "tensor": layout.tensor}}
 
 
 def _verbose(engine) -> None:

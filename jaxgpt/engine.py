@@ -38,7 +38,7 @@ def resolve_dtype(name: str):
 def resolve_device(name: str | None) -> jax.Device:
     """``cpu``, ``gpu`` or None (the best available)."""
     if name is None:
-        return jax.devices()[0]
+        return jax.local_devices()[0]
     if name not in DEVICES:
         raise UsageError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     try:
@@ -77,7 +77,7 @@ class Engine:
             raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.config, self.dtype_name, self.backend = cfg, dtype, backend
         self.dtype = resolve_dtype(dtype)
-        self.device = device or jax.devices()[0]
+        self.device = device or jax.local_devices()[0]
         self.source, self.random = source, random
         get_ops(backend)  # import the backend now: a missing dependency fails here, not inside jit
         with jax.default_device(self.device):
@@ -87,16 +87,40 @@ class Engine:
         self.timings = Timings()
         self._compiled: dict[tuple, object] = {}
         self.hooks: dict[tuple, object] = {}  # host callbacks held by compiled generation loops
+        self.layout = None  # a jaxgpt.sharding.Layout once the engine is sharded over several devices
 
-    def aot(self, key: tuple, fn, *static, args: tuple, donate: tuple[int, ...] = ()):
+    @property
+    def batch_multiple(self) -> int:
+        """Batches are padded to a multiple of this (the data-parallel degree)."""
+        return 1 if self.layout is None else self.layout.data
+
+    def put(self, a, kind: str = "batch"):
+        """Host array (or pytree) -> device(s): ``batch`` split over the data axis, ``rep`` replicated."""
+        if self.layout is None:
+            return jax.device_put(a, self.device)
+        return self.layout.put(a, kind)
+
+    def fetch(self, x) -> np.ndarray:
+        """Device result -> numpy on this host (gathered from every process on a multi-process mesh)."""
+        return np.asarray(x) if self.layout is None else self.layout.fetch(x)
+
+    def aot(self, key: tuple, fn, *static, args: tuple, donate: tuple[int, ...] = (), kinds: tuple = (),
+            out_kinds=None):
         """``fn(*static, state, *args)`` compiled ahead of time for the abstract ``args``, once per ``key``.
 
-        ``donate`` indexes ``args`` (0 is the first after ``state``); compile time goes to ``timings``.
+        ``donate`` indexes ``args`` (0 is the first after ``state``); compile time goes to ``timings``. On a sharded
+        engine ``kinds``/``out_kinds`` say how each argument/output is laid out ("batch", "rep", "cache", "steps").
         """
         if key not in self._compiled:
             t0 = time.perf_counter()
-            fn = jax.jit(functools.partial(fn, *static), donate_argnums=tuple(1 + d for d in donate))
-            self._compiled[key] = fn.lower(self.state, *args).compile()
+            f = functools.partial(fn, *static)
+            out_shardings = None
+            if self.layout is not None:
+                f = self.layout.wrap(f, kinds, out_kinds)
+                args = tuple(self.layout.abstract(a, k) for a, k in zip(args, kinds))
+                out_shardings = self.layout.out_shardings(out_kinds)
+            jitted = jax.jit(f, donate_argnums=tuple(1 + d for d in donate), out_shardings=out_shardings)
+            self._compiled[key] = jitted.lower(self.state, *args).compile()
             self.timings.compile_s += time.perf_counter() - t0
             self.timings.compiles += 1
         return self._compiled[key]
@@ -105,7 +129,7 @@ class Engine:
         """The forward for ``batch`` rows padded to ``length``: (state, ids (B, T), last (B,)) -> (B, V)."""
         return self.aot(("forward", batch, length), _forward, self.graphdef, self.backend,
                         args=(jax.ShapeDtypeStruct((batch, length), jnp.int32),
-                              jax.ShapeDtypeStruct((batch,), jnp.int32)))
+                              jax.ShapeDtypeStruct((batch,), jnp.int32)), kinds=("batch", "batch"), out_kinds="batch")
 
     def check_ids(self, rows: list[list[int]]) -> None:
         if not rows:
@@ -124,16 +148,17 @@ class Engine:
         """Float32 logits after the last token of each row: rows of ids (ragged) -> (B, V) numpy."""
         self.check_ids(rows)
         length = bucket_length(max(map(len, rows)), self.config.n_ctx)
-        ids = np.zeros((len(rows), length), np.int32)  # right padding never reaches real positions (causal)
+        batch = -(-len(rows) // self.batch_multiple) * self.batch_multiple  # padding rows are dropped below
+        ids = np.zeros((batch, length), np.int32)  # right padding never reaches real positions (causal)
+        last = np.zeros((batch,), np.int32)
         for r, row in enumerate(rows):
-            ids[r, :len(row)] = row
-        last = np.array([len(row) - 1 for row in rows], np.int32)
-        fn = self.compiled(len(rows), length)
+            ids[r, :len(row)], last[r] = row, len(row) - 1
+        fn = self.compiled(batch, length)
         t0 = time.perf_counter()
-        out = fn(self.state, jax.device_put(ids, self.device), jax.device_put(last, self.device))
-        out = np.asarray(jax.block_until_ready(out))
+        out = fn(self.state, self.put(ids), self.put(last))
+        out = self.fetch(jax.block_until_ready(out))
         self.timings.run_s += time.perf_counter() - t0
-        return out
+        return out[:len(rows)]
 
 
 def notice(msg: str) -> None:
@@ -170,8 +195,11 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
 
 def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = None,
                config: GPTConfig | str | Path | None = None, dtype: str = "float32", device: str | None = None,
-               backend: str = "xla", seed: int = 0, allow_download: bool | None = None) -> Engine:
+               backend: str = "xla", seed: int = 0, allow_download: bool | None = None,
+               data_parallel: bool | int = False, tensor_parallel: int = 1) -> Engine:
     """Load GPT-2 weights (see ``load_weights``) onto ``device`` as an ``Engine``.
+
+    ``data_parallel`` (True: every device) / ``tensor_parallel`` (N) spread it over devices (``jaxgpt.shard``).
 
     >>> engine = load_model("gpt2", dtype="bfloat16")
     >>> jaxgpt.predict(engine, "Dobby is").next_token
@@ -181,4 +209,9 @@ def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = No
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     cfg, sd, source, random = load_weights(model, checkpoint, config, seed, allow_download)
-    return Engine(cfg, sd, dtype=dtype, device=jdev, backend=backend, source=source, random=random)
+    engine = Engine(cfg, sd, dtype=dtype, device=jdev, backend=backend, source=source, random=random)
+    if data_parallel or tensor_parallel > 1:
+        from jaxgpt.sharding import shard
+        devices = None if device is None else jax.devices(jdev.platform)
+        shard(engine, data=data_parallel if data_parallel else 1, tensor=tensor_parallel, devices=devices)
+    return engine

@@ -21,6 +21,7 @@ the device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -88,19 +89,20 @@ class GenerateResult:
 
 # --------------------------------------------------------------------------------------------- compiled functions
 
-def _prefill(graphdef, backend: str, cache_len: int, state, ids, lengths, key, temperature, top_k, top_p):
+def _prefill(graphdef, backend: str, cache_len: int, state, ids, lengths, rows, key, temperature, top_k, top_p):
     model = nnx.merge(graphdef, state)
     B = ids.shape[0]
     cache = KVCache.zeros(model.config, B, cache_len, model.wte.weight.dtype)  # (B, S, H, D) per layer
     logits, cache = model.prefill(ids, lengths - 1, cache, get_ops(backend))  # (B, V)
-    tok = sample(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p)  # (B,)
+    tok = sample(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, rows)  # (B,)
     return tok, cache
 
 
-def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache, tok, lengths, done,
+def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache, tok, lengths, done, rows,
             max_new, key, eos, temperature, top_k, top_p):
     """Tokens 1..max_new-1 after the prefill's token 0: out (B, S) int32 with -1 after a row is done, the number
-    of tokens per row produced so far, and the cache (donated in, returned: XLA updates it in place)."""
+    of loop iterations (shape (1,): per shard when the batch is split over devices), and the cache (donated in,
+    returned: XLA updates it in place)."""
     model = nnx.merge(graphdef, state)
     ops = get_ops(backend)
     B, S = tok.shape[0], cache.length
@@ -116,7 +118,7 @@ def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache
     def body(c):
         i, tok, cache, out, done = c
         logits, cache = model.decode(tok, lengths + i - 1, cache, ops)  # token i-1 sits at slot len + i - 1
-        nxt = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)  # (B,)
+        nxt = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, rows)  # (B,)
         rec = jnp.where(done, -1, nxt)
         out = jax.lax.dynamic_update_slice(out, rec[:, None], (0, i))
         done = done | (nxt == eos)
@@ -125,7 +127,7 @@ def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache
         return i + 1, nxt, cache, out, done
 
     i, _, cache, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, out, done))
-    return out, i, cache
+    return out, i[None], cache
 
 
 class _HostHook:
@@ -144,14 +146,17 @@ def _compiled(engine: Engine, batch: int, prompt_len: int, cache_len: int, hooke
     key_spec = jax.eval_shape(lambda: jax.random.key(0))
     row_i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
     pre = engine.aot(("prefill", batch, prompt_len, cache_len), _prefill, engine.graphdef, engine.backend,
-                     cache_len, args=(jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32), row_i32, key_spec,
-                                      *scalars))
+                     cache_len, args=(jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32), row_i32, row_i32,
+                                      key_spec, *scalars),
+                     kinds=("batch", "batch", "batch", "rep", "rep", "rep", "rep"), out_kinds=("batch", "cache"))
     cache_spec = jax.eval_shape(lambda: KVCache.zeros(engine.config, batch, cache_len, engine.dtype))
     hook = engine.hooks.setdefault((batch, cache_len), _HostHook()) if hooked else None
     dec = engine.aot(("decode", batch, cache_len, hooked), _decode, engine.graphdef, engine.backend, hook,
-                     args=(cache_spec, row_i32, row_i32, jax.ShapeDtypeStruct((batch,), jnp.bool_),
+                     args=(cache_spec, row_i32, row_i32, jax.ShapeDtypeStruct((batch,), jnp.bool_), row_i32,
                            jax.ShapeDtypeStruct((), jnp.int32), key_spec, jax.ShapeDtypeStruct((), jnp.int32),
-                           *scalars), donate=(0,))
+                           *scalars), donate=(0,),
+                     kinds=("cache", "batch", "batch", "batch", "batch", "rep", "rep", "rep", "rep", "rep", "rep"),
+                     out_kinds=("batch", "steps", "cache"))
     return pre, dec, hook
 
 
@@ -240,10 +245,13 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
     stop_at_eos = stop_at_eos or len(stops) != len(stop)
 
     n = len(rows)
-    batch = 1 << (n - 1).bit_length()  # batch bucket: a power of two
+    batch = 1 << (n - 1).bit_length()  # batch bucket: a power of two (and a multiple of the data-parallel degree)
+    batch = -(-batch // engine.batch_multiple) * engine.batch_multiple
     prompt_len = bucket_length(max(map(len, rows)), engine.config.n_ctx)
     cache_len = bucket_length(max(map(len, rows)) + max_new_tokens, engine.config.n_ctx)
-    hooked = stream is not None or bool(stops)
+    # Host callbacks need the whole batch in one place: a sharded engine streams each row's text when it is done
+    # and cuts stop strings afterwards (the loop then runs to max_new_tokens or EOS).
+    hooked = (stream is not None or bool(stops)) and engine.layout is None
     pre, dec, hook = _compiled(engine, batch, prompt_len, cache_len, hooked)
 
     ids = np.zeros((batch, prompt_len), np.int32)
@@ -266,16 +274,18 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
             return hit
         hook.handler = handler
 
-    put = lambda a: jax.device_put(a, engine.device)  # noqa: E731
-    key = put(jax.random.key(seed))
-    params = [put(a) for a in sampling.arrays()]
+    rep = functools.partial(engine.put, kind="rep")
+    key = rep(jax.random.key(seed))
+    params = [rep(a) for a in sampling.arrays()]
+    row_ids = engine.put(np.arange(batch, dtype=np.int32))
     t0 = time.perf_counter()
-    tok, cache = pre(engine.state, put(ids), put(lengths), key, *params)
+    lengths_d = engine.put(lengths)
+    tok, cache = pre(engine.state, engine.put(ids), lengths_d, row_ids, key, *params)
     jax.block_until_ready(tok)
     t1 = time.perf_counter()
-    out, steps, _ = dec(engine.state, cache, tok, put(lengths), put(done), put(np.int32(max_new_tokens)), key,
-                     put(np.int32(EOS_ID if stop_at_eos else -1)), *params)
-    out, steps = np.asarray(out), int(steps)
+    out, steps, _ = dec(engine.state, cache, tok, lengths_d, engine.put(done), row_ids,
+                        rep(np.int32(max_new_tokens)), key, rep(np.int32(EOS_ID if stop_at_eos else -1)), *params)
+    out, steps = engine.fetch(out), int(np.max(engine.fetch(steps)))
     t2 = time.perf_counter()
     engine.timings.run_s += t2 - t0
 
@@ -295,6 +305,8 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
             if cut >= 0:
                 text, reason = text[:cut], "stop"
                 gen = _ids_before(gen, text)
+        if stream is not None and not hooked and text:
+            stream(r, text)
         result.append(Generation(texts[r], rows[r], gen, text, reason))
     return GenerateResult(result, prefill_s=t1 - t0, decode_s=t2 - t1, decode_steps=steps - 1)
 

@@ -139,9 +139,13 @@ class GPT(nnx.Module):
         self.h = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, dtype=dtype, eps=cfg.layer_norm_epsilon)
 
-    def hidden_states(self, ids: jax.Array, ops: Ops, cache: KVCache | None = None,
-                      pos: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
-        """Final hidden states ``ln_f(h_L)`` for every position and the updated cache: ids (B, T) -> (B, T, C).
+    def hidden_states(self, ids: jax.Array, ops: Ops) -> jax.Array:
+        """Final hidden states ``ln_f(h_L)`` for every position: ids (B, T) -> (B, T, C)."""
+        return self._run(ids, ops)[0]
+
+    def _run(self, ids: jax.Array, ops: Ops, cache: KVCache | None = None,
+             pos: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """The forward: final hidden states ``ln_f(h_L)`` (B, T, C) and the updated cache.
 
         ``pos`` None: the T tokens sit at positions ``0..T-1`` (prefill; written to ``cache`` if one is given).
         ``pos`` (B,): one token per row (T = 1) at position ``pos[b]``, attending over ``cache`` (decode).
@@ -169,14 +173,14 @@ class GPT(nnx.Module):
 
         Rows may be right-padded past ``last``: attention is causal, so padding never reaches real positions.
         """
-        return self._logits_at(self.hidden_states(ids, ops)[0], last, ops)
+        return self._logits_at(self._run(ids, ops)[0], last, ops)
 
     def prefill(self, ids: jax.Array, last: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
         """Like ``__call__``, and writes the keys and values of positions ``0..T-1`` into ``cache`` (S >= T)."""
-        h, cache = self.hidden_states(ids, ops, cache)  # (B, T, C)
+        h, cache = self._run(ids, ops, cache)  # (B, T, C)
         return self._logits_at(h, last, ops), cache
 
     def decode(self, tok: jax.Array, pos: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
         """One step: token ``tok[b]`` (B,) at position ``pos[b]`` -> float32 logits (B, V) and the cache with it."""
-        h, cache = self.hidden_states(tok[:, None], ops, cache, pos)  # (B, 1, C)
+        h, cache = self._run(tok[:, None], ops, cache, pos)  # (B, 1, C)
         return ops.lm_head(h[:, 0], self.wte.weight[...]), cache  # (B, V) float32

@@ -49,15 +49,24 @@ def top_k_of(logits: np.ndarray, k: int) -> list[Candidate]:
     return [Candidate(int(i), float(logits[i]), tokenizer.decode_token(int(i))) for i in idx]
 
 
-def predict(engine: Engine, prompts: str | list[str], top_k: int = 10) -> Prediction | list[Prediction]:
-    """Top-k candidates and the greedy next token for one prompt (or a batch: a list in, a list out)."""
+def predict(engine: Engine, prompts: str | list[str], top_k: int = 10,
+            pmap: bool = False) -> Prediction | list[Prediction]:
+    """Top-k candidates and the greedy next token for one prompt (or a batch: a list in, a list out).
+
+    ``pmap=True`` splits the batch over the local devices with ``jax.pmap`` (``jaxgpt.sharding.pmap_last_logits``);
+    a sharded engine (``jaxgpt.shard``) splits it through its mesh without asking.
+    """
     single = isinstance(prompts, str)
     batch = [prompts] if single else list(prompts)
     check_top_k(top_k, engine.config.vocab_size)
     if any(p == "" for p in batch):
         raise UsageError("empty prompt: give some text to continue")
     rows = [tokenizer.encode(p) for p in batch]
-    logits = engine.last_logits(rows)  # (B, V) float32
+    if pmap:
+        from jaxgpt.sharding import pmap_last_logits
+        logits = pmap_last_logits(engine, rows)  # (B, V) float32
+    else:
+        logits = engine.last_logits(rows)  # (B, V) float32
     out = []
     for prompt, ids, row in zip(batch, rows, logits):
         if not np.all(np.isfinite(row)):

@@ -59,14 +59,20 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
-           top_p: jax.Array) -> jax.Array:
-    """Next token per row: (B, V) float32 logits -> (B,) int32."""
+           top_p: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+    """Next token per row: (B, V) float32 logits -> (B,) int32.
+
+    Row ``b`` draws with ``fold_in(key, rows[b])`` (``rows`` defaults to ``0..B-1``): its token depends on the key
+    and its row number only, not on the batch around it, so a batch split over devices samples the same tokens.
+    """
 
     def greedy(_):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def sampled(_):
-        x = filter_logits(logits, temperature, top_k, top_p)
-        return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+        x = filter_logits(logits, temperature, top_k, top_p)  # (B, V)
+        ids = jnp.arange(x.shape[0]) if rows is None else rows
+        keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(ids)
+        return jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, x).astype(jnp.int32)
 
     return jax.lax.cond(temperature <= 0.0, greedy, sampled, None)
