@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
     _common(p)
     _parallel(p)
+    p = sub.add_parser("bench", help="kernels and whole model vs XLA and the peers (GPU; a smoke run on CPU)")
+    try:
+        from bench.run import add_arguments
+        add_arguments(p)
+    except ImportError:  # an install without the bench package: the command says so when run
+        pass
     p = sub.add_parser("parity", help="compare against the PyTorch reference on the same weights")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--steps", type=int, default=8, help="greedy steps to compare (default 8)")
@@ -82,6 +88,10 @@ def _load(args):
             from jaxgpt.sharding import initialize_distributed
             initialize_distributed()
         parallel = {"data_parallel": args.data_parallel, "tensor_parallel": args.tensor_parallel}
+        if args.distributed:
+            import jax
+            if jax.process_index() != 0:  # every process computes; the first one reports
+                sys.stdout = open(os.devnull, "w")
     return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
                       device=args.device, backend=args.backend, seed=args.seed, **parallel)
 
@@ -227,12 +237,44 @@ def cmd_parity(args) -> int:
     return 0 if ok else 1
 
 
+def _quiet_native_stdout() -> None:
+    """Multi-process runs: native libraries (gloo) print to file descriptor 1; send that to stderr and keep
+    Python's stdout for our results, so ``--json`` stays parseable."""
+    sys.stdout.flush()
+    real = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = real
+
+
+def cmd_bench(args) -> int:
+    from jaxgpt.errors import UsageError
+    try:
+        from bench.run import run
+    except ImportError as e:
+        raise UsageError(f"the bench needs the repository's bench/ package ({e})") from None
+    models = [m for m in args.model.split(",") if m]
+    from jaxgpt.config import PRESETS
+    bad = [m for m in models if m not in PRESETS]
+    if bad:
+        raise UsageError(f"unknown model {bad[0]!r}; choose from {', '.join(PRESETS)}")
+    if args.out:
+        import pathlib
+        out = pathlib.Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {args.out}: exists and is not a directory")
+    run(args.what, models, args.dtype, args.quick, args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     from jaxgpt.errors import JaxGPTError
+    if getattr(args, "distributed", False):
+        _quiet_native_stdout()
     try:
-        return {"predict": cmd_predict, "generate": cmd_generate, "parity": cmd_parity}[args.command](args)
+        return {"predict": cmd_predict, "generate": cmd_generate, "parity": cmd_parity,
+                "bench": cmd_bench}[args.command](args)
     except JaxGPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,14 +36,15 @@ def test_temperature_scales_and_top_k_and_top_p_combine():
 
 
 def test_greedy_is_argmax_and_sampling_is_reproducible():
+    sample_ = jax.jit(sample)
     rng = np.random.default_rng(1)
     logits = jnp.asarray(rng.standard_normal((4, 1000)), jnp.float32)
     args = lambda t, k=0, p=1.0: (jnp.float32(t), jnp.int32(k), jnp.float32(p))  # noqa: E731
     key = jax.random.key(3)
-    np.testing.assert_array_equal(sample(logits, key, *args(0.0)), np.argmax(logits, -1))
-    a, b = sample(logits, key, *args(1.0)), sample(logits, key, *args(1.0))
+    np.testing.assert_array_equal(sample_(logits, key, *args(0.0)), np.argmax(logits, -1))
+    a, b = sample_(logits, key, *args(1.0)), sample_(logits, key, *args(1.0))
     np.testing.assert_array_equal(a, b)
-    picks = np.stack([np.asarray(sample(logits, jax.random.key(s), *args(1.0, 5))) for s in range(40)])
+    picks = np.stack([np.asarray(sample_(logits, jax.random.key(s), *args(1.0, 5))) for s in range(40)])
     top5 = np.argsort(-np.asarray(logits), -1)[:, :5]
     assert all(set(picks[:, r]) <= set(top5[r]) for r in range(4))
     assert len({tuple(p) for p in picks}) > 1  # different keys, different draws

@@ -1,0 +1,58 @@
+"""The bench command's CPU smoke run: it runs end to end, says it is a smoke run, and writes the documented files."""
+
+import json
+
+import pytest
+
+from jaxgpt.cli import main
+
+KERNEL_KEYS = {"kernel", "case", "impl", "median_ms", "min_ms", "max_ms", "rate", "unit", "max_err", "pct_ceiling",
+               "method"}
+MODEL_KEYS = {"case", "impl", "model", "batch", "median_ms", "min_ms", "rate", "unit", "compile_s", "method"}
+ENV_KEYS = {"schema", "date", "mode", "dtype", "backend", "device", "device_count", "jax", "jaxlib", "flax", "torch",
+            "transformers", "tokamax", "driver", "python"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "all", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_smoke_run_writes_results_markdown_and_plots(smoke):
+    out, res = smoke
+    assert ENV_KEYS <= set(res["environment"]) and res["environment"]["mode"] == "smoke"
+    assert "smoke" in res["note"] and "smoke" in (out / "results.md").read_text()
+    for name in ("kernels.png", "model.png"):
+        assert (out / name).stat().st_size > 1000
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_rows_schema(smoke):
+    rows = smoke[1]["kernels"]
+    kinds = {r["kernel"] for r in rows}
+    assert {"ceiling", "add_layer_norm", "attention", "decode_attention", "decode_matmul", "matmul", "mlp"} <= kinds
+    for r in rows:
+        assert KERNEL_KEYS <= set(r), r
+        assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["rate"] > 0
+    ours = [r for r in rows if r["impl"].startswith("pallas")]
+    assert ours and all(r["max_err"] is not None and r["max_err"] < 0.1 for r in ours)
+
+
+def test_model_rows_schema(smoke):
+    rows = smoke[1]["model"]
+    assert {(r["case"], r["impl"]) for r in rows} >= {("prefill", "jaxgpt-xla"), ("prefill", "jaxgpt-pallas"),
+                                                       ("decode", "jaxgpt-xla"), ("decode", "jaxgpt-pallas")}
+    for r in rows:
+        assert MODEL_KEYS <= set(r), r
+        assert r["median_ms"] > 0 and r["rate"] > 0
+
+
+def test_bench_bad_input(capsys, tmp_path):
+    assert main(["bench", "--model", "gpt5"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["bench", "--out", str(f)]) == 2
+    assert "not a directory" in capsys.readouterr().err
