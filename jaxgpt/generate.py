@@ -178,7 +178,7 @@ class _Detok:
             return ""
         self.ids.append(tok)
         raw = tokenizer.get_encoding().decode_bytes(self.ids)
-        text = raw.decode("utf-8", errors="ignore") if _incomplete_tail(raw) else raw.decode("utf-8", "replace")
+        text = _complete_prefix(raw).decode("utf-8", "replace")  # a split character waits for its next token
         self.text = text
         end = len(text)
         for s in self.stops:
@@ -194,12 +194,15 @@ class _Detok:
         return piece
 
 
-def _incomplete_tail(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-        return False
-    except UnicodeDecodeError as e:
-        return e.start >= len(raw) - 3 and e.reason == "unexpected end of data"
+def _complete_prefix(raw: bytes) -> bytes:
+    """``raw`` without a trailing UTF-8 character that is still missing bytes (at most 3 are held back)."""
+    for back in range(1, min(3, len(raw)) + 1):
+        b = raw[-back]
+        if b & 0xC0 == 0x80:  # a continuation byte: keep looking for the lead byte
+            continue
+        need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+        return raw[:-back] if need > back else raw
+    return raw
 
 
 def _validate(engine: Engine, rows: list[list[int]], max_new_tokens: int) -> None:
@@ -305,8 +308,10 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
             if cut >= 0:
                 text, reason = text[:cut], "stop"
                 gen = _ids_before(gen, text)
-        if stream is not None and not hooked and text:
-            stream(r, text)
+        if stream is not None:  # whatever the loop could not hand out yet (all of it without callbacks)
+            rest = text[detoks[r].emitted:] if hooked else text
+            if rest:
+                stream(r, rest)
         result.append(Generation(texts[r], rows[r], gen, text, reason))
     return GenerateResult(result, prefill_s=t1 - t0, decode_s=t2 - t1, decode_steps=steps - 1)
 
