@@ -96,8 +96,10 @@ class Layout:
     @staticmethod
     def place(a, shardings):
         def one(x, sharding):
-            if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-                return jax.device_put(x, sharding)  # keys: one process's copy is fine, they are replicated
+            if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # a key: place its raw data
+                data = np.asarray(jax.random.key_data(x))
+                raw = jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
+                return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(x))
             host = np.asarray(x)
             return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
         return jax.tree.map(one, a, shardings)

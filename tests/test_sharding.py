@@ -129,7 +129,9 @@ cfg = GPTConfig(**json.loads(sys.argv[1]))
 rows = json.loads(sys.argv[2])
 engine = jaxgpt.shard(Engine(cfg, random_state_dict(cfg, seed=4)), data=True)
 out = engine.last_logits(rows)
-print(json.dumps({"process": jax.process_index(), "devices": len(jax.devices()), "logits": out.tolist()}))
+gen = jaxgpt.generate(engine, rows, max_new_tokens=12, stop_at_eos=False)
+print(json.dumps({"process": jax.process_index(), "devices": len(jax.devices()), "logits": out.tolist(),
+                  "ids": [g.ids for g in gen]}))
 """
 
 
@@ -165,3 +167,4 @@ def test_two_processes_share_one_mesh(single, tmp_path):
     assert sorted(r["process"] for r in results) == [0, 1] and all(r["devices"] == 8 for r in results)
     for r in results:
         np.testing.assert_allclose(np.array(r["logits"], np.float32), single[1], atol=2e-5, rtol=0)
+        assert r["ids"] == single[2]
