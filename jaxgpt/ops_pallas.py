@@ -16,6 +16,7 @@ epilogues and the flash-decoding kernel reads the cache after an XLA scatter).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -27,6 +28,7 @@ from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
+from pallas_kernels.partials import resolve
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
 # The fused decode step passes its tests in CPU interpret mode but has not yet been compiled on the H100 (the
@@ -63,12 +65,13 @@ class PallasOps(XlaOps):
     def qkv(x, w, b, *, n_head: int):
         B, T, C = x.shape
         if _decode_rows(x):  # the decode-attention kernel finishes it (sum, bias) and appends K/V
-            return matmul_split_k(x.reshape(B, C), w, b)
+            p = matmul_split_k(x.reshape(B, C), w, b)
+            return dataclasses.replace(p, view=(B, T, 3, n_head, C // n_head))
         return matmul(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
 
     @staticmethod
     def attention(qkv: jax.Array) -> jax.Array:
-        return flash_attention(qkv)
+        return flash_attention(resolve(qkv))  # a one-token prefill's qkv may still be split-K partials
 
     @staticmethod
     def decode_attention(qkv, k_cache, v_cache, pos):

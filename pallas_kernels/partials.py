@@ -24,7 +24,7 @@ def gelu_tanh(x):
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["parts", "bias"],
-                   meta_fields=["activation", "dtype"])
+                   meta_fields=["activation", "dtype", "view"])
 @dataclasses.dataclass(frozen=True)
 class SplitK:
     """``act(parts.sum(0) + bias)`` rounded to ``dtype``, not yet computed: parts (S, M, N) float32, bias (N,).
@@ -36,6 +36,7 @@ class SplitK:
     bias: jax.Array
     activation: str
     dtype: jnp.dtype
+    view: tuple[int, ...] | None = None  # the shape ``resolve`` gives (default (M, N))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -51,5 +52,6 @@ def finish(acc: jax.Array, bias: jax.Array, activation: str, dtype) -> jax.Array
 def resolve(x: "SplitK | jax.Array") -> jax.Array:
     """The finished (M, N) array (XLA fuses the sum, bias and activation into one kernel)."""
     if isinstance(x, SplitK):
-        return finish(x.parts.sum(0), x.bias, x.activation, x.dtype)
+        y = finish(x.parts.sum(0), x.bias, x.activation, x.dtype)
+        return y if x.view is None else y.reshape(x.view)
     return x

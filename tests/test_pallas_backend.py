@@ -54,3 +54,20 @@ def test_gpu_pallas_parity_full_size(model):
         for r in res:
             print(model, dtype, r.max_abs_diff, r.tolerance)
             assert r.ok, r
+
+
+def test_fused_decode_path_leaves_one_token_prefills_correct(monkeypatch):
+    """With the fused decode step on, a T=1 forward that is not a decode step still finishes its split-K qkv."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxgpt import ops_pallas
+    from jaxgpt.ops import get_ops
+    monkeypatch.setattr(ops_pallas, "FUSED_DECODE", True)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=100)
+    sd = random_state_dict(cfg, seed=1)
+    engine = Engine(cfg, sd)
+    model = nnx.merge(engine.graphdef, engine.state)
+    ids, last = jnp.array([[5], [7]]), jnp.array([0, 0])
+    got, want = model(ids, last, get_ops("pallas")), model(ids, last, get_ops("xla"))
+    assert np.all(np.isfinite(got)) and np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 1e-5
