@@ -1,6 +1,7 @@
 """Autotune the kernels' block sizes on the GPU at hand and write ``tuning_tables/<gpu>.json``.
 
     python -m pallas_kernels.autotune [--models gpt2,gpt2-xl] [--batch 8] [--seq 1024] [--dtype bfloat16]
+    python -m pallas_kernels.autotune --decode [--decode-batches 1,8] [--cache 512]   # generation's shapes
 
 For each GPT-2 shape of a prefill at (batch, seq), every candidate config is compiled and timed in device time
 (CUPTI); configs that fail to compile (shared-memory or register limits) are skipped. The winners are merged into the
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import tuning
+from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul
@@ -97,6 +99,38 @@ def autotune(models, batch, seq, dtype) -> dict:
     return table
 
 
+def autotune_decode(models, batches, cache, dtype) -> dict:
+    """Decode shapes: the split-K projections at M = batch rows and flash-decoding over a cache of ``cache`` slots."""
+    rng = np.random.default_rng(0)
+    rand = lambda *s: jnp.asarray(rng.standard_normal(s) * 0.05, dtype)  # noqa: E731
+    table: dict = {}
+    for name in models:
+        c = {"gpt2": 768, "gpt2-medium": 1024, "gpt2-large": 1280, "gpt2-xl": 1600}[name]
+        h = {"gpt2": 12, "gpt2-medium": 16, "gpt2-large": 20, "gpt2-xl": 25}[name]
+        for m in batches:
+            for k, n in ((c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)):
+                xm, wm, bm = rand(m, k), rand(k, n), rand(n)
+                key = tuning.shape_key(m=m, n=n, k=k, dtype=dtype)
+                got = _best(f"matmul {key}", tuning.MatmulConfig.candidates(m, n, k, dtype),
+                            lambda cfg: (jax.jit(lambda x, w, b, cfg=cfg: matmul(
+                                x, w, b, block_m=cfg.block_m, block_n=cfg.block_n, block_k=cfg.block_k,
+                                num_warps=cfg.num_warps, num_stages=cfg.num_stages, split_k=cfg.split_k)),
+                                (xm, wm, bm)))
+                if got:
+                    table.setdefault("MatmulConfig", {})[key] = dataclasses.asdict(got[0])
+            q, kc, vc = rand(m, h, 64), rand(m, cache, h, 64), rand(m, cache, h, 64)
+            lengths = jnp.full((m,), cache, jnp.int32)
+            key = tuning.shape_key(batch=m, heads=h, cache=cache, head_dim=64, dtype=dtype)
+            got = _best(f"decode_attention {key}",
+                        tuning.DecodeAttentionConfig.candidates(m, h, cache, 64, dtype),
+                        lambda cfg: (jax.jit(lambda q, k, v, n, cfg=cfg: decode_attention(
+                            q, k, v, n, block_k=cfg.block_k, num_splits=cfg.num_splits, num_warps=cfg.num_warps,
+                            num_stages=cfg.num_stages)), (q, kc, vc, lengths)))
+            if got:
+                table.setdefault("DecodeAttentionConfig", {})[key] = dataclasses.asdict(got[0])
+    return table
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pallas_kernels.autotune")
     ap.add_argument("--models", default="gpt2,gpt2-xl")
@@ -104,11 +138,18 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=None, help="default: tuning_tables/<gpu>.json (merged)")
+    ap.add_argument("--decode", action="store_true", help="tune generation's shapes instead of the prefill's")
+    ap.add_argument("--decode-batches", default="1,8")
+    ap.add_argument("--cache", type=int, default=512, help="cache slots for decode attention (default 512)")
     args = ap.parse_args(argv)
     gpu = tuning.gpu_name()
     if gpu is None:
         raise SystemExit("error: autotune needs a GPU")
-    new = autotune(args.models.split(","), args.batch, args.seq, args.dtype)
+    if args.decode:
+        new = autotune_decode(args.models.split(","), [int(b) for b in args.decode_batches.split(",")], args.cache,
+                              args.dtype)
+    else:
+        new = autotune(args.models.split(","), args.batch, args.seq, args.dtype)
     path = args.out or str(tuning.TABLES / f"{gpu}.json")
     try:
         with open(path) as f:

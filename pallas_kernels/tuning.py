@@ -68,6 +68,10 @@ class MatmulConfig:
 
     @staticmethod
     def candidates(m: int, n: int, k: int, dtype):
+        if m <= 16:  # decode: N tile width x K split (the programs that stream the weight), 4 warps
+            k_blocks = -(-k // 128)
+            return [MatmulConfig(16, bn, 128, nw, 3, sp) for bn in (32, 64, 128) for sp in (1, 2, 4, 8)
+                    for nw in (4,) if sp <= k_blocks] + [MatmulConfig(16, 64, 64, 4, 4, 8)]
         tiles = [(128, 128), (128, 256), (64, 128)] if m > 64 else [(16, 64), (16, 128), (32, 64)]
         return [MatmulConfig(bm, bn, 64, nw, 3) for bm, bn in tiles for nw in (4, 8)
                 if not (bm * bn >= 128 * 256 and nw == 4)]
