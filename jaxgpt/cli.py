@@ -28,7 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
     p.add_argument("--device", default=None, choices=list(DEVICES), help="default: the best available")
     p.add_argument("--backend", default="xla", choices=list(BACKENDS), help="op implementations (default xla)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and, in generate, for sampling (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for random weights and, in generate, for sampling (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
 
