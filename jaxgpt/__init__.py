@@ -19,7 +19,8 @@ from jaxgpt.weights import WeightsError, build_model, load_checkpoint, random_st
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights", "predict", "Prediction", "generate", "Generation",
+__all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights", "predict", "Prediction",
+           "generate", "Generation",
            "GenerateResult", "shard", "make_mesh", "pmap_last_logits", "initialize_distributed",
            "Candidate", "encode", "decode", "build_model", "load_checkpoint", "random_state_dict",
            "save_safetensors", "JaxGPTError", "UsageError", "WeightsError"]

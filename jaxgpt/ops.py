@@ -1,7 +1,8 @@
 """The op registry: the only switch between backends.
 
 The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.attention``,
-``ops.decode_attention``, ``ops.linear``, ``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA fuses what it can; attention goes to
+``ops.decode_attention``, ``ops.linear``, ``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA
+fuses what it can; attention goes to
 cuDNN for bf16/f16 on a GPU). Other backends subclass it and override the ops they have kernels for, so any op
 without a kernel falls back to the jnp version.
 

@@ -58,7 +58,8 @@ def _partials_add_ln_kernel(p_ref,  # (S, N, C) float32 split-K partials of the 
     cmask = jax.lax.broadcasted_iota(jnp.int32, (block_cols,), 0) < n_cols
     acc = jnp.zeros((block_rows, block_cols), jnp.float32)
     for p in range(p_ref.shape[0]):
-        acc += pltriton.load(p_ref.at[jnp.int32(p), pl.ds(row0, block_rows), pl.ds(0, block_cols)], mask=mask, other=0.0)
+        acc += pltriton.load(p_ref.at[jnp.int32(p), pl.ds(row0, block_rows), pl.ds(0, block_cols)], mask=mask,
+                             other=0.0)
     pb = pltriton.load(pb_ref.at[pl.ds(0, block_cols)], mask=cmask, other=0.0)
     x = finish(acc, pb[None, :], "none", dtype).astype(jnp.float32)  # the sublayer output, rounded like a store
     x = x + pltriton.load(r_ref.at[pl.ds(row0, block_rows), pl.ds(0, block_cols)], mask=mask,
