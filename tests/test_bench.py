@@ -56,3 +56,20 @@ def test_bench_bad_input(capsys, tmp_path):
     f.write_text("x")
     assert main(["bench", "--out", str(f)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_scaling_smoke_on_eight_cpu_devices(tmp_path):
+    import jax
+
+    from bench import scaling
+    if len(jax.devices()) < 2:
+        pytest.skip("needs several devices")
+    assert scaling.main(["--smoke", "--reps", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "scaling.json").read_text())
+    assert res["device_count"] == len(jax.devices()) and res["smoke"]
+    dp = [r for r in res["rows"] if r["kind"] == "data_parallel"]
+    tp = [r for r in res["rows"] if r["kind"] == "tensor_parallel"]
+    assert [r["devices"] for r in dp][:2] == [1, 2] and dp[0]["prefill_efficiency"] == 1.0
+    assert all(r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 for r in dp)
+    assert tp and tp[0]["devices"] == 1 and all(r["ms_per_token"] > 0 for r in tp)
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
