@@ -241,9 +241,12 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
         if any(p == "" for p in prompts):
             raise UsageError("empty prompt: give some text to continue")
         texts, rows = list(prompts), [tokenizer.encode(p) for p in prompts]
+    elif any(isinstance(p, str) for p in prompts):
+        raise UsageError("prompts must be all strings or all token-id lists, not a mix")
     else:
         texts, rows = [None] * len(prompts), [[int(t) for t in p] for p in prompts]
     _validate(engine, rows, max_new_tokens)
+    stop = [stop] if isinstance(stop, str) else list(stop)
     stops = [s for s in stop if s != tokenizer.EOT]
     stop_at_eos = stop_at_eos or len(stops) != len(stop)
 

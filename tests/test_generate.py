@@ -86,6 +86,8 @@ def test_stop_string_cuts_the_text_and_streaming_matches():
     engine = Engine(TINY, random_state_dict(TINY, seed=5))
     full = generate(engine, ["Dobby is"], max_new_tokens=12, stop_at_eos=False)[0]
     stop = full.text[len(full.text) // 2:][:3]
+    assert generate(engine, ["Dobby is"], max_new_tokens=12, stop_at_eos=False, stop=stop)[0].text == \
+        full.text[:full.text.find(stop)]  # a single string works like a list of one
     pieces = []
     cut = generate(engine, ["Dobby is"], max_new_tokens=12, stop_at_eos=False, stop=[stop],
                    stream=lambda r, t: pieces.append(t))[0]
@@ -118,6 +120,7 @@ def test_sampling_is_reproducible_and_seeded():
     ({"prompts": []}, "no prompts"),
     ({"temperature": -0.5}, "temperature"),
     ({"top_p": 2.0}, "top-p"),
+    ({"prompts": ["Dobby", [1, 2]]}, "not a mix"),
 ])
 def test_bad_arguments(kw, needle):
     engine = Engine(TINY, random_state_dict(TINY, seed=1))
