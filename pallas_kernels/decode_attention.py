@@ -37,9 +37,15 @@ def _decode_kernel(q_ref,  # (B, H, D) whole array
                    *, bk: int, chunk: int, scale: float):
     b, h, sp = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     q = pltriton.load(q_ref.at[b, h, :]).astype(jnp.float32) * (scale * LOG2E)  # (D,)
-    length = len_ref[b]
-    lo = sp * chunk
-    hi = jnp.minimum(lo + chunk, length)  # this split's keys: [lo, hi)
+    D = q.shape[0]
+    init = (jnp.zeros((D,), jnp.float32), jnp.float32(_NEG), jnp.float32(0.0))
+    _attend_split(q, k_ref, v_ref, o_ref, lse_ref, init, b=b, h=h, sp=sp, lo=sp * chunk,
+                  hi=jnp.minimum(sp * chunk + chunk, len_ref[b]), bk=bk)
+
+
+def _attend_split(q, k_ref, v_ref, o_ref, lse_ref, carry, *, b, h, sp, lo, hi, bk: int):
+    """Both kernels' split: online softmax of q (D,) over cache slots [lo, hi) of (row b, head h), starting from
+    ``carry`` = (acc (D,), m, l); stores the split's normalised output and log2-sum-exp (broadcast over D)."""
 
     def step(j, carry):
         acc, m, l = carry
@@ -56,14 +62,13 @@ def _decode_kernel(q_ref,  # (B, H, D) whole array
         acc = acc * alpha + jnp.sum(p[:, None] * v.astype(jnp.float32), axis=0)  # (D,)
         return acc, m_new, l
 
-    D = q.shape[0]
     n = pl.cdiv(jnp.maximum(hi - lo, 0), bk)
-    acc, m, l = jax.lax.fori_loop(0, n, step, (jnp.zeros((D,), jnp.float32), jnp.float32(_NEG), jnp.float32(0.0)))
+    acc, m, l = jax.lax.fori_loop(0, n, step, carry)
     nonempty = l > 0.0
     out = acc / jnp.where(nonempty, l, 1.0)
     lse = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, l, 1.0)), _NEG)
     pltriton.store(o_ref.at[b, h, sp, :], out)
-    pltriton.store(lse_ref.at[b, h, sp, :], jnp.full((D,), lse, jnp.float32))
+    pltriton.store(lse_ref.at[b, h, sp, :], jnp.full((acc.shape[0],), lse, jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=("block_k", "num_splits", "num_warps", "num_stages", "interpret"))
@@ -136,27 +141,9 @@ def _append_kernel(p_ref,  # (P, B, 3C) float32 split-K partials of the c_attn p
     # initial value from a traced float32.)
     is_first = (sp == 0).astype(jnp.float32)
     carry = (v_new.astype(jnp.float32) * is_first, jnp.where(sp == 0, s_new, jnp.full_like(s_new, _NEG)), is_first)
-    lo = sp * chunk
-    hi = jnp.minimum(lo + chunk, pos)
-
-    def step(j, carry):
-        acc, m, l = carry
-        k_pos = lo + j * bk + jnp.arange(bk)  # (BK,)
-        ok = k_pos < hi
-        k = pltriton.load(kc_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
-        v = pltriton.load(vc_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
-        s = jnp.where(ok, jnp.sum(k.astype(jnp.float32) * q[None, :], axis=1), _NEG)  # (BK,)
-        m_new = jnp.maximum(m, jnp.max(s))
-        p = jnp.exp2(s - m_new)
-        alpha = jnp.exp2(m - m_new)
-        return (acc * alpha + jnp.sum(p[:, None] * v.astype(jnp.float32), axis=0), m_new,
-                l * alpha + jnp.sum(p))
-
-    acc, m, l = jax.lax.fori_loop(0, pl.cdiv(jnp.maximum(hi - lo, 0), bk), step, carry)
-    nonempty = l > 0.0
-    pltriton.store(o_ref.at[b, h, sp, :], acc / jnp.where(nonempty, l, 1.0))
-    lse = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, l, 1.0)), _NEG)
-    pltriton.store(lse_ref.at[b, h, sp, :], jnp.full((D,), lse, jnp.float32))
+    # The cache loop stops before pos: the new token already counts in split 0's carry.
+    _attend_split(q, kc_ref, vc_ref, o_ref, lse_ref, carry, b=b, h=h, sp=sp, lo=sp * chunk,
+                  hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
 
 
 @functools.partial(jax.jit, static_argnames=("block_k", "num_splits", "num_warps", "num_stages", "interpret"))
