@@ -88,14 +88,7 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Arra
         raise ValueError(f"head_dim {D=} must be a power of two >= 16")
     if lengths.shape != (B,):
         raise ValueError(f"{lengths.shape=} must be ({B},)")
-    cfg = lookup(DecodeAttentionConfig, batch=B, heads=H, cache=S, head_dim=D, dtype=k.dtype)
-    bk, splits = block_k or cfg.block_k, num_splits or cfg.num_splits
-    if bk < 16 or bk & (bk - 1):
-        raise ValueError(f"block_k={bk} must be a power of two >= 16")
-    if splits < 1:
-        raise ValueError(f"num_splits={splits} must be >= 1")
-    chunk = pl.cdiv(pl.cdiv(S, splits), bk) * bk  # keys per split, a whole number of blocks
-    splits = pl.cdiv(S, chunk)
+    bk, chunk, splits, params = _split_plan(k, block_k, num_splits, num_warps, num_stages)
     kernel = functools.partial(_decode_kernel, bk=bk, chunk=chunk, scale=1.0 / math.sqrt(D))
     part = jax.ShapeDtypeStruct((B, H, splits, D), jnp.float32)
     o, lse = pl.pallas_call(
@@ -104,7 +97,7 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Arra
         grid=(B, H, splits),
         in_specs=[pl.no_block_spec] * 4,
         out_specs=(pl.no_block_spec, pl.no_block_spec),
-        compiler_params=compiler_params(num_warps or cfg.num_warps, num_stages or cfg.num_stages),
+        compiler_params=params,
         interpret=default_interpret(interpret),
         name="jaxgpt_decode_attention",
     )(q, k, v, jnp.minimum(lengths.astype(jnp.int32), S))
@@ -173,12 +166,7 @@ def decode_attention_append(qkv: "SplitK | jax.Array", k_cache: jax.Array, v_cac
         bias, dtype = jnp.zeros((3 * H * D,), jnp.float32), qkv.dtype
     if parts.shape[1:] != (B, 3 * H * D):
         raise ValueError(f"qkv partials {parts.shape} must be (P, {B}, {3 * H * D}) for the cache {k_cache.shape}")
-    cfg = lookup(DecodeAttentionConfig, batch=B, heads=H, cache=S, head_dim=D, dtype=k_cache.dtype)
-    bk, splits = block_k or cfg.block_k, num_splits or cfg.num_splits
-    if bk < 16 or bk & (bk - 1):
-        raise ValueError(f"block_k={bk} must be a power of two >= 16")
-    chunk = pl.cdiv(pl.cdiv(S, max(splits, 1)), bk) * bk
-    splits = pl.cdiv(S, chunk)
+    bk, chunk, splits, params = _split_plan(k_cache, block_k, num_splits, num_warps, num_stages)
     kernel = functools.partial(_append_kernel, heads=H, bk=bk, chunk=chunk, scale=1.0 / math.sqrt(D),
                                dtype=jnp.dtype(dtype))
     part = jax.ShapeDtypeStruct((B, H, splits, D), jnp.float32)
@@ -190,7 +178,7 @@ def decode_attention_append(qkv: "SplitK | jax.Array", k_cache: jax.Array, v_cac
         in_specs=[pl.no_block_spec] * 5,
         out_specs=[pl.no_block_spec] * 4,
         input_output_aliases={2: 2, 3: 3},
-        compiler_params=compiler_params(num_warps or cfg.num_warps, num_stages or cfg.num_stages),
+        compiler_params=params,
         interpret=default_interpret(interpret),
         name="jaxgpt_decode_attention_append",
     )(parts, bias, k_cache, v_cache, jnp.clip(pos.astype(jnp.int32), 0, S - 1))
@@ -205,6 +193,19 @@ def decode_attention_append_reference(qkv, k_cache, v_cache, pos):
     k_cache = k_cache.at[rows, pos].set(qkv[:, 1].astype(k_cache.dtype))
     v_cache = v_cache.at[rows, pos].set(qkv[:, 2].astype(v_cache.dtype))
     return decode_attention_reference(qkv[:, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
+
+
+def _split_plan(cache: jax.Array, block_k, num_splits, num_warps, num_stages):
+    """Block size, keys per split, split count and compiler params for a (B, S, H, D) cache (tuned or given)."""
+    B, S, H, D = cache.shape
+    cfg = lookup(DecodeAttentionConfig, batch=B, heads=H, cache=S, head_dim=D, dtype=cache.dtype)
+    bk, splits = block_k or cfg.block_k, num_splits or cfg.num_splits
+    if bk < 16 or bk & (bk - 1):
+        raise ValueError(f"block_k={bk} must be a power of two >= 16")
+    if splits < 1:
+        raise ValueError(f"num_splits={splits} must be >= 1")
+    chunk = pl.cdiv(pl.cdiv(S, splits), bk) * bk  # keys per split, a whole number of blocks
+    return bk, chunk, pl.cdiv(S, chunk), compiler_params(num_warps or cfg.num_warps, num_stages or cfg.num_stages)
 
 
 def _combine(o: jax.Array, lse: jax.Array) -> jax.Array:
