@@ -75,9 +75,7 @@ class XlaOps:
         Writes row b's key/value to slot ``pos[b]`` and attends over slots ``0..pos[b]``: returns
         ``(out (B, H, D), k_cache, v_cache)``.
         """
-        rows = jnp.arange(qkv.shape[0])
-        k_cache = k_cache.at[rows, pos].set(qkv[:, 0, 1])  # in place when the caller donates or carries it
-        v_cache = v_cache.at[rows, pos].set(qkv[:, 0, 2])
+        k_cache, v_cache = append_kv(qkv, k_cache, v_cache, pos)
         return decode_attention_reference(qkv[:, 0, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
 
     @classmethod
@@ -107,6 +105,13 @@ def attention_reference(q, k, v, *, kv_lengths=None):
     o = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, precision=matmul_precision(q.dtype),
                    preferred_element_type=jnp.float32)
     return o.astype(q.dtype)
+
+
+def append_kv(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, pos: jax.Array):
+    """Row b's new key and value (qkv (B, 1, 3, H, D)) into slot ``pos[b]`` of the (B, S, H, D) caches; in place
+    when the caller donates or carries the caches."""
+    rows = jnp.arange(qkv.shape[0])
+    return k_cache.at[rows, pos].set(qkv[:, 0, 1]), v_cache.at[rows, pos].set(qkv[:, 0, 2])
 
 
 def decode_attention_reference(q, k, v, lengths):

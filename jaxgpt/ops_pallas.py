@@ -20,9 +20,8 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 
-from jaxgpt.ops import BACKENDS, XlaOps
+from jaxgpt.ops import BACKENDS, XlaOps, append_kv
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
@@ -77,9 +76,7 @@ class PallasOps(XlaOps):
     def decode_attention(qkv, k_cache, v_cache, pos):
         if FUSED_DECODE:  # qkv may be SplitK partials: finished, appended and attended in one kernel
             return decode_attention_append(qkv, k_cache, v_cache, pos)
-        rows = jnp.arange(qkv.shape[0])
-        k_cache = k_cache.at[rows, pos].set(qkv[:, 0, 1])  # (B, S, H, D), in place inside the decode loop
-        v_cache = v_cache.at[rows, pos].set(qkv[:, 0, 2])
+        k_cache, v_cache = append_kv(qkv, k_cache, v_cache, pos)  # (B, S, H, D) each, XLA scatter
         return decode_attention(qkv[:, 0, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
 
     @staticmethod

@@ -27,6 +27,23 @@ from pallas_kernels.matmul import matmul
 from pallas_kernels.mlp import fused_mlp, mlp
 
 
+# (n_embd, n_head) of the presets; pallas_kernels does not import jaxgpt's config.
+WIDTH_HEADS = {"gpt2": (768, 12), "gpt2-medium": (1024, 16), "gpt2-large": (1280, 20), "gpt2-xl": (1600, 25)}
+
+
+def _tune_projections(table: dict, c: int, m: int, rand, dtype) -> None:
+    """The four GPT-2 projections of width ``c`` at ``m`` rows (split-K candidates at decode-sized m)."""
+    for k, n in ((c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)):
+        xm, wm, bm = rand(m, k), rand(k, n), rand(n)
+        key = tuning.shape_key(m=m, n=n, k=k, dtype=dtype)
+        got = _best(f"matmul {key}", tuning.MatmulConfig.candidates(m, n, k, dtype),
+                    lambda cfg: (jax.jit(lambda x, w, b, cfg=cfg: matmul(
+                        x, w, b, block_m=cfg.block_m, block_n=cfg.block_n, block_k=cfg.block_k,
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, split_k=cfg.split_k)), (xm, wm, bm)))
+        if got:
+            table.setdefault("MatmulConfig", {})[key] = dataclasses.asdict(got[0])
+
+
 def _time(fn, *args, iterations=10) -> float:
     from jax.experimental.mosaic.gpu import profiler
     jax.block_until_ready(fn(*args))
@@ -56,8 +73,7 @@ def autotune(models, batch, seq, dtype) -> dict:
     table: dict = {}
     rows = batch * seq
     for name in models:
-        c = {"gpt2": 768, "gpt2-medium": 1024, "gpt2-large": 1280, "gpt2-xl": 1600}[name]
-        h = {"gpt2": 12, "gpt2-medium": 16, "gpt2-large": 20, "gpt2-xl": 25}[name]
+        c, h = WIDTH_HEADS[name]
         x, r, w, b = rand(rows, c), rand(rows, c), rand(c) + 1, rand(c)
         key = tuning.shape_key(rows=rows, cols=c, dtype=dtype)
         got = _best(f"layer_norm {key}", tuning.LayerNormConfig.candidates(rows, c, dtype),
@@ -65,15 +81,7 @@ def autotune(models, batch, seq, dtype) -> dict:
                         x, r, w, b, block_rows=cfg.block_rows, num_warps=cfg.num_warps)), (x, r, w, b)))
         if got:
             table.setdefault("LayerNormConfig", {})[key] = dataclasses.asdict(got[0])
-        for k, n in ((c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)):
-            xm, wm, bm = rand(rows, k), rand(k, n), rand(n)
-            key = tuning.shape_key(m=rows, n=n, k=k, dtype=dtype)
-            got = _best(f"matmul {key}", tuning.MatmulConfig.candidates(rows, n, k, dtype),
-                        lambda cfg: (jax.jit(lambda x, w, b, cfg=cfg: matmul(
-                            x, w, b, block_m=cfg.block_m, block_n=cfg.block_n, block_k=cfg.block_k,
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)), (xm, wm, bm)))
-            if got:
-                table.setdefault("MatmulConfig", {})[key] = dataclasses.asdict(got[0])
+        _tune_projections(table, c, rows, rand, dtype)
         qkv = rand(batch, seq, 3, h, 64) * 20
         key = tuning.shape_key(seq=seq, heads=h, head_dim=64, batch=batch, dtype=dtype)
         got = _best(f"attention {key}", tuning.AttentionConfig.candidates(seq, h, 64, batch, dtype),
@@ -105,19 +113,9 @@ def autotune_decode(models, batches, cache, dtype) -> dict:
     rand = lambda *s: jnp.asarray(rng.standard_normal(s) * 0.05, dtype)  # noqa: E731
     table: dict = {}
     for name in models:
-        c = {"gpt2": 768, "gpt2-medium": 1024, "gpt2-large": 1280, "gpt2-xl": 1600}[name]
-        h = {"gpt2": 12, "gpt2-medium": 16, "gpt2-large": 20, "gpt2-xl": 25}[name]
+        c, h = WIDTH_HEADS[name]
         for m in batches:
-            for k, n in ((c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)):
-                xm, wm, bm = rand(m, k), rand(k, n), rand(n)
-                key = tuning.shape_key(m=m, n=n, k=k, dtype=dtype)
-                got = _best(f"matmul {key}", tuning.MatmulConfig.candidates(m, n, k, dtype),
-                            lambda cfg: (jax.jit(lambda x, w, b, cfg=cfg: matmul(
-                                x, w, b, block_m=cfg.block_m, block_n=cfg.block_n, block_k=cfg.block_k,
-                                num_warps=cfg.num_warps, num_stages=cfg.num_stages, split_k=cfg.split_k)),
-                                (xm, wm, bm)))
-                if got:
-                    table.setdefault("MatmulConfig", {})[key] = dataclasses.asdict(got[0])
+            _tune_projections(table, c, m, rand, dtype)
             q, kc, vc = rand(m, h, 64), rand(m, cache, h, 64), rand(m, cache, h, 64)
             lengths = jnp.full((m,), cache, jnp.int32)
             key = tuning.shape_key(batch=m, heads=h, cache=cache, head_dim=64, dtype=dtype)
