@@ -39,7 +39,7 @@ def _err(a, b):
     return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
 
 
-def peers_attention():
+def peers_attention(torch_ok: bool = False):
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.ERROR)  # tokamax logs every autotuning-cache miss
@@ -53,16 +53,8 @@ def peers_attention():
                 q, k, v, is_causal=True, implementation=impl))(impl)
     except Exception as e:  # noqa: BLE001 — peers are optional
         SKIPPED.append(f"tokamax: n/a ({type(e).__name__}: {str(e)[:120]})")
-    try:
-        import torch
-        import torch.nn.functional as F
-        if torch.cuda.is_available():
-            out["torch_sdpa"] = "torch"
-        else:
-            SKIPPED.append("torch SDPA / F.layer_norm: n/a (no CUDA torch)")
-        del F
-    except ImportError:
-        SKIPPED.append("torch: n/a (not installed)")
+    if torch_ok:
+        out["torch_sdpa"] = "torch"
     return out
 
 
@@ -148,7 +140,7 @@ def run(quick: bool = False, mode: str | None = None):
                                                                              ref), copy_gbs)
 
     # Attention
-    peers = peers_attention() if on_gpu else {}
+    peers = peers_attention(torch_ok) if on_gpu else {}
     D = shapes.get("head_dim", 64)
     for B, T, H in shapes["attn"]:
         qkv = _rand(rng, B, T, 3, H, D)
@@ -234,11 +226,15 @@ def _xla_decode_attention(q, k, v, lengths):
 
 
 def _torch_cuda() -> bool:
+    """Whether the torch peers can run; says why not in SKIPPED otherwise."""
     try:
         import torch
-        return torch.cuda.is_available()
     except ImportError:
+        SKIPPED.append("torch SDPA / F.layer_norm: n/a (torch not installed)")
         return False
+    if not torch.cuda.is_available():
+        SKIPPED.append("torch SDPA / F.layer_norm: n/a (no CUDA torch)")
+    return torch.cuda.is_available()
 
 
 def print_table(rows):

@@ -234,7 +234,7 @@ def run(what: str = "all", models: list[str] | None = None, dtype: str = "bfloat
     mode = "smoke" if not on_gpu else ("quick" if quick else "full")
     models = models or ["gpt2", "gpt2-xl"]
     if mode == "smoke":
-        models = [_smoke_model()]
+        models = [smoke_model()]
     result = {"environment": environment(dtype, mode), "kernels": [], "model": [], "skipped": []}
     if mode == "smoke":
         result["note"] = SMOKE_NOTE
@@ -259,11 +259,11 @@ def run(what: str = "all", models: list[str] | None = None, dtype: str = "bfloat
     return result
 
 
-def _smoke_model() -> str:
-    """The smoke run's model: a registered tiny preset-like name (so the cases need no weights)."""
+def smoke_model() -> str:
+    """The smoke runs' model (this bench and ``bench.scaling``): a tiny config registered as a preset name, so the
+    cases that take a model name run it. Four heads, so tensor parallelism can split them 1, 2 or 4 ways."""
     from jaxgpt.config import PRESETS, GPTConfig
-    if "tiny-smoke" not in PRESETS:
-        PRESETS["tiny-smoke"] = GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=128, vocab_size=50257)
+    PRESETS.setdefault("tiny-smoke", GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=128, vocab_size=50257))
     return "tiny-smoke"
 
 

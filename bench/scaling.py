@@ -23,7 +23,6 @@ import jax
 import numpy as np
 
 from jaxgpt import GPTConfig, random_state_dict
-from jaxgpt.config import PRESETS
 from jaxgpt.engine import Engine
 from jaxgpt.generate import generate
 from jaxgpt.sharding import shard
@@ -123,8 +122,9 @@ def main(argv=None) -> int:
     models, tp_models = args.model.split(","), args.tp_model.split(",")
     per_device, seq, new = 8, 1024, 128
     if args.smoke:
-        PRESETS.setdefault("tiny-smoke", GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=128, vocab_size=1000))
-        models, tp_models, per_device, seq, new = ["tiny-smoke"], ["tiny-smoke"], 2, 32, 4
+        from bench.run import smoke_model
+        models = tp_models = [smoke_model()]
+        per_device, seq, new = 2, 32, 4
     rows = [r for m in models for r in data_parallel(m, args.dtype, per_device, seq, new, args.reps)]
     rows += [r for m in tp_models for r in tensor_parallel(m, args.dtype, new, args.reps)]
     meta = {"device": jax.devices()[0].device_kind, "device_count": len(jax.devices()), "jax": jax.__version__,
