@@ -48,6 +48,11 @@ def resolve_device(name: str | None) -> jax.Device:
                          f"(jax {jax.__version__}, backends: {jax.default_backend()})") from None
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` >= n (batches padded for the data-parallel degree)."""
+    return -(-n // multiple) * multiple
+
+
 def bucket_length(t: int, n_ctx: int) -> int:
     """Smallest bucket >= t: powers of two from 8, capped at n_ctx."""
     b = 8
@@ -148,7 +153,7 @@ class Engine:
         """Float32 logits after the last token of each row: rows of ids (ragged) -> (B, V) numpy."""
         self.check_ids(rows)
         length = bucket_length(max(map(len, rows)), self.config.n_ctx)
-        batch = -(-len(rows) // self.batch_multiple) * self.batch_multiple  # padding rows are dropped below
+        batch = round_up(len(rows), self.batch_multiple)  # padding rows are dropped below
         ids = np.zeros((batch, length), np.int32)  # right padding never reaches real positions (causal)
         last = np.zeros((batch,), np.int32)
         for r, row in enumerate(rows):

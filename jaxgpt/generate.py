@@ -32,7 +32,7 @@ from flax import nnx
 from jax.experimental import io_callback
 
 from jaxgpt import tokenizer
-from jaxgpt.engine import Engine, bucket_length
+from jaxgpt.engine import Engine, bucket_length, round_up
 from jaxgpt.errors import UsageError
 from jaxgpt.model import KVCache
 from jaxgpt.ops import get_ops
@@ -252,7 +252,7 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
 
     n = len(rows)
     batch = 1 << (n - 1).bit_length()  # batch bucket: a power of two (and a multiple of the data-parallel degree)
-    batch = -(-batch // engine.batch_multiple) * engine.batch_multiple
+    batch = round_up(batch, engine.batch_multiple)
     prompt_len = bucket_length(max(map(len, rows)), engine.config.n_ctx)
     cache_len = bucket_length(max(map(len, rows)) + max_new_tokens, engine.config.n_ctx)
     # Host callbacks need the whole batch in one place: a sharded engine streams each row's text when it is done

@@ -170,21 +170,17 @@ def shard(engine, *, data: int | bool | None = True, tensor: int = 1, devices: S
     return engine
 
 
-def padded_batch(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def pmap_last_logits(engine, rows: list[list[int]]) -> np.ndarray:
     """``Engine.last_logits`` through ``jax.pmap``: rows split over the local devices -> (B, V) float32."""
     from flax import nnx
 
-    from jaxgpt.engine import bucket_length
+    from jaxgpt.engine import bucket_length, round_up
     from jaxgpt.ops import get_ops
     engine.check_ids(rows)
     devices = jax.local_devices()
     n_dev = len(devices)
     length = bucket_length(max(map(len, rows)), engine.config.n_ctx)
-    B = padded_batch(len(rows), n_dev)
+    B = round_up(len(rows), n_dev)
     ids = np.zeros((B, length), np.int32)
     last = np.zeros((B,), np.int32)
     for r, row in enumerate(rows):
