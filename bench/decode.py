@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -26,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bench.timing import device_time_ms, kernel_breakdown
-from jaxgpt import GPTConfig, random_state_dict
+from bench.timing import device_time_ms, kernel_breakdown, random_weights
+from jaxgpt import GPTConfig
 from jaxgpt.engine import Engine, bucket_length
 from jaxgpt.generate import _compiled
 from jaxgpt.model import KVCache
@@ -48,8 +49,8 @@ def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int) -> fl
 
 
 def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int) -> dict:
-    cfg = GPTConfig.from_name(model)
-    engine = Engine(cfg, random_state_dict(cfg, seed=0), dtype=dtype, backend=backend)
+    cfg, sd = random_weights(model)
+    engine = Engine(cfg, sd, dtype=dtype, backend=backend)
     P = bucket_length(PROMPT, cfg.n_ctx)
     S = bucket_length(PROMPT + tokens, cfg.n_ctx)
     t0 = time.perf_counter()
@@ -136,6 +137,15 @@ def hf_case(model: str, dtype: str, batch: int, tokens: int, reps: int, compiled
             "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, torch.finfo(tdtype).bits // 8)}
 
 
+def _save(path: str | None, rows: list[dict], bw: float | None) -> None:
+    """The rows so far (written after every case, so a run cut short keeps what it measured)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "copy_gbs": bw,
+                       "fused_decode": os.environ.get("JAXGPT_FUSED_DECODE") == "1",
+                       "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gpt2,gpt2-xl")
@@ -160,12 +170,14 @@ def main(argv=None):
                 except Exception as e:  # noqa: BLE001 - a failing case is reported, the others still run
                     rows.append({"impl": f"jaxgpt-{backend}", "model": model, "batch": batch, "error": repr(e)[:300]})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "kernels"}), flush=True)
+                _save(args.out, rows, bw)
             for kind in filter(None, args.hf.split(",")):
                 try:
                     rows.append(hf_case(model, args.dtype, batch, args.hf_tokens, args.reps, kind == "compile"))
                 except Exception as e:  # noqa: BLE001
                     rows.append({"impl": f"hf-{kind}", "model": model, "batch": batch, "error": repr(e)[:300]})
                 print(json.dumps(rows[-1]), flush=True)
+                _save(args.out, rows, bw)
     for r in rows:
         if bw and "ms_per_token" in r:
             r["bandwidth_gbs"] = r["bytes_per_step"] / (r["ms_per_token"] * 1e-3) / 1e9
@@ -192,10 +204,7 @@ def main(argv=None):
                 print(f"\n{r['model']} B{r['batch']} {r['impl']}: top kernels of one step (us)")
                 for name, ms in r["kernels"]:
                     print(f"  {ms * 1e3:8.1f}  {name[:100]}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": dev, "jax": jax.__version__, "copy_gbs": bw, "date": time.strftime("%Y-%m-%d"),
-                       "rows": rows}, f, indent=1)
+    _save(args.out, rows, bw)
 
 
 if __name__ == "__main__":

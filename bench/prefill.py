@@ -13,15 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.timing import device_time_ms, kernel_breakdown
-from jaxgpt import GPTConfig, random_state_dict
+from bench.timing import device_time_ms, kernel_breakdown, random_weights
 from jaxgpt.engine import Engine
 
 
 def prefill_case(model: str, backend: str, dtype: str, batch: int, seq: int, *, breakdown: int = 0,
                  iterations: int = 20) -> dict:
-    cfg = GPTConfig.from_name(model)
-    engine = Engine(cfg, random_state_dict(cfg, seed=0), dtype=dtype, backend=backend, source=f"{model} random")
+    cfg, sd = random_weights(model)
+    engine = Engine(cfg, sd, dtype=dtype, backend=backend, source=f"{model} random")
     t0 = time.perf_counter()
     fn = engine.compiled(batch, seq)
     compile_s = time.perf_counter() - t0

@@ -51,33 +51,46 @@ def environment(dtype: str, mode: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------- model cases
 
-def model_rows(models: list[str], dtype: str, mode: str, skipped: list[str]) -> list[dict]:
-    """Prefill (B=1/8, T=128/1024) and decode (B=1/8) for the XLA and Pallas backends and HF transformers."""
+def model_rows(models: list[str], dtype: str, mode: str, skipped: list[str], on_row=None) -> list[dict]:
+    """Prefill (B=1/8, T=128/1024) and decode (B=1/8) for the XLA and Pallas backends and HF transformers.
+
+    The ``torch.compile`` peers run last (their compiles take minutes), and ``on_row`` sees the rows so far after
+    every case, so a run cut short still leaves every finished row on disk."""
     from bench.decode import hf_case, jax_case
     from bench.prefill import prefill_case
     smoke = mode == "smoke"
-    rows = []
+    rows: list[dict] = []
     prefill_shapes = [(2, 16)] if smoke else ([(8, 1024)] if mode == "quick" else
                                                        [(1, 128), (8, 128), (1, 1024), (8, 1024)])
     decode_batches, tokens = ((2,), 6) if smoke else (((1,) if mode == "quick" else (1, 8)), 256)
-    for model in models:
-        for batch, seq in prefill_shapes:
-            for backend in ("xla", "pallas"):
-                rows.append(_guard(skipped, f"prefill {model} {backend} B{batch} T{seq}", lambda: {
-                    "case": "prefill", "impl": f"jaxgpt-{backend}", **_prefill_row(
-                        prefill_case(model, backend, dtype, batch, seq, iterations=3 if smoke else 20))}))
-            for kind in ("eager", "compile") if not smoke else ("eager",):
-                rows.append(_guard(skipped, f"prefill {model} hf-{kind} B{batch} T{seq}",
-                                   lambda: hf_prefill(model, dtype, batch, seq, compiled=kind == "compile")))
-        for batch in decode_batches:
-            for backend in ("xla", "pallas"):
-                rows.append(_guard(skipped, f"decode {model} {backend} B{batch}", lambda: {
-                    "case": "decode", **_decode_row(jax_case(model, backend, dtype, batch, tokens, 1 if smoke else 3,
-                                                             0))}))
-            for kind in ("eager", "compile") if not smoke else ():
-                rows.append(_guard(skipped, f"decode {model} hf-{kind} B{batch}", lambda: {
-                    "case": "decode", **_decode_row(hf_case(model, dtype, batch, 64, 3, kind == "compile"))}))
-    return [r for r in rows if r is not None]
+
+    def add(what: str, fn) -> None:
+        row = _guard(skipped, what, fn)
+        if row is not None:
+            rows.append(row)
+        if on_row is not None:
+            on_row(rows)
+
+    hf_kinds = ("eager",) if smoke else ("eager", "compile")
+    for kind_pass in (("jax", "eager"), ("compile",)):
+        for model in models:
+            for batch, seq in prefill_shapes:
+                for backend in ("xla", "pallas") if "jax" in kind_pass else ():
+                    add(f"prefill {model} {backend} B{batch} T{seq}", lambda: {
+                        "case": "prefill", "impl": f"jaxgpt-{backend}", **_prefill_row(
+                            prefill_case(model, backend, dtype, batch, seq, iterations=3 if smoke else 20))})
+                for kind in (k for k in hf_kinds if k in kind_pass):
+                    add(f"prefill {model} hf-{kind} B{batch} T{seq}",
+                        lambda: hf_prefill(model, dtype, batch, seq, compiled=kind == "compile"))
+            for batch in decode_batches:
+                for backend in ("xla", "pallas") if "jax" in kind_pass else ():
+                    add(f"decode {model} {backend} B{batch}", lambda: {
+                        "case": "decode", **_decode_row(jax_case(model, backend, dtype, batch, tokens,
+                                                                 1 if smoke else 3, 0))})
+                for kind in (k for k in hf_kinds if k in kind_pass and not smoke):
+                    add(f"decode {model} hf-{kind} B{batch}", lambda: {
+                        "case": "decode", **_decode_row(hf_case(model, dtype, batch, 64, 3, kind == "compile"))})
+    return rows
 
 
 def _guard(skipped: list[str], what: str, fn):
@@ -244,19 +257,29 @@ def run(what: str = "all", models: list[str] | None = None, dtype: str = "bfloat
         result["kernels"] = kernels.run(mode=mode)
         result["skipped"] += kernels.SKIPPED
         kernels.print_table(result["kernels"])
+    out = Path(out) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _save(result, out)
     if what in ("model", "all"):
-        result["model"] = model_rows(models, dtype, mode, result["skipped"])
+        def partial(rows: list[dict]) -> None:
+            if out is not None:
+                _save({**result, "model": rows}, out)
+        result["model"] = model_rows(models, dtype, mode, result["skipped"], on_row=partial)
         _print_model(result["model"])
     for s in result["skipped"]:
         print(f"  not run: {s}")
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
-        (out / "results.md").write_text(markdown(result))
+        _save(result, out)
         result["files"] = ["results.json", "results.md"] + plots(result, out)
         print(f"[bench] wrote {', '.join(result['files'])} to {out}", file=sys.stderr)
     return result
+
+
+def _save(result: dict, out: Path) -> None:
+    """results.json and results.md as they stand (written again after every case)."""
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "results.md").write_text(markdown(result))
 
 
 def smoke_model() -> str:

@@ -46,20 +46,22 @@ def _median_s(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def data_parallel(model: str, dtype: str, per_device: int, seq: int, new_tokens: int, reps: int) -> list[dict]:
+def data_parallel(model: str, dtype: str, per_device: int, seq: int, new_tokens: int, reps: int,
+                  backend: str = "xla") -> list[dict]:
     cfg = GPTConfig.from_name(model)
     sd = random_state_dict(cfg, seed=0)
     rng = np.random.default_rng(0)
     rows_out = []
     for n in _counts(len(jax.devices())):
-        engine = shard(Engine(cfg, sd, dtype=dtype), data=n, devices=jax.devices()[:n]) if n > 1 else \
-            Engine(cfg, sd, dtype=dtype)
+        engine = shard(Engine(cfg, sd, dtype=dtype, backend=backend), data=n, devices=jax.devices()[:n]) if n > 1 \
+            else Engine(cfg, sd, dtype=dtype, backend=backend)
         batch = per_device * n
         prompts = [rng.integers(0, cfg.vocab_size, size=seq).tolist() for _ in range(batch)]
         t_pre = _median_s(lambda: engine.last_logits(prompts), reps)
         short = [p[:16] for p in prompts]
         t_gen = _median_s(lambda: generate(engine, short, max_new_tokens=new_tokens, stop_at_eos=False), reps)
-        rows_out.append({"kind": "data_parallel", "model": model, "devices": n, "batch": batch, "seq": seq,
+        rows_out.append({"kind": "data_parallel", "model": model, "backend": backend, "devices": n, "batch": batch,
+                         "seq": seq,
                          "prefill_tokens_per_s": batch * seq / t_pre, "prefill_s": t_pre,
                          "decode_tokens_per_s": batch * new_tokens / t_gen, "generate_s": t_gen})
         print(json.dumps(rows_out[-1]), flush=True)
@@ -71,15 +73,18 @@ def data_parallel(model: str, dtype: str, per_device: int, seq: int, new_tokens:
 
 
 def tensor_parallel(model: str, dtype: str, new_tokens: int, reps: int) -> list[dict]:
+    """B=1 decode latency over 1, 2, 4 ... devices; the XLA backend throughout (GSPMD splits the weights; the
+    Pallas kernels are per-device code), so the one-device row is the same program unsplit."""
+    backend = "xla"
     cfg = GPTConfig.from_name(model)
     sd = random_state_dict(cfg, seed=0)
     prompt = [np.random.default_rng(1).integers(0, cfg.vocab_size, size=16).tolist()]
     rows_out = []
     for n in [c for c in range(1, len(jax.devices()) + 1) if cfg.n_head % c == 0 and c in (1, 2, 4, 5, 8)]:
-        engine = shard(Engine(cfg, sd, dtype=dtype), data=1, tensor=n, devices=jax.devices()[:n]) if n > 1 else \
-            Engine(cfg, sd, dtype=dtype)
+        engine = shard(Engine(cfg, sd, dtype=dtype, backend=backend), data=1, tensor=n, devices=jax.devices()[:n]) \
+            if n > 1 else Engine(cfg, sd, dtype=dtype, backend=backend)
         t = _median_s(lambda: generate(engine, prompt, max_new_tokens=new_tokens, stop_at_eos=False), reps)
-        rows_out.append({"kind": "tensor_parallel", "model": model, "devices": n, "batch": 1,
+        rows_out.append({"kind": "tensor_parallel", "model": model, "backend": backend, "devices": n, "batch": 1,
                          "ms_per_token": 1e3 * t / new_tokens})
         print(json.dumps(rows_out[-1]), flush=True)
     for r in rows_out:
@@ -115,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="gpt2,gpt2-xl")
     ap.add_argument("--tp-model", default="gpt2-xl,gpt2-large")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--backend", default="xla", choices=["xla", "pallas"], help="data-parallel backend")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="a tiny model, short sequences (CPU check)")
     ap.add_argument("--out", default=None, metavar="DIR")
@@ -125,12 +131,12 @@ def main(argv=None) -> int:
         from bench.run import smoke_model
         models = tp_models = [smoke_model()]
         per_device, seq, new = 2, 32, 4
-    rows = [r for m in models for r in data_parallel(m, args.dtype, per_device, seq, new, args.reps)]
+    rows = [r for m in models for r in data_parallel(m, args.dtype, per_device, seq, new, args.reps, args.backend)]
     rows += [r for m in tp_models for r in tensor_parallel(m, args.dtype, new, args.reps)]
     meta = {"device": jax.devices()[0].device_kind, "device_count": len(jax.devices()), "jax": jax.__version__,
-            "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
+            "dtype": args.dtype, "backend": args.backend, "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
             "method": "wall clock around block_until_ready of the compiled calls, median of reps after a warm-up"}
-    print(f"\n{meta['device']} x {meta['device_count']}, {args.dtype}")
+    print(f"\n{meta['device']} x {meta['device_count']}, {args.dtype}, {args.backend} backend")
     for r in rows:
         if r["kind"] == "data_parallel":
             print(f"DP {r['model']:<10} {r['devices']} dev  prefill {r['prefill_tokens_per_s']:10.0f} tok/s "

@@ -6,6 +6,7 @@ number; the method string says which clock was used, and every table prints it.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -40,3 +41,12 @@ def kernel_breakdown(fn, *args) -> list[tuple[str, float]]:
     jax.block_until_ready(fn(*args))
     _, per_kernel = profiler.measure(fn, aggregate=False)(*args)
     return sorted(per_kernel, key=lambda kv: -kv[1])
+
+
+@functools.lru_cache(maxsize=1)
+def random_weights(model: str):
+    """``(cfg, state_dict)`` of a preset with seed-0 random weights, kept for the next case of the same model
+    (drawing gpt2-xl's 1.5 B values on the host takes seconds; the cases run model by model)."""
+    from jaxgpt import GPTConfig, random_state_dict
+    cfg = GPTConfig.from_name(model)
+    return cfg, random_state_dict(cfg, seed=0)
