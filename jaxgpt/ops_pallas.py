@@ -9,9 +9,10 @@ stays on XLA: it is one (B, C) x (C, V) product with float32 output.
 A decode step (T = 1, at most 16 rows) reads every weight once for a handful of rows, so launches matter as much as
 bandwidth. There each matmul splits K over programs and leaves its float32 partials unfinished (``SplitK``); the
 next kernel finishes them on load: decode attention adds the c_attn bias and appends K/V to the cache, the MLP's
-second matmul applies c_fc's bias and GELU, the residual+LayerNorm kernel adds c_proj's bias. Eight kernels a layer
-(opt-in, ``JAXGPT_FUSED_DECODE=1``, until it has run on the H100; by default the split-K matmuls finish in XLA
-epilogues and the flash-decoding kernel reads the cache after an XLA scatter).
+second matmul applies c_fc's bias and GELU, the residual+LayerNorm kernel adds c_proj's bias: eight kernels a layer
+instead of sixteen. The other decode step finishes the split-K matmuls in XLA epilogues and runs the flash-decoding
+kernel after an XLA scatter into the cache. Which one runs is chosen by shape from H100 measurements (``_fused``);
+``JAXGPT_FUSED_DECODE=1`` or ``0`` forces one.
 """
 
 from __future__ import annotations
@@ -30,15 +31,24 @@ from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import resolve
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
-# The fused decode step passes its tests in CPU interpret mode but has not yet been compiled on the H100 (the
-# session's device time ran out), so it stays opt-in: JAXGPT_FUSED_DECODE=1. The default decode step is the one
-# measured on the H100: split-K matmuls with XLA epilogues, the cache scatter on XLA, the flash-decoding kernel.
-FUSED_DECODE = os.environ.get("JAXGPT_FUSED_DECODE", "0") == "1"
+# JAXGPT_FUSED_DECODE: "1" always the fused decode step, "0" never, unset: by shape (``_fused``).
+FUSED_DECODE: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_FUSED_DECODE", ""))
+
+
+def _fused(rows: int, width: int) -> bool:
+    """Whether a decode step of ``rows`` rows at model width ``width`` takes the fused path.
+
+    Measured on the H100 (bf16, ms/token, fused vs not; bench/NOTES.md): gpt2 B1 0.573 vs 0.484, gpt2 B8 0.517 vs
+    0.585, gpt2-xl B1 2.62 vs 2.69, gpt2-xl B8 2.87 vs 3.13. One row at a narrow width loses: there the fused
+    kernels' in-kernel epilogues cost more than the launches they save."""
+    if FUSED_DECODE is not None:
+        return FUSED_DECODE
+    return rows > 1 or width >= 1024
 
 
 def _decode_rows(x: jax.Array) -> int | None:
     """Rows of a decode step's (B, 1, C) activations, if the fused decode path applies; else None."""
-    if FUSED_DECODE and x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= DECODE_ROWS:
+    if x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= DECODE_ROWS and _fused(x.shape[0], x.shape[2]):
         return x.shape[0]
     return None
 
@@ -74,7 +84,8 @@ class PallasOps(XlaOps):
 
     @staticmethod
     def decode_attention(qkv, k_cache, v_cache, pos):
-        if FUSED_DECODE:  # qkv may be SplitK partials: finished, appended and attended in one kernel
+        B, _, H, D = k_cache.shape
+        if B <= DECODE_ROWS and _fused(B, H * D):  # qkv may be SplitK partials: finished, appended, attended at once
             return decode_attention_append(qkv, k_cache, v_cache, pos)
         k_cache, v_cache = append_kv(qkv, k_cache, v_cache, pos)  # (B, S, H, D) each, XLA scatter
         return decode_attention(qkv[:, 0, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
