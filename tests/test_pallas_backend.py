@@ -71,3 +71,19 @@ def test_fused_decode_path_leaves_one_token_prefills_correct(monkeypatch):
     ids, last = jnp.array([[5], [7]]), jnp.array([0, 0])
     got, want = model(ids, last, get_ops("pallas")), model(ids, last, get_ops("xla"))
     assert np.all(np.isfinite(got)) and np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 1e-5
+
+
+@pytest.mark.parametrize("forced,rows,width,want", [
+    (None, 1, 768, False), (None, 8, 768, True), (None, 1, 1600, True), (None, 16, 1024, True),
+    (True, 1, 768, True), (False, 8, 1600, False),
+])
+def test_decode_step_is_chosen_by_shape_unless_forced(monkeypatch, forced, rows, width, want):
+    """The measured policy (fused unless one row at a narrow width), and JAXGPT_FUSED_DECODE=1/0 overriding it."""
+    import jax.numpy as jnp
+
+    from jaxgpt import ops_pallas
+    monkeypatch.setattr(ops_pallas, "FUSED_DECODE", forced)
+    assert ops_pallas._fused(rows, width) is want
+    x = jnp.ones((rows, 1, width), jnp.float32)
+    assert ops_pallas._decode_rows(x) == (rows if want else None)
+    assert ops_pallas._decode_rows(jnp.ones((rows, 2, width))) is None  # a prefill is never a decode step
