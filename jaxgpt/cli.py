@@ -30,6 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="xla", choices=list(BACKENDS), help="op implementations (default xla)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for random weights and, in generate, for sampling (default 0)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="quantize the projections on load (weight-only; int4 in groups of 128)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
 
@@ -70,11 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p)
     except ImportError:  # an install without the bench package: the command says so when run
         pass
-    p = sub.add_parser("parity", help="compare against the PyTorch reference on the same weights")
+    p = sub.add_parser("parity", help="compare against the PyTorch reference on the same weights "
+                       "(with --quantize: the quantized model against the float one)")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--steps", type=int, default=8, help="greedy steps to compare (default 8)")
     p.add_argument("--top-k", type=int, default=10)
     _common(p)
+    p = sub.add_parser("quantize", help="write a weight-only int8/int4 checkpoint (safetensors + quantization.json)")
+    p.add_argument("--bits", type=int, choices=[8, 4], required=True, help="8: per-channel int8; 4: group-wise int4")
+    p.add_argument("--group", type=int, default=None, help="int4 group size along the input dimension (default 128)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write (created; files replaced whole)")
+    p.add_argument("--model", default=None, help="preset whose weights to quantize (HF cache or hub)")
+    p.add_argument("--checkpoint", metavar="PATH", help="float checkpoint to quantize")
+    p.add_argument("--config", metavar="JSON", help="HF config.json for a custom shape")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used when none are found")
+    p.add_argument("--json", action="store_true", help="print JSON")
     return ap
 
 
@@ -94,7 +106,7 @@ def _load(args):
             if jax.process_index() != 0:  # every process computes; the first one reports
                 sys.stdout = open(os.devnull, "w")
     return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
-                      device=args.device, backend=args.backend, seed=args.seed, **parallel)
+                      device=args.device, backend=args.backend, seed=args.seed, quantize=args.quantize, **parallel)
 
 
 def _describe(engine) -> dict:
@@ -102,6 +114,7 @@ def _describe(engine) -> dict:
     return {"model": engine.source, "config": engine.config.describe(),
             "dtype": engine.dtype_name, "device": str(engine.device), "backend": engine.backend,
             "random_weights": engine.random,
+            "quantization": None if engine.quantization is None else engine.quantization.name,
             "mesh": None if layout is None else {"data": layout.data, "tensor": layout.tensor}}
 
 
@@ -218,6 +231,8 @@ def cmd_parity(args) -> int:
     device = resolve_device(args.device)
     cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.seed)
     check_top_k(args.top_k, cfg.vocab_size)
+    if args.quantize:
+        return _quantized_parity(args, cfg, sd, source, random, device)
     engine = Engine(cfg, sd, dtype=args.dtype, device=device, backend=args.backend, source=source, random=random)
     tdev = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
     ref = parity.reference_model(cfg, sd, "float32", tdev)
@@ -236,6 +251,59 @@ def cmd_parity(args) -> int:
     if args.verbose:
         _verbose(engine)
     return 0 if ok else 1
+
+
+def _quantized_parity(args, cfg, sd, source, random, device) -> int:
+    """``parity --quantize``: the quantized model against the float one on the same weights (a quality report)."""
+    from jaxgpt.engine import Engine
+    from jaxgpt.errors import UsageError
+    from jaxgpt.quantize import agreement, format_agreement, is_quantized
+    from jaxgpt.tokenizer import encode
+    if is_quantized(sd):
+        raise UsageError("parity --quantize needs float weights to compare against (not a quantized checkpoint)")
+    kw = dict(dtype=args.dtype, device=device, backend=args.backend, source=source, random=random)
+    ref = Engine(cfg, sd, **kw)
+    engine = Engine(cfg, sd, quantize=args.quantize, **kw)
+    del sd
+    report = agreement(ref, engine, [encode(p) for p in args.prompts], steps=args.steps, top_k=args.top_k)
+    ok = report["finite"]
+    if args.json:
+        print(json.dumps({**_describe(engine), "ok": ok, **report}, ensure_ascii=False))
+    else:
+        print(f"quantization quality: jaxgpt {args.quantize} vs jaxgpt {args.dtype} (same weights, {args.backend}, "
+              f"{engine.device}) | {source}")
+        print(format_agreement(report))
+    return 0 if ok else 1
+
+
+def cmd_quantize(args) -> int:
+    import pathlib
+
+    from jaxgpt.engine import load_weights
+    from jaxgpt.errors import UsageError
+    from jaxgpt.quantize import Scheme, is_quantized, quantize_state_dict, run_bytes, save_quantized
+    scheme = Scheme.parse(f"int{args.bits}", args.group)
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    cfg, sd, source, _ = load_weights(args.model, args.checkpoint, args.config, args.seed)
+    if is_quantized(sd):
+        raise UsageError(f"{source} is already quantized")
+    before = run_bytes(sd, cfg)
+    q = quantize_state_dict(sd, cfg, scheme)
+    after = run_bytes(q, cfg)
+    save_quantized(q, cfg, out)
+    info = {"out": str(out), "source": source, "scheme": scheme.to_json(), "bf16_bytes": before, "bytes": after}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        mib = 2 ** 20
+        print(f"wrote {out} ({scheme.name}{'' if scheme.group is None else f', groups of {scheme.group}'}) | {source}\n"
+              f"projections {after['projections'] / mib:.1f} MiB (bf16: {before['projections'] / mib:.1f} MiB, "
+              f"{after['projections'] / before['projections']:.2f}x); whole model in bf16 "
+              f"{after['total'] / mib:.1f} MiB (was {before['total'] / mib:.1f} MiB); embeddings, LayerNorms and "
+              "biases stay float (stored float32)")
+    return 0
 
 
 def _quiet_native_stdout() -> None:
@@ -275,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_native_stdout()
     try:
         return {"predict": cmd_predict, "generate": cmd_generate, "parity": cmd_parity,
-                "bench": cmd_bench}[args.command](args)
+                "bench": cmd_bench, "quantize": cmd_quantize}[args.command](args)
     except JaxGPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -77,7 +77,8 @@ class Engine:
     """A model on one device, ready to run: ``(graphdef, state)`` plus compiled forwards per shape bucket."""
 
     def __init__(self, cfg: GPTConfig, state_dict: dict[str, np.ndarray], *, dtype: str = "float32",
-                 device: jax.Device | None = None, backend: str = "xla", source: str = "", random: bool = False):
+                 device: jax.Device | None = None, backend: str = "xla", source: str = "", random: bool = False,
+                 quantize: str | None = None):
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.config, self.dtype_name, self.backend = cfg, dtype, backend
@@ -85,6 +86,16 @@ class Engine:
         self.device = device or jax.local_devices()[0]
         self.source, self.random = source, random
         get_ops(backend)  # import the backend now: a missing dependency fails here, not inside jit
+        from jaxgpt import quantize as Q
+        if quantize is not None:
+            scheme = Q.Scheme.parse(quantize)
+            have = Q.scheme_of(state_dict, cfg)
+            if have is None:
+                state_dict = Q.quantize_state_dict(state_dict, cfg, scheme)
+            elif have != scheme:
+                raise UsageError(f"the checkpoint is already quantized as {have.name} (group {have.group}); "
+                                 f"cannot load it as {scheme.name}")
+        self.quantization = Q.scheme_of(state_dict, cfg)  # None for float weights
         with jax.default_device(self.device):
             model = W.build_model(cfg, state_dict, self.dtype)
         self.graphdef, state = nnx.split(model)
@@ -173,7 +184,8 @@ def notice(msg: str) -> None:
 def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = None,
                  config: GPTConfig | str | Path | None = None, seed: int = 0,
                  allow_download: bool | None = None) -> tuple[GPTConfig, dict[str, np.ndarray], str, bool]:
-    """``(config, float32 state dict, source description, is_random)`` in the documented order.
+    """``(config, state dict, source description, is_random)`` in the documented order (float32, or quantized
+    when the checkpoint is a ``jaxgpt quantize`` directory).
 
     ``config``: a ``GPTConfig``, a path to an HF ``config.json``, or None (from the checkpoint or ``model``).
     """
@@ -201,10 +213,12 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
 def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = None,
                config: GPTConfig | str | Path | None = None, dtype: str = "float32", device: str | None = None,
                backend: str = "xla", seed: int = 0, allow_download: bool | None = None,
-               data_parallel: bool | int = False, tensor_parallel: int = 1) -> Engine:
+               data_parallel: bool | int = False, tensor_parallel: int = 1, quantize: str | None = None) -> Engine:
     """Load GPT-2 weights (see ``load_weights``) onto ``device`` as an ``Engine``.
 
     ``data_parallel`` (True: every device) / ``tensor_parallel`` (N) spread it over devices (``jaxgpt.shard``).
+    ``quantize`` ("int8" / "int4") quantizes the projections on load (``jaxgpt.quantize``); a quantized checkpoint
+    directory loads quantized without it.
 
     >>> engine = load_model("gpt2", dtype="bfloat16")
     >>> jaxgpt.predict(engine, "Dobby is").next_token
@@ -214,7 +228,8 @@ def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = No
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     cfg, sd, source, random = load_weights(model, checkpoint, config, seed, allow_download)
-    engine = Engine(cfg, sd, dtype=dtype, device=jdev, backend=backend, source=source, random=random)
+    engine = Engine(cfg, sd, dtype=dtype, device=jdev, backend=backend, source=source, random=random,
+                    quantize=quantize)
     if data_parallel or tensor_parallel > 1:
         from jaxgpt.sharding import shard
         devices = None if device is None else jax.devices(jdev.platform)

@@ -65,6 +65,10 @@ class Linear(nnx.Module):
         self.weight = nnx.Param((std * jax.random.normal(rngs.params(), (n_in, n_out))).astype(dtype))
         self.bias = nnx.Param(jnp.zeros((n_out,), dtype))
 
+    def kernel(self) -> jax.Array:
+        """The (in, out) weight as the ops take it (``jaxgpt.quantize.QLinear`` returns a quantized one)."""
+        return self.weight[...]
+
 
 class Embedding(nnx.Module):
     def __init__(self, n: int, dim: int, *, dtype, rngs: nnx.Rngs, std: float):
@@ -85,7 +89,7 @@ class Attention(nnx.Module):
         slots ``[0, T)`` (prefill); with ``pos`` (B,) the one new token (T = 1) goes to slot ``pos[b]`` and attends
         to slots ``[0, pos[b]]`` (decode)."""
         B, T, C = x.shape
-        qkv = ops.qkv(x, self.c_attn.weight[...], self.c_attn.bias[...], n_head=self.n_head)  # (B, T, 3, H, D)
+        qkv = ops.qkv(x, self.c_attn.kernel(), self.c_attn.bias[...], n_head=self.n_head)  # (B, T, 3, H, D)
         if pos is None:
             y = ops.attention(qkv)  # (B, T, H, D), causal
             if kv is not None:
@@ -94,7 +98,7 @@ class Attention(nnx.Module):
         else:
             y, k_cache, v_cache = ops.decode_attention(qkv, kv[0], kv[1], pos)  # (B, H, D); caches (B, S, H, D)
             y, kv = y[:, None], (k_cache, v_cache)  # (B, 1, H, D)
-        return ops.linear(y.reshape(B, T, C), self.c_proj.weight[...], self.c_proj.bias[...]), kv  # (B, T, C)
+        return ops.linear(y.reshape(B, T, C), self.c_proj.kernel(), self.c_proj.bias[...]), kv  # (B, T, C)
 
 
 class MLP(nnx.Module):
@@ -104,8 +108,8 @@ class MLP(nnx.Module):
         self.c_proj = Linear(4 * c, c, dtype=dtype, rngs=rngs, std=0.02 / (2 * cfg.n_layer) ** 0.5)
 
     def __call__(self, x: jax.Array, ops: Ops) -> jax.Array:
-        return ops.mlp(x, self.c_fc.weight[...], self.c_fc.bias[...],
-                       self.c_proj.weight[...], self.c_proj.bias[...])  # (B, T, C)
+        return ops.mlp(x, self.c_fc.kernel(), self.c_fc.bias[...],
+                       self.c_proj.kernel(), self.c_proj.bias[...])  # (B, T, C)
 
 
 class Block(nnx.Module):

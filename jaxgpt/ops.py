@@ -7,7 +7,8 @@ they have kernels for, so any op without a kernel falls back to the jnp version.
 
 A backend may hand a value of its own between two of its ops (the Pallas backend's decode step passes a matmul's
 unfinished split-K partials to the next kernel, which finishes them): the model passes op outputs along untouched
-and never looks inside them except for the arrays ``qkv`` and ``attention`` document.
+and never looks inside them except for the arrays ``qkv`` and ``attention`` document. Projection weights are arrays
+or, in a quantized model, ``QWeight``s (int8 / packed int4 values and their scales, ``jaxgpt.quantize``).
 
 Precision contract: LayerNorm statistics and softmax run in float32; matmuls take the compute dtype and accumulate
 in float32 (float32 models use ``Precision.HIGHEST`` so a GPU does not silently drop to TF32); logits are float32.
@@ -20,6 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from pallas_kernels.quant_matmul import QWeight, dequantize
 
 
 def matmul_precision(dtype) -> lax.Precision:
@@ -51,7 +54,10 @@ class XlaOps:
         return h, cls.layer_norm(h, w, b, eps=eps)
 
     @staticmethod
-    def linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    def linear(x: jax.Array, w: "jax.Array | QWeight", b: jax.Array) -> jax.Array:
+        """x (..., K) @ w (K, N) + b; a quantized ``w`` is dequantized in the compute dtype (XLA fuses it)."""
+        if isinstance(w, QWeight):
+            w = dequantize(w, x.dtype)
         return (jnp.dot(x, w, precision=matmul_precision(x.dtype)) + b).astype(x.dtype)
 
     @classmethod

@@ -29,6 +29,7 @@ from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import resolve
+from pallas_kernels.quant_matmul import QWeight, quant_matmul
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
 # JAXGPT_FUSED_DECODE: "1" always the fused decode step, "0" never, unset: by shape (``_fused``).
@@ -66,6 +67,8 @@ class PallasOps(XlaOps):
 
     @staticmethod
     def linear(x, w, b):
+        if isinstance(w, QWeight):  # int8/int4 tiles dequantized in registers
+            return quant_matmul(resolve(x), w, b)
         if _decode_rows(x):  # c_proj of a decode step: the residual+LayerNorm kernel finishes it
             return matmul_split_k(x.reshape(x.shape[0], -1), w, b)
         return matmul(x, w, b)
@@ -73,6 +76,8 @@ class PallasOps(XlaOps):
     @staticmethod
     def qkv(x, w, b, *, n_head: int):
         B, T, C = x.shape
+        if isinstance(w, QWeight):
+            return quant_matmul(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
         if _decode_rows(x):  # the decode-attention kernel finishes it (sum, bias) and appends K/V
             p = matmul_split_k(x.reshape(B, C), w, b)
             return dataclasses.replace(p, view=(B, T, 3, n_head, C // n_head))
@@ -92,10 +97,21 @@ class PallasOps(XlaOps):
 
     @staticmethod
     def mlp(x, w_fc, b_fc, w_proj, b_proj):
+        if isinstance(w_fc, QWeight) or isinstance(w_proj, QWeight):
+            h = PallasOps.linear_act(x, w_fc, b_fc, "gelu_tanh")  # (B, T, 4C)
+            return PallasOps.linear_act(h, w_proj, b_proj, "none")  # (B, T, C)
         if _decode_rows(x):  # c_fc's epilogue (bias, GELU) runs as c_proj's prologue; LayerNorm finishes c_proj
             h = matmul_split_k(x.reshape(x.shape[0], -1), w_fc, b_fc, activation="gelu_tanh")
             return matmul_split_k(h, w_proj, b_proj)
         return mlp(x, w_fc, b_fc, w_proj, b_proj)
+
+
+    @staticmethod
+    def linear_act(x, w, b, activation: str):
+        """``act(x @ w + b)`` on the quantized or the float matmul kernel."""
+        if isinstance(w, QWeight):
+            return quant_matmul(x, w, b, activation=activation)
+        return matmul(x, w, b, activation=activation)
 
 
 BACKENDS["pallas"] = PallasOps

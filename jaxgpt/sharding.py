@@ -160,6 +160,9 @@ def shard(engine, *, data: int | bool | None = True, tensor: int = 1, devices: S
         if engine.backend != "xla":
             raise UsageError("--tensor-parallel runs on the xla backend: the Pallas kernels are per-device code "
                              "(use --data-parallel with --backend pallas)")
+        if getattr(engine, "quantization", None) is not None:
+            raise UsageError("--tensor-parallel does not split quantized weights yet (int4 groups and per-channel "
+                             "scales would need their own partition specs): use --data-parallel")
     n_data = None if data is True else (1 if data is False else int(data))
     layout = Layout(make_mesh(n_data, tensor, devices))
     engine.layout = layout

@@ -191,7 +191,13 @@ def infer_config(raw: dict[str, np.ndarray], config_json: Path | None) -> GPTCon
 
 
 def load_checkpoint(path: str | Path, cfg: GPTConfig | None = None) -> tuple[GPTConfig, dict[str, np.ndarray]]:
-    """Read, map and check a checkpoint. ``cfg`` None: take it from config.json or the shapes."""
+    """Read, map and check a checkpoint. ``cfg`` None: take it from config.json or the shapes.
+
+    A directory with ``quantization.json`` is a quantized checkpoint (``jaxgpt quantize``): its state dict comes
+    back quantized, checked against the scheme."""
+    if Path(path).is_dir() and (Path(path) / "quantization.json").exists():
+        from jaxgpt.quantize import read_quantized
+        return read_quantized(path, cfg)
     raw = read_checkpoint(path)
     if not raw:
         raise WeightsError(f"checkpoint {path} holds no tensors")
@@ -243,11 +249,20 @@ def random_state_dict(cfg: GPTConfig, seed: int = 0) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------- model <-> dict
 
 def build_model(cfg: GPTConfig, state_dict: dict[str, np.ndarray], dtype=jnp.float32) -> GPT:
-    """An NNX ``GPT`` holding ``state_dict`` (HF names, Conv1D layout) cast to ``dtype``."""
+    """An NNX ``GPT`` holding ``state_dict`` (HF names, Conv1D layout) cast to ``dtype``.
+
+    A quantized state dict (``jaxgpt.quantize``) gets ``QLinear`` projections holding its int8/int4 tensors as
+    stored; everything else is cast to ``dtype``."""
+    from jaxgpt import quantize as Q
     model = nnx.eval_shape(lambda: GPT(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    scheme = Q.scheme_of(state_dict, cfg)
+    if scheme is not None:
+        Q.install(model, state_dict, scheme, dtype)
     for name, value in state_dict.items():
-        param = _param(model, name)
-        param.set_value(jnp.asarray(value, dtype=dtype))
+        if scheme is not None and name.endswith((".weight", ".scale", ".bias")) and \
+                name.rsplit(".", 1)[0].endswith(Q.LINEARS):
+            continue  # installed above
+        _param(model, name).set_value(jnp.asarray(value, dtype=dtype))
     return model
 
 

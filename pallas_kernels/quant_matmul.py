@@ -1,0 +1,238 @@
+"""Weight-only quantized matmul: ``act(x @ dequant(w) + b)`` reading int8 or packed int4 weights (Pallas, Triton).
+
+The weights stay quantized in HBM; each tile is loaded as int8 (or unpacked from int4 bytes) and converted to the
+activation dtype in registers before the MMA; the scales multiply the float32 dot products, never the weights, so
+no dequantized copy of a weight exists anywhere. Decode-sized M (≤ 16) splits K over programs as the float matmul
+does (``matmul_split_k``), the float32 partials summed by one XLA epilogue; larger M runs one program per output
+tile with the bias and activation in registers.
+
+Formats (this file owns them; ``jaxgpt.quantize`` writes checkpoints in them):
+
+- int8, symmetric per output channel: ``q`` (K, N) int8 in [-127, 127], ``scale`` (1, N) float32; w = q · scale.
+- int4, symmetric group-wise along K (group G, a power of two ≥ 32; 128 by default as in gpt-fast): K is padded
+  with zero rows to Kp, a multiple of G; ``q`` (Kp/2, N) uint8, ``scale`` (Kp/G, N) float32; w = v · scale[group],
+  v in [-8, 7]. Within group g, byte r (0 ≤ r < G/2) of column n holds row g·G + r in its low nibble and row
+  g·G + G/2 + r in its high nibble, each stored as v + 8. Packing the two halves of a group (not neighbouring
+  rows) lets a kernel unpack with one mask and one shift and feed each half to its own dot, no register shuffles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels.partials import ACTIVATIONS, gelu_tanh
+
+BITS = (8, 4)
+DEFAULT_GROUP = 128
+DECODE_ROWS = 16  # M at or under this splits K over programs
+TARGET_PROGRAMS = 264  # ~2 per SM on an H100 (132 SMs) for the split-K decode shapes
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["q", "scale"], meta_fields=["bits", "group", "k"])
+@dataclasses.dataclass(frozen=True)
+class QWeight:
+    """A quantized (K, N) weight in one of this file's formats: ``q``, ``scale`` are arrays (pytree leaves);
+    ``bits`` (8 or 4), ``group`` (int4's group size; None for int8's per-channel scales) and ``k`` (the logical
+    K, before int4's padding) are static."""
+
+    q: jax.Array
+    scale: jax.Array
+    bits: int
+    group: int | None
+    k: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.k, self.q.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.q.shape)) * self.q.dtype.itemsize + int(np.prod(self.scale.shape)) * 4
+
+
+def _check_format(bits: int, group: int | None) -> None:
+    if bits not in BITS:
+        raise ValueError(f"{bits=} must be one of {BITS}")
+    if bits == 4 and (group is None or group < 32 or group & (group - 1)):
+        raise ValueError(f"int4 {group=} must be a power of two >= 32")
+    if bits == 8 and group is not None:
+        raise ValueError(f"int8 scales are per output channel: {group=} must be None")
+
+
+def quantize(w, *, bits: int, group: int | None = None) -> QWeight:
+    """Symmetric weight-only quantization of a (K, N) float weight (numpy or jax; computed in float32 numpy)."""
+    group = (group or DEFAULT_GROUP) if bits == 4 else None
+    _check_format(bits, group)
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"expected a (K, N) weight, got shape {w.shape}")
+    K, N = w.shape
+    if bits == 8:
+        amax = np.abs(w).max(axis=0, keepdims=True)  # (1, N)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        return QWeight(q, scale, 8, None, K)
+    kp = -(-K // group) * group
+    wg = np.zeros((kp, N), np.float32)
+    wg[:K] = w
+    wg = wg.reshape(kp // group, group, N)  # (G, group, N)
+    amax = np.abs(wg).max(axis=1)  # (G, N)
+    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+    v = np.clip(np.rint(wg / scale[:, None]), -8, 7).astype(np.int16) + 8  # (G, group, N) in [0, 15]
+    h = group // 2
+    q = (v[:, :h] | (v[:, h:] << 4)).astype(np.uint8).reshape(kp // 2, N)  # low nibble: first half of the group
+    return QWeight(q, scale, 4, group, K)
+
+
+def dequantize(w: QWeight, dtype=jnp.float32) -> jax.Array:
+    """The (K, N) weight a ``QWeight`` stands for, in ``dtype`` (pure jnp: the reference's view of the format)."""
+    if w.bits == 8:
+        return (w.q.astype(jnp.float32) * w.scale).astype(dtype)
+    p = w.q.astype(jnp.int32).reshape(-1, w.group // 2, w.q.shape[1])  # (G, group/2, N)
+    v = jnp.concatenate([(p & 15) - 8, (p >> 4) - 8], axis=1).astype(jnp.float32)  # (G, group, N)
+    return (v * w.scale[:, None]).reshape(-1, w.q.shape[1])[: w.k].astype(dtype)
+
+
+def _validate(x_shape, w: QWeight, b_shape) -> None:
+    _check_format(w.bits, w.group)
+    K, N = w.shape
+    if x_shape[-1] != K or b_shape != (N,):
+        raise ValueError(f"shapes do not fit x @ w + b: x {tuple(x_shape)}, w (K, N) = {(K, N)}, b {tuple(b_shape)}")
+    if w.bits == 8:
+        want_q, want_s, q_dtype = (K, N), (1, N), jnp.int8
+    else:
+        kp = -(-K // w.group) * w.group
+        want_q, want_s, q_dtype = (kp // 2, N), (kp // w.group, N), jnp.uint8
+    if tuple(w.q.shape) != want_q or w.q.dtype != q_dtype:
+        raise ValueError(f"int{w.bits} q must be {want_q} {jnp.dtype(q_dtype).name}, got {w.q.shape} {w.q.dtype}")
+    if tuple(w.scale.shape) != want_s:
+        raise ValueError(f"int{w.bits} scale must be {want_s}, got {w.scale.shape}")
+
+
+def _kernel(x_ref,  # (M, K) activations, whole array
+            q_ref,  # int8 (K, N) or uint8 (Kp/2, N)
+            s_ref,  # (1, N) or (Kp/G, N) float32 scales
+            b_ref,  # (N,) bias
+            o_ref,  # (S, M, N) float32 partials when split, else the (M, N) output
+            *, m: int, n: int, k: int, kq: int, bm: int, bn: int, bk: int, chunk: int, bits: int, activation: str,
+            split: bool, precision):
+    i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows = i * bm + jnp.arange(bm)
+    cols = j * bn + jnp.arange(bn)
+    rm, cm = rows < m, cols < n
+    lo = s * chunk  # first K row of this program's chunk (a multiple of bk)
+    cdt = x_ref.dtype
+
+    def load_x(k0, width):
+        ks = k0 + jnp.arange(width)
+        return pltriton.load(x_ref.at[pl.ds(i * bm, bm), pl.ds(k0, width)], mask=rm[:, None] & (ks[None, :] < k),
+                             other=0.0)  # (BM, width)
+
+    if bits == 8:
+        def body(kk, acc):
+            k0 = lo + kk * bk
+            ks = k0 + jnp.arange(bk)
+            qt = pltriton.load(q_ref.at[pl.ds(k0, bk), pl.ds(j * bn, bn)], mask=(ks[:, None] < k) & cm[None, :],
+                               other=0)  # (BK, BN) int8
+            return acc + jnp.dot(load_x(k0, bk), qt.astype(cdt), preferred_element_type=jnp.float32,
+                                 precision=precision)
+
+        acc = jax.lax.fori_loop(0, pl.cdiv(jnp.minimum(chunk, k - lo), bk), body, jnp.zeros((bm, bn), jnp.float32))
+        acc = acc * pltriton.load(s_ref.at[jnp.int32(0), pl.ds(j * bn, bn)], mask=cm, other=0.0)[None, :]
+    else:  # int4: one group per step (bk == group), two half-group dots
+        h = bk // 2
+
+        def body(kk, acc):
+            k0 = lo + kk * bk
+            p = pltriton.load(q_ref.at[pl.ds(k0 // 2, h), pl.ds(j * bn, bn)], mask=cm[None, :],
+                              other=0).astype(jnp.int32)  # (BK/2, BN): two rows a byte
+            w_lo = ((p & 15) - 8).astype(cdt)  # rows k0 .. k0 + h
+            w_hi = ((p >> 4) - 8).astype(cdt)  # rows k0 + h .. k0 + bk
+            d = jnp.dot(load_x(k0, h), w_lo, preferred_element_type=jnp.float32, precision=precision)
+            d += jnp.dot(load_x(k0 + h, h), w_hi, preferred_element_type=jnp.float32, precision=precision)
+            sc = pltriton.load(s_ref.at[k0 // bk, pl.ds(j * bn, bn)], mask=cm, other=0.0)  # (BN,) this group
+            return acc + d * sc[None, :]
+
+        acc = jax.lax.fori_loop(0, pl.cdiv(jnp.minimum(chunk, kq - lo), bk), body, jnp.zeros((bm, bn), jnp.float32))
+    out_mask = rm[:, None] & cm[None, :]
+    if split:
+        pltriton.store(o_ref.at[s, pl.ds(i * bm, bm), pl.ds(j * bn, bn)], acc, mask=out_mask)
+        return
+    acc = acc + pltriton.load(b_ref.at[pl.ds(j * bn, bn)], mask=cm, other=0.0).astype(jnp.float32)[None, :]
+    if activation == "gelu_tanh":
+        acc = gelu_tanh(acc)
+    pltriton.store(o_ref.at[pl.ds(i * bm, bm), pl.ds(j * bn, bn)], acc.astype(o_ref.dtype), mask=out_mask)
+
+
+def _plan(M: int, N: int, K: int, bits: int, group: int | None, block_m, block_n, block_k, split_k):
+    """Block sizes and K split: heuristics (not yet autotuned on the GPU); explicit arguments override them."""
+    decode = M <= DECODE_ROWS
+    bm = block_m or (16 if decode else 64)
+    bn = block_n or (64 if decode else 128)
+    bk = group if bits == 4 else (block_k or 128)
+    if bits == 4 and block_k not in (None, group):
+        raise ValueError(f"int4 block_k must equal the group size {group}, got {block_k}")
+    for name, v in (("block_m", bm), ("block_n", bn), ("block_k", bk)):
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v} must be a power of two >= 16")
+    kq = K if bits == 8 else -(-K // group) * group
+    steps = pl.cdiv(kq, bk)
+    split = split_k or (max(1, min(steps, round(TARGET_PROGRAMS / (pl.cdiv(M, bm) * pl.cdiv(N, bn)))))
+                        if decode else 1)
+    if split < 1:
+        raise ValueError(f"split_k={split} must be >= 1")
+    chunk = pl.cdiv(steps, split) * bk
+    return bm, bn, bk, kq, chunk, pl.cdiv(kq, chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "block_k", "split_k", "num_warps",
+                                             "num_stages", "interpret"))
+def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "none", block_m: int | None = None,
+                 block_n: int | None = None, block_k: int | None = None, split_k: int | None = None,
+                 num_warps: int | None = None, num_stages: int | None = None,
+                 interpret: bool | None = None) -> jax.Array:
+    """``act(x @ dequant(w) + b)``: x (..., K) bf16/f16/f32, w a ``QWeight`` (K, N), b (N,) -> (..., N) in x's dtype.
+
+    The int8/int4 tiles are converted in registers; scales multiply the float32 products. Accumulation in float32.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{activation=} must be one of {ACTIVATIONS}")
+    _validate(x.shape, w, b.shape)
+    lead, (K, N) = x.shape[:-1], w.shape
+    x2 = x.reshape(-1, K)  # (M, K)
+    M = x2.shape[0]
+    bm, bn, bk, kq, chunk, split = _plan(M, N, K, w.bits, w.group, block_m, block_n, block_k, split_k)
+    precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    kernel = functools.partial(_kernel, m=M, n=N, k=K, kq=kq, bm=bm, bn=bn, bk=bk, chunk=chunk, bits=w.bits,
+                               activation=activation, split=split > 1, precision=precision)
+    out_shape = (split, M, N) if split > 1 else (M, N)
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct(out_shape, jnp.float32 if split > 1 else x.dtype),
+        grid=(pl.cdiv(M, bm), pl.cdiv(N, bn), split),
+        in_specs=[pl.no_block_spec] * 4,
+        out_specs=pl.no_block_spec,
+        compiler_params=compiler_params(num_warps or 4, num_stages or 3),
+        interpret=default_interpret(interpret),
+        name=f"jaxgpt_quant_matmul_int{w.bits}",
+    )(x2, w.q, w.scale, b)
+    if split > 1:  # one fused XLA epilogue: sum the partials, bias, activation, round
+        out = out.sum(0) + b.astype(jnp.float32)
+        out = (gelu_tanh(out) if activation == "gelu_tanh" else out).astype(x.dtype)
+    return out.reshape(*lead, N)
+
+
+def quant_matmul_reference(x, w: QWeight, b, *, activation: str = "none"):
+    """Dequantize, then the float32 matmul: what ``quant_matmul`` must equal up to accumulation order."""
+    y = jnp.dot(x.astype(jnp.float32), dequantize(w), precision=jax.lax.Precision.HIGHEST) + b.astype(jnp.float32)
+    if activation == "gelu_tanh":
+        y = gelu_tanh(y)
+    return y.astype(x.dtype)
