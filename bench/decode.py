@@ -17,6 +17,7 @@ wall clock with ``torch.cuda.synchronize``, (total - prefill-only run) / steps.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -43,14 +44,20 @@ def copy_bandwidth_gbs() -> float:
     return 2 * x.size * 2 / (t["median_ms"] * 1e-3) / 1e9
 
 
-def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int) -> float:
+def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int, weight_bytes: float | None = None) -> float:
+    """Bytes one decode step must read: every weight once (``weight_bytes``, default the float model at
+    ``itemsize``; wpe's unused rows excluded) plus the K/V cache up to ``mean_len``."""
     kv = 2 * cfg.n_layer * batch * mean_len * cfg.n_embd * itemsize
-    return (cfg.num_params - cfg.n_ctx * cfg.n_embd) * itemsize + kv
+    if weight_bytes is None:
+        weight_bytes = (cfg.num_params - cfg.n_ctx * cfg.n_embd) * itemsize
+    return weight_bytes + kv
 
 
-def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int) -> dict:
+def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int,
+             quantize: str | None = None) -> dict:
     cfg, sd = random_weights(model)
-    engine = Engine(cfg, sd, dtype=dtype, backend=backend)
+    engine = Engine(cfg, sd, dtype=dtype, backend=backend, quantize=quantize)
+    weights = sum(x.nbytes for x in jax.tree.leaves(engine.state)) - cfg.n_ctx * cfg.n_embd * jnp.dtype(engine.dtype).itemsize
     P = bucket_length(PROMPT, cfg.n_ctx)
     S = bucket_length(PROMPT + tokens, cfg.n_ctx)
     t0 = time.perf_counter()
@@ -81,10 +88,10 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     finite = bool((out[:, :tokens] >= 0).all())
     steps = int(np.max(np.asarray(steps))) - 1
     ms_tok = statistics.median(dec_ms) / steps
-    row = {"impl": f"jaxgpt-{backend}", "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
+    row = {"impl": f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else ""), "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
            "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
-           "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize)}
+           "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}
     # One decode step as its own jitted function (no donation): CUPTI kernel time and where it goes.
     def one_step(state, tok, pos, cache):
         m = nnx.merge(engine.graphdef, state)
@@ -157,6 +164,7 @@ def main(argv=None):
     ap.add_argument("--hf", default="", help="comma list of eager,compile: HF transformers peers")
     ap.add_argument("--hf-tokens", type=int, default=64, help="tokens for the HF peers (eager is slow)")
     ap.add_argument("--breakdown", type=int, default=0)
+    ap.add_argument("--quantize", default="none", help="comma list of none,int8,int4: weight formats to run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     on_gpu = jax.default_backend() == "gpu"
@@ -164,11 +172,14 @@ def main(argv=None):
     rows = []
     for model in args.model.split(","):
         for batch in map(int, args.batch.split(",")):
-            for backend in args.backend.split(","):
+            for backend, quant in itertools.product(args.backend.split(","), args.quantize.split(",")):
+                quant = None if quant == "none" else quant
                 try:
-                    rows.append(jax_case(model, backend, args.dtype, batch, args.tokens, args.reps, args.breakdown))
+                    rows.append(jax_case(model, backend, args.dtype, batch, args.tokens, args.reps, args.breakdown,
+                                         quant))
                 except Exception as e:  # noqa: BLE001 - a failing case is reported, the others still run
-                    rows.append({"impl": f"jaxgpt-{backend}", "model": model, "batch": batch, "error": repr(e)[:300]})
+                    rows.append({"impl": f"jaxgpt-{backend}" + (f"-{quant}" if quant else ""), "model": model,
+                                 "batch": batch, "error": repr(e)[:300]})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "kernels"}), flush=True)
                 _save(args.out, rows, bw)
             for kind in filter(None, args.hf.split(",")):

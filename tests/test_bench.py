@@ -73,3 +73,14 @@ def test_scaling_smoke_on_eight_cpu_devices(tmp_path):
     assert all(r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 for r in dp)
     assert tp and tp[0]["devices"] == 1 and all(r["ms_per_token"] > 0 for r in tp)
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_decode_case_counts_the_quantized_weight_bytes():
+    """bench.decode's quantized rows: same schema, fewer bytes a step (int4 < int8 < float)."""
+    from bench.decode import jax_case
+    from bench.run import smoke_model
+    model = smoke_model()
+    rows = {q: jax_case(model, "xla", "bfloat16", 2, 4, 1, 0, q) for q in (None, "int8", "int4")}
+    assert [r["impl"] for r in rows.values()] == ["jaxgpt-xla", "jaxgpt-xla-int8", "jaxgpt-xla-int4"]
+    assert all(r["all_tokens_valid"] and r["ms_per_token"] > 0 for r in rows.values())
+    assert rows["int4"]["bytes_per_step"] < rows["int8"]["bytes_per_step"] < rows[None]["bytes_per_step"]

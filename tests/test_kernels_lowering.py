@@ -1,0 +1,76 @@
+"""Every kernel lowers for CUDA through Triton, checked on a CPU.
+
+Interpret mode proves the algorithm; it does not run the Pallas→Triton lowering, which is where a kernel that passes
+on the CPU can still fail on the GPU (session 2's fused decode step did: a select typed ``i1`` against ``f32``).
+``lower(lowering_platforms=("cuda",))`` runs that lowering here, at GPT-2 shapes and in bf16, and checks that a
+Triton call comes out. Triton's own compile to PTX still happens only on the GPU.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.decode_attention import decode_attention, decode_attention_append
+from pallas_kernels.flash_attention import flash_attention
+from pallas_kernels.layer_norm import add_layer_norm
+from pallas_kernels.matmul import matmul, matmul_split_k
+from pallas_kernels.mlp import mlp
+from pallas_kernels.quant_matmul import QWeight, quant_matmul, quantize
+
+BF16 = jnp.bfloat16
+C = 1600  # gpt2-xl: not a power of two, 25 heads
+
+
+def S(*shape, dtype=BF16):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def _q(bits):
+    w = quantize(np.random.default_rng(bits).standard_normal((C, 4 * C)).astype(np.float32), bits=bits)
+    return w.q, w.scale, (w.bits, w.group, w.k)
+
+
+Q8, Q4 = _q(8), _q(4)
+
+CASES = {
+    "matmul_gelu": (lambda x, w, b: matmul(x, w, b, activation="gelu_tanh", interpret=False),
+                    (S(64, C), S(C, 3 * C), S(3 * C))),
+    "matmul_split_k": (lambda x, w, b: matmul_split_k(x, w, b, interpret=False).parts,
+                       (S(1, C), S(C, 4 * C), S(4 * C))),
+    "split_k_partials_prologue": (
+        lambda x, w1, b1, w2, b2: matmul_split_k(matmul_split_k(x, w1, b1, activation="gelu_tanh", interpret=False),
+                                                 w2, b2, interpret=False).parts,
+        (S(8, C), S(C, 4 * C), S(4 * C), S(4 * C, C), S(C))),
+    "add_layer_norm": (lambda x, r, w, b: add_layer_norm(x, r, w, b, interpret=False),
+                       (S(8, 1, C), S(8, 1, C), S(C), S(C))),
+    "add_layer_norm_partials": (
+        lambda x, w1, b1, r, w, b: add_layer_norm(matmul_split_k(x, w1, b1, interpret=False), r, w, b,
+                                                  interpret=False),
+        (S(1, C), S(C, C), S(C), S(1, C), S(C), S(C))),
+    "flash_attention": (lambda qkv: flash_attention(qkv, interpret=False), (S(2, 200, 3, 25, 64),)),
+    "decode_attention": (lambda q, k, v, n: decode_attention(q, k, v, n, interpret=False),
+                         (S(2, 25, 64), S(2, 512, 25, 64), S(2, 512, 25, 64), S(2, dtype=jnp.int32))),
+    "decode_attention_append": (
+        lambda x, w, b, k, v, p: decode_attention_append(matmul_split_k(x, w, b, interpret=False), k, v, p,
+                                                         interpret=False),
+        (S(2, C), S(C, 3 * C), S(3 * C), S(2, 512, 25, 64), S(2, 512, 25, 64), S(2, dtype=jnp.int32))),
+    "mlp": (lambda x, w1, b1, w2, b2: mlp(x, w1, b1, w2, b2, interpret=False),
+            (S(64, C), S(C, 4 * C), S(4 * C), S(4 * C, C), S(C))),
+}
+for name, (q, s, meta) in (("int8", Q8), ("int4", Q4)):
+    for m in (1, 64):
+        CASES[f"quant_matmul_{name}_m{m}"] = (
+            lambda x, q, s, b, meta=meta: quant_matmul(x, QWeight(q, s, *meta), b, activation="gelu_tanh",
+                                                       interpret=False),
+            (S(m, C), q, s, S(4 * C)))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_lowers_to_triton_for_cuda(name):
+    fn, args = CASES[name]
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    calls = re.findall(r"custom_call @([\w$.]+)", text)
+    assert calls and all("triton" in c for c in calls), calls
