@@ -111,37 +111,64 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
 
 
 def hf_case(model: str, dtype: str, batch: int, tokens: int, reps: int, compiled: bool) -> dict:
+    """HF transformers ``generate``, eager or compiled. Compiled: a static KV cache and ``torch.compile`` of the
+    forward, first with CUDA graphs (``mode="reduce-overhead"``, a graph step marked before every forward so a step's
+    outputs are not overwritten while ``generate`` reads them), and if that fails, Inductor without CUDA graphs
+    (``mode="default"``); the row says which mode ran and why the other did not."""
     import torch
     import transformers
     cfg = GPTConfig.from_name(model)
     hcfg = transformers.GPT2Config(**cfg.to_hf_dict())
     tdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
-    torch.manual_seed(0)
-    m = transformers.GPT2LMHeadModel(hcfg).to("cuda", tdtype).eval()
-    ids = torch.randint(0, cfg.vocab_size, (batch, PROMPT), device="cuda")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: a smoke check of the harness only
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    ids_gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (batch, PROMPT), generator=ids_gen).to(dev)
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
-    if compiled:
-        m.generation_config.cache_implementation = "static"
-        m.forward = torch.compile(m.forward, mode="reduce-overhead", fullgraph=True)
+    failed = []
+    for mode in ("reduce-overhead", "default") if compiled else (None,):
+        torch.manual_seed(0)
+        m = transformers.GPT2LMHeadModel(hcfg).to(dev, tdtype).eval()
+        if mode is not None:
+            m.generation_config.cache_implementation = "static"
+            step = torch.compile(m.forward, mode=mode, fullgraph=True)
 
-    def timed(n):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            m.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e3
+            def forward(*a, _step=step, _graphs=mode == "reduce-overhead", **k):
+                if _graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                return _step(*a, **k)
 
-    t0 = time.perf_counter()
-    timed(tokens), timed(1)
-    warm_s = time.perf_counter() - t0
-    full = statistics.median(timed(tokens) for _ in range(reps))
-    one = statistics.median(timed(1) for _ in range(reps))
-    ms_tok = (full - one) / (tokens - 1)
-    return {"impl": "hf-torch.compile" if compiled else "hf-eager", "model": model, "dtype": dtype, "batch": batch,
-            "tokens": tokens, "prefill_ms": one, "ms_per_token": ms_tok, "tokens_per_s": batch / ms_tok * 1e3,
-            "compile_s": warm_s, "torch": torch.__version__, "transformers": transformers.__version__,
-            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, torch.finfo(tdtype).bits // 8)}
+            m.forward = forward
+
+        def timed(n, m=m):
+            sync()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                m.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            sync()
+            return (time.perf_counter() - t0) * 1e3
+
+        try:
+            t0 = time.perf_counter()
+            timed(tokens), timed(1)
+            warm_s = time.perf_counter() - t0
+            full = statistics.median(timed(tokens) for _ in range(reps))
+            one = statistics.median(timed(1) for _ in range(reps))
+        except Exception as e:  # noqa: BLE001 - a compile mode that fails is reported; the next one is tried
+            if mode is None or mode == "default":
+                raise
+            failed.append(f"{mode}: {type(e).__name__}: {str(e)[:160]}")
+            continue
+        ms_tok = (full - one) / (tokens - 1)
+        row = {"impl": "hf-torch.compile" if compiled else "hf-eager", "model": model, "dtype": dtype,
+               "batch": batch, "tokens": tokens, "prefill_ms": one, "ms_per_token": ms_tok,
+               "tokens_per_s": batch / ms_tok * 1e3, "compile_s": warm_s, "torch": torch.__version__,
+               "transformers": transformers.__version__,
+               "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, torch.finfo(tdtype).bits // 8)}
+        if mode is not None:
+            row |= {"compile_mode": mode, "failed_modes": failed}
+        return row
+    raise RuntimeError("; ".join(failed))
 
 
 def _save(path: str | None, rows: list[dict], bw: float | None) -> None:

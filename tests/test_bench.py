@@ -84,3 +84,12 @@ def test_decode_case_counts_the_quantized_weight_bytes():
     assert [r["impl"] for r in rows.values()] == ["jaxgpt-xla", "jaxgpt-xla-int8", "jaxgpt-xla-int4"]
     assert all(r["all_tokens_valid"] and r["ms_per_token"] > 0 for r in rows.values())
     assert rows["int4"]["bytes_per_step"] < rows["int8"]["bytes_per_step"] < rows[None]["bytes_per_step"]
+
+
+def test_hf_peer_harness_runs_on_cpu():
+    """The HF transformers peer's timing harness (eager) on the smoke model: its row has the decode schema."""
+    pytest.importorskip("transformers")
+    from bench.decode import hf_case
+    from bench.run import smoke_model
+    r = hf_case(smoke_model(), "float32", 2, 6, 1, False)
+    assert r["impl"] == "hf-eager" and r["ms_per_token"] > 0 and r["tokens"] == 6
