@@ -10,3 +10,7 @@ tail -3 "$OUT/quant_tests.txt"
 timeout 300 python -m bench.decode --model gpt2,gpt2-xl --backend pallas,xla --batch 1 --tokens 256 --reps 3 \
   --quantize none,int8,int4 --breakdown 8 --out "$OUT/decode_quant.json" > "$OUT/decode_quant.txt" 2>&1
 grep -A12 "^model" "$OUT/decode_quant.txt" || grep '^{' "$OUT/decode_quant.txt" | cut -c1-200
+# 3. HF transformers torch.compile decode (static cache; CUDA graphs with a step mark per forward, else Inductor)
+timeout 200 python -m bench.decode --model gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 --hf eager,compile \
+  --out "$OUT/decode_hf.json" > "$OUT/decode_hf.txt" 2>&1
+grep -A6 "^model" "$OUT/decode_hf.txt" || grep '^{' "$OUT/decode_hf.txt" | cut -c1-300
