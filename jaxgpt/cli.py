@@ -30,8 +30,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="xla", choices=list(BACKENDS), help="op implementations (default xla)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for random weights and, in generate, for sampling (default 0)")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                   help="quantize the projections on load (weight-only; int4 in groups of 128)")
+    p.add_argument("--quantize", choices=["int8", "int4", "int8+head", "int4+head"], default=None,
+                   help="quantize the projections on load (weight-only; int4 in groups of 128; +head: an int8 "
+                        "copy of the tied LM head too)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="write a weight-only int8/int4 checkpoint (safetensors + quantization.json)")
     p.add_argument("--bits", type=int, choices=[8, 4], required=True, help="8: per-channel int8; 4: group-wise int4")
     p.add_argument("--group", type=int, default=None, help="int4 group size along the input dimension (default 128)")
+    p.add_argument("--lm-head", action="store_true", help="also store an int8 copy of the tied LM head")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write (created; files replaced whole)")
     p.add_argument("--model", default=None, help="preset whose weights to quantize (HF cache or hub)")
     p.add_argument("--checkpoint", metavar="PATH", help="float checkpoint to quantize")
@@ -282,7 +284,7 @@ def cmd_quantize(args) -> int:
     from jaxgpt.engine import load_weights
     from jaxgpt.errors import UsageError
     from jaxgpt.quantize import Scheme, is_quantized, quantize_state_dict, run_bytes, save_quantized
-    scheme = Scheme.parse(f"int{args.bits}", args.group)
+    scheme = Scheme.parse(f"int{args.bits}", args.group, head=args.lm_head)
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a directory")

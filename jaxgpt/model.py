@@ -143,6 +143,12 @@ class GPT(nnx.Module):
         self.h = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, dtype=dtype, eps=cfg.layer_norm_epsilon)
 
+    def head(self):
+        """The LM head's weight as ``ops.lm_head`` takes it: ``wte`` (V, C), tied; or, when a quantized copy is
+        installed as ``lm_head`` (``jaxgpt.quantize``), that copy in (C, V) layout."""
+        lm_head = getattr(self, "lm_head", None)
+        return self.wte.weight[...] if lm_head is None else lm_head.kernel()
+
     def hidden_states(self, ids: jax.Array, ops: Ops) -> jax.Array:
         """Final hidden states ``ln_f(h_L)`` for every position: ids (B, T) -> (B, T, C)."""
         return self._run(ids, ops)[0]
@@ -170,7 +176,7 @@ class GPT(nnx.Module):
 
     def _logits_at(self, h: jax.Array, last: jax.Array, ops: Ops) -> jax.Array:
         h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # (B, C)
-        return ops.lm_head(h_last, self.wte.weight[...])  # (B, V) float32
+        return ops.lm_head(h_last, self.head())  # (B, V) float32
 
     def __call__(self, ids: jax.Array, last: jax.Array, ops: Ops) -> jax.Array:
         """Float32 logits at position ``last[b]`` of each row: ids (B, T), last (B,) -> (B, V).
@@ -187,4 +193,4 @@ class GPT(nnx.Module):
     def decode(self, tok: jax.Array, pos: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
         """One step: token ``tok[b]`` (B,) at position ``pos[b]`` -> float32 logits (B, V) and the cache with it."""
         h, cache = self._run(tok[:, None], ops, cache, pos)  # (B, 1, C)
-        return ops.lm_head(h[:, 0], self.wte.weight[...]), cache  # (B, V) float32
+        return ops.lm_head(h[:, 0], self.head()), cache  # (B, V) float32

@@ -89,8 +89,11 @@ class XlaOps:
         return cls.linear(gelu_tanh(cls.linear(x, w_fc, b_fc)), w_proj, b_proj)
 
     @staticmethod
-    def lm_head(h: jax.Array, wte: jax.Array) -> jax.Array:
-        """h (B, C) @ wte.T (C, V) -> float32 logits (B, V)."""
+    def lm_head(h: jax.Array, wte: "jax.Array | QWeight") -> jax.Array:
+        """h (B, C) @ wte.T (C, V) -> float32 logits (B, V); a quantized head is a (C, V) ``QWeight``."""
+        if isinstance(wte, QWeight):
+            return jnp.dot(h, dequantize(wte, h.dtype), precision=matmul_precision(h.dtype),
+                           preferred_element_type=jnp.float32)
         return jnp.dot(h, wte.T, precision=matmul_precision(h.dtype), preferred_element_type=jnp.float32)
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 
 from jaxgpt.ops import BACKENDS, XlaOps, append_kv
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
@@ -105,6 +106,12 @@ class PallasOps(XlaOps):
             return matmul_split_k(h, w_proj, b_proj)
         return mlp(x, w_fc, b_fc, w_proj, b_proj)
 
+
+    @staticmethod
+    def lm_head(h, wte):
+        if isinstance(wte, QWeight):  # the int8 head: (C, V) tiles dequantized in registers, float32 logits
+            return quant_matmul(h, wte, jnp.zeros((wte.shape[1],), h.dtype), out_dtype=jnp.float32)
+        return XlaOps.lm_head(h, wte)
 
     @staticmethod
     def linear_act(x, w, b, activation: str):

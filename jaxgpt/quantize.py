@@ -1,9 +1,11 @@
 """Weight-only quantization (post-training, no calibration data): int8 per channel and int4 group-wise.
 
-The four projections of every block (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``: 85-98% of
+The four projections of every block (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``: 65-93% of
 the bytes a decode step reads) are stored quantized; embeddings, LayerNorms and biases stay in the compute dtype.
-The LM head is tied to ``wte`` and stays in the compute dtype too: quantizing it would need a second, quantized copy
-of the embedding (the lookup wants float rows) — 31% of gpt2's decode bytes, 5% of gpt2-xl's; not done yet.
+The LM head is tied to ``wte`` (the other 5-31%: gpt2-xl to gpt2). By default it stays in the compute dtype; with
+``head=True`` (``"int8+head"``, ``jaxgpt quantize --lm-head``) the model also holds an int8 per-vocab-entry copy of
+``wte.T`` as ``lm_head`` that the head reads instead (the embedding lookup keeps the float ``wte``): fewer bytes a
+decode step, more bytes held, and a quality cost the ``agreement`` report measures.
 
 A quantized state dict keeps HF names: ``h.{i}.attn.c_attn.weight`` holds the int8 (or packed int4, uint8) values
 and ``h.{i}.attn.c_attn.scale`` the float32 scales, in ``pallas_kernels.quant_matmul``'s formats; the scheme is
@@ -36,32 +38,39 @@ class Scheme:
 
     bits: int
     group: int | None = None
+    head: bool = False  # an int8 copy of the tied LM head as well
 
     @property
     def name(self) -> str:
-        return f"int{self.bits}"
+        return f"int{self.bits}" + ("+head" if self.head else "")
 
     @classmethod
-    def parse(cls, spec: "str | Scheme", group: int | None = None) -> "Scheme":
-        """``"int8"``, ``"int4"`` (group 128, or ``group``), or a ``Scheme``."""
+    def parse(cls, spec: "str | Scheme", group: int | None = None, head: bool = False) -> "Scheme":
+        """``"int8"``, ``"int4"`` (group 128, or ``group``), either with ``"+head"`` (or ``head``), or a ``Scheme``."""
         if isinstance(spec, Scheme):
             return spec
-        if spec == "int8":
+        base, plus, rest = str(spec).partition("+")
+        if plus and rest != "head":
+            raise UsageError(f"unknown quantization {spec!r}: choose int8 or int4, optionally +head")
+        head = head or bool(plus)
+        if base == "int8":
             if group is not None:
                 raise UsageError("int8 scales are per output channel: --group applies to int4 only")
-            return cls(8)
-        if spec == "int4":
+            return cls(8, None, head)
+        if base == "int4":
             g = DEFAULT_GROUP if group is None else group
             if g < 32 or g & (g - 1):
                 raise UsageError(f"--group {g} must be a power of two >= 32")
-            return cls(4, g)
-        raise UsageError(f"unknown quantization {spec!r}: choose int8 or int4")
+            return cls(4, g, head)
+        raise UsageError(f"unknown quantization {spec!r}: choose int8 or int4, optionally +head")
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": 1, "bits": self.bits, "group_size": self.group,
                 "scales": "per output channel" if self.bits == 8 else "per group of input rows",
-                "symmetric": True, "quantized": [f"h.*.{n}.weight" for n in LINEARS],
-                "float": ["wte", "wpe", "ln_*", "ln_f", "biases", "lm_head (tied to wte)"]}
+                "symmetric": True, "quantized": [f"h.*.{n}.weight" for n in LINEARS]
+                + (["lm_head.weight (int8 per vocab entry, (C, V))"] if self.head else []),
+                "lm_head": "int8 copy" if self.head else "float, tied to wte",
+                "float": ["wte", "wpe", "ln_*", "ln_f", "biases"]}
 
 
 class QLinear(nnx.Module):
@@ -98,6 +107,8 @@ def scheme_of(state_dict: dict, cfg: GPTConfig) -> Scheme | None:
         scheme = Scheme(4, 2 * q.shape[0] // s.shape[0])
     else:
         raise UsageError(f"h.0.attn.c_attn.weight has dtype {q.dtype}: expected int8 or uint8 (packed int4)")
+    if "lm_head.scale" in state_dict:
+        scheme = dataclasses.replace(scheme, head=True)
     check_state_dict(state_dict, cfg, scheme)
     return scheme
 
@@ -116,6 +127,9 @@ def quantized_shapes(cfg: GPTConfig, scheme: Scheme) -> dict[str, tuple[tuple[in
                 kp = -(-k // scheme.group) * scheme.group
                 out[p + ".weight"] = ((kp // 2, n), np.dtype(np.uint8))
                 out[p + ".scale"] = ((kp // scheme.group, n), np.dtype(np.float32))
+    if scheme.head:
+        out["lm_head.weight"] = ((c, cfg.vocab_size), np.dtype(np.int8))
+        out["lm_head.scale"] = ((1, cfg.vocab_size), np.dtype(np.float32))
     return out
 
 
@@ -151,6 +165,9 @@ def quantize_state_dict(state_dict: dict[str, np.ndarray], cfg: GPTConfig,
             key = f"h.{i}.{name}"
             w = quantize(state_dict[key + ".weight"], bits=scheme.bits, group=scheme.group)
             out[key + ".weight"], out[key + ".scale"] = np.asarray(w.q), np.asarray(w.scale)
+    if scheme.head:
+        w = quantize(np.asarray(state_dict["wte.weight"]).T, bits=8)  # (C, V), a scale per vocab entry
+        out["lm_head.weight"], out["lm_head.scale"] = np.asarray(w.q), np.asarray(w.scale)
     return out
 
 
@@ -164,6 +181,9 @@ def install(model, state_dict: dict[str, np.ndarray], scheme: Scheme, dtype) -> 
             w = QWeight(state_dict[key + ".weight"], state_dict[key + ".scale"], scheme.bits, scheme.group, k_of[name])
             parent, attr = name.split(".")
             setattr(getattr(blk, parent), attr, QLinear(w, jnp.asarray(state_dict[key + ".bias"], dtype)))
+    if scheme.head:
+        w = QWeight(state_dict["lm_head.weight"], state_dict["lm_head.scale"], 8, None, c)
+        model.lm_head = QLinear(w, jnp.zeros((model.config.vocab_size,), dtype))  # read by GPT.head()
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -216,7 +236,7 @@ def read_quantized(directory: str | Path, cfg: GPTConfig | None = None) -> tuple
             raise WeightsError(f"{d}: a quantized checkpoint needs its config.json")
         cfg = GPTConfig.from_json(d / "config.json")
     try:
-        scheme = Scheme.parse(f"int{bits}", group if bits == 4 else None)
+        scheme = Scheme.parse(f"int{bits}", group if bits == 4 else None, head=meta.get("lm_head") == "int8 copy")
     except UsageError as e:
         raise WeightsError(f"{d / 'quantization.json'}: {e}") from None
     sd = read_checkpoint(d)
@@ -226,8 +246,9 @@ def read_quantized(directory: str | Path, cfg: GPTConfig | None = None) -> tuple
 
 def run_bytes(state_dict: dict[str, np.ndarray], cfg: GPTConfig, itemsize: int = 2) -> dict[str, int]:
     """Bytes the model holds on the device, float tensors at ``itemsize`` (bf16: 2): the projections (quantized
-    or not) and the rest (embeddings, the tied LM head, LayerNorms, biases)."""
+    or not, with the int8 LM-head copy if any) and the rest (embeddings, LayerNorms, biases)."""
     proj = {f"h.{i}.{n}.{t}" for i in range(cfg.n_layer) for n in LINEARS for t in ("weight", "scale")}
+    proj |= {"lm_head.weight", "lm_head.scale"}
     quantized = is_quantized(state_dict)
     p = sum(int(v.nbytes) if quantized else int(v.size) * itemsize for k, v in state_dict.items() if k in proj)
     rest = sum(int(v.size) * itemsize for k, v in state_dict.items() if k not in proj)
@@ -244,7 +265,7 @@ def _all_logits(engine, ids: list[int]) -> np.ndarray:
         m = nnx.merge(engine.graphdef, state)
         ops = get_ops(engine.backend)
         h = m.hidden_states(x, ops)  # (1, T, C)
-        return ops.lm_head(h[0], m.wte.weight[...])  # (T, V) float32
+        return ops.lm_head(h[0], m.head())  # (T, V) float32
 
     return np.asarray(jax.jit(f)(engine.state, engine.put(np.asarray([ids], np.int32))))
 

@@ -260,7 +260,7 @@ def build_model(cfg: GPTConfig, state_dict: dict[str, np.ndarray], dtype=jnp.flo
         Q.install(model, state_dict, scheme, dtype)
     for name, value in state_dict.items():
         if scheme is not None and name.endswith((".weight", ".scale", ".bias")) and \
-                name.rsplit(".", 1)[0].endswith(Q.LINEARS):
+                name.rsplit(".", 1)[0].endswith((*Q.LINEARS, "lm_head")):
             continue  # installed above
         _param(model, name).set_value(jnp.asarray(value, dtype=dtype))
     return model

@@ -193,13 +193,14 @@ def _plan(M: int, N: int, K: int, bits: int, group: int | None, block_m, block_n
     return bm, bn, bk, kq, chunk, pl.cdiv(kq, chunk)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "block_k", "split_k", "num_warps",
-                                             "num_stages", "interpret"))
-def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "none", block_m: int | None = None,
-                 block_n: int | None = None, block_k: int | None = None, split_k: int | None = None,
-                 num_warps: int | None = None, num_stages: int | None = None,
+@functools.partial(jax.jit, static_argnames=("activation", "out_dtype", "block_m", "block_n", "block_k", "split_k",
+                                             "num_warps", "num_stages", "interpret"))
+def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "none", out_dtype=None,
+                 block_m: int | None = None, block_n: int | None = None, block_k: int | None = None,
+                 split_k: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
                  interpret: bool | None = None) -> jax.Array:
-    """``act(x @ dequant(w) + b)``: x (..., K) bf16/f16/f32, w a ``QWeight`` (K, N), b (N,) -> (..., N) in x's dtype.
+    """``act(x @ dequant(w) + b)``: x (..., K) bf16/f16/f32, w a ``QWeight`` (K, N), b (N,) -> (..., N) in
+    ``out_dtype`` (default x's dtype; the LM head asks for float32 logits).
 
     The int8/int4 tiles are converted in registers; scales multiply the float32 products. Accumulation in float32.
     """
@@ -211,12 +212,13 @@ def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "n
     M = x2.shape[0]
     bm, bn, bk, kq, chunk, split = _plan(M, N, K, w.bits, w.group, block_m, block_n, block_k, split_k)
     precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
     kernel = functools.partial(_kernel, m=M, n=N, k=K, kq=kq, bm=bm, bn=bn, bk=bk, chunk=chunk, bits=w.bits,
                                activation=activation, split=split > 1, precision=precision)
     out_shape = (split, M, N) if split > 1 else (M, N)
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct(out_shape, jnp.float32 if split > 1 else x.dtype),
+        out_shape=jax.ShapeDtypeStruct(out_shape, jnp.float32 if split > 1 else out_dtype),
         grid=(pl.cdiv(M, bm), pl.cdiv(N, bn), split),
         in_specs=[pl.no_block_spec] * 4,
         out_specs=pl.no_block_spec,
@@ -226,13 +228,13 @@ def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "n
     )(x2, w.q, w.scale, b)
     if split > 1:  # one fused XLA epilogue: sum the partials, bias, activation, round
         out = out.sum(0) + b.astype(jnp.float32)
-        out = (gelu_tanh(out) if activation == "gelu_tanh" else out).astype(x.dtype)
+        out = (gelu_tanh(out) if activation == "gelu_tanh" else out).astype(out_dtype)
     return out.reshape(*lead, N)
 
 
-def quant_matmul_reference(x, w: QWeight, b, *, activation: str = "none"):
+def quant_matmul_reference(x, w: QWeight, b, *, activation: str = "none", out_dtype=None):
     """Dequantize, then the float32 matmul: what ``quant_matmul`` must equal up to accumulation order."""
     y = jnp.dot(x.astype(jnp.float32), dequantize(w), precision=jax.lax.Precision.HIGHEST) + b.astype(jnp.float32)
     if activation == "gelu_tanh":
         y = gelu_tanh(y)
-    return y.astype(x.dtype)
+    return y.astype(out_dtype or x.dtype)

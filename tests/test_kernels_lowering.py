@@ -68,6 +68,13 @@ for name, (q, s, meta) in (("int8", Q8), ("int4", Q4)):
             (S(m, C), q, s, S(4 * C)))
 
 
+_HEAD = quantize(np.random.default_rng(0).standard_normal((C, 50257)).astype(np.float32), bits=8)
+CASES["quant_lm_head_int8"] = (
+    lambda h, q, s: quant_matmul(h, QWeight(q, s, 8, None, C), jnp.zeros((50257,), BF16), out_dtype=jnp.float32,
+                                 interpret=False),
+    (S(1, C), _HEAD.q, _HEAD.scale))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_lowers_to_triton_for_cuda(name):
     fn, args = CASES[name]

@@ -43,6 +43,18 @@ def test_split_k_and_blocks_are_free_choices(bits, split):
         check(quant_matmul(x, qw, b, split_k=split, block_m=bm, block_n=bn), want, "float32", 300, f"split {split}")
 
 
+@pytest.mark.parametrize("m", [1, 20])
+def test_float32_output_for_the_lm_head(m):
+    """bf16 activations, float32 logits (``out_dtype``), a vocabulary-sized N that no block divides."""
+    rng = np.random.default_rng(m)
+    _, qw = _weights(rng, 64, 1003, 8)
+    x, b = rand(rng, (m, 64), "bfloat16"), rand(rng, (1003,), "bfloat16")
+    got = quant_matmul(x, qw, b, out_dtype=np.float32)
+    assert got.dtype == np.float32
+    want = quant_matmul_reference(x.astype("float32"), qw, b.astype("float32"), out_dtype=np.float32)
+    check(got, want, "bfloat16", 64, f"lm head m={m}")
+
+
 def test_leading_dims_are_kept():
     rng = np.random.default_rng(3)
     _, qw = _weights(rng, 64, 48, 8)

@@ -58,11 +58,28 @@ def test_pallas_kernels_match_the_xla_dequantize_path(sd, prompts, scheme):
     assert [g.ids for g in generate(pallas, prompts, **kw)] == [g.ids for g in generate(xla, prompts, **kw)]
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_int8_lm_head_copy(sd, prompts):
+    """``+head``: the head reads an int8 (C, V) copy of wte (the lookup keeps the float wte); both backends agree,
+    the float model is followed, and a step reads fewer head bytes (C·V·1 + 4·V instead of C·V·2)."""
+    ref = Engine(CFG, sd)
+    xla, pallas = Engine(CFG, sd, quantize="int8+head"), Engine(CFG, sd, quantize="int8+head", backend="pallas")
+    assert xla.quantization == Scheme(8, None, True)
+    np.testing.assert_allclose(pallas.last_logits(prompts), xla.last_logits(prompts), atol=2e-4, rtol=0)
+    r = agreement(ref, xla, prompts, steps=8)
+    assert r["top1_agreement"] >= TOP1_MIN["int8"] and r["finite"]
+    d_plain = agreement(ref, Engine(CFG, sd, quantize="int8"), prompts, steps=0)["mean_abs_dlogit"]
+    assert r["mean_abs_dlogit"] > d_plain  # the head's own rounding shows
+    q = quantize_state_dict(sd, CFG, "int8+head")
+    assert q["lm_head.weight"].shape == (CFG.n_embd, CFG.vocab_size) and q["lm_head.weight"].dtype == np.int8
+    assert q["lm_head.weight"].nbytes + q["lm_head.scale"].nbytes < sd["wte.weight"].size * 2
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "int4+head"])
 def test_checkpoint_round_trip_loads_the_same_model(sd, prompts, tmp_path, scheme):
     q = quantize_state_dict(sd, CFG, scheme)
     save_quantized(q, CFG, tmp_path)
-    assert json.loads((tmp_path / "quantization.json").read_text())["bits"] == Scheme.parse(scheme).bits
+    meta = json.loads((tmp_path / "quantization.json").read_text())
+    assert meta["bits"] == Scheme.parse(scheme).bits and (meta["lm_head"] == "int8 copy") == scheme.endswith("head")
     cfg, back = load_checkpoint(tmp_path)
     assert cfg == CFG and scheme_of(back, cfg) == Scheme.parse(scheme)
     for k, v in q.items():
@@ -124,6 +141,10 @@ def test_bad_schemes_and_combinations_are_clear_errors(sd, tmp_path):
         Engine(CFG, q, quantize="int4")
     with pytest.raises(JaxGPTError, match="already quantized"):
         quantize_state_dict(q, CFG, "int4")
+    with pytest.raises(JaxGPTError, match="already quantized as int8"):
+        Engine(CFG, q, quantize="int8+head")  # the head is part of the scheme
+    with pytest.raises(JaxGPTError, match="optionally \\+head"):
+        Scheme.parse("int8+tail")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
