@@ -18,9 +18,9 @@ from jaxgpt.engine import Engine
 
 
 def prefill_case(model: str, backend: str, dtype: str, batch: int, seq: int, *, breakdown: int = 0,
-                 iterations: int = 20) -> dict:
+                 iterations: int = 20, quantize: str | None = None) -> dict:
     cfg, sd = random_weights(model)
-    engine = Engine(cfg, sd, dtype=dtype, backend=backend, source=f"{model} random")
+    engine = Engine(cfg, sd, dtype=dtype, backend=backend, source=f"{model} random", quantize=quantize)
     t0 = time.perf_counter()
     fn = engine.compiled(batch, seq)
     compile_s = time.perf_counter() - t0

@@ -51,11 +51,13 @@ def environment(dtype: str, mode: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------- model cases
 
-def model_rows(models: list[str], dtype: str, mode: str, skipped: list[str], on_row=None) -> list[dict]:
+def model_rows(models: list[str], dtype: str, mode: str, skipped: list[str], on_row=None,
+               quantize: tuple[str, ...] = ()) -> list[dict]:
     """Prefill (B=1/8, T=128/1024) and decode (B=1/8) for the XLA and Pallas backends and HF transformers.
 
-    The ``torch.compile`` peers run last (their compiles take minutes), and ``on_row`` sees the rows so far after
-    every case, so a run cut short still leaves every finished row on disk."""
+    ``quantize`` adds each weight format (``int8``, ``int4``, ``int8+head``...) as further jaxgpt rows
+    (``jaxgpt-pallas-int8``...). The ``torch.compile`` peers run last (their compiles take minutes), and ``on_row``
+    sees the rows so far after every case, so a run cut short still leaves every finished row on disk."""
     from bench.decode import hf_case, jax_case
     from bench.prefill import prefill_case
     smoke = mode == "smoke"
@@ -74,23 +76,29 @@ def model_rows(models: list[str], dtype: str, mode: str, skipped: list[str], on_
     hf_kinds = ("eager",) if smoke else ("eager", "compile")
     for kind_pass in (("jax", "eager"), ("compile",)):
         for model in models:
+            variants = [(b, q) for q in (None, *quantize) for b in ("xla", "pallas")] if "jax" in kind_pass else []
             for batch, seq in prefill_shapes:
-                for backend in ("xla", "pallas") if "jax" in kind_pass else ():
-                    add(f"prefill {model} {backend} B{batch} T{seq}", lambda: {
-                        "case": "prefill", "impl": f"jaxgpt-{backend}", **_prefill_row(
-                            prefill_case(model, backend, dtype, batch, seq, iterations=3 if smoke else 20))})
+                for backend, q in variants:
+                    add(f"prefill {model} {_impl(backend, q)} B{batch} T{seq}", lambda: {
+                        "case": "prefill", "impl": _impl(backend, q), **_prefill_row(
+                            prefill_case(model, backend, dtype, batch, seq, iterations=3 if smoke else 20,
+                                         quantize=q))})
                 for kind in (k for k in hf_kinds if k in kind_pass):
                     add(f"prefill {model} hf-{kind} B{batch} T{seq}",
                         lambda: hf_prefill(model, dtype, batch, seq, compiled=kind == "compile"))
             for batch in decode_batches:
-                for backend in ("xla", "pallas") if "jax" in kind_pass else ():
-                    add(f"decode {model} {backend} B{batch}", lambda: {
+                for backend, q in variants:
+                    add(f"decode {model} {_impl(backend, q)} B{batch}", lambda: {
                         "case": "decode", **_decode_row(jax_case(model, backend, dtype, batch, tokens,
-                                                                 1 if smoke else 3, 0))})
+                                                                 1 if smoke else 3, 0, q))})
                 for kind in (k for k in hf_kinds if k in kind_pass and not smoke):
                     add(f"decode {model} hf-{kind} B{batch}", lambda: {
                         "case": "decode", **_decode_row(hf_case(model, dtype, batch, 64, 3, kind == "compile"))})
     return rows
+
+
+def _impl(backend: str, quantize: str | None) -> str:
+    return f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "")
 
 
 def _guard(skipped: list[str], what: str, fn):
@@ -240,7 +248,7 @@ def _case_name(r: dict) -> str:
 # -------------------------------------------------------------------------------------------------------- main
 
 def run(what: str = "all", models: list[str] | None = None, dtype: str = "bfloat16", quick: bool = False,
-        out: str | Path | None = None) -> dict:
+        out: str | Path | None = None, quantize: tuple[str, ...] = ()) -> dict:
     """Run the bench and write its files; returns the result dict (the content of ``results.json``)."""
     from bench import kernels
     on_gpu = jax.default_backend() == "gpu"
@@ -265,7 +273,7 @@ def run(what: str = "all", models: list[str] | None = None, dtype: str = "bfloat
         def partial(rows: list[dict]) -> None:
             if out is not None:
                 _save({**result, "model": rows}, out)
-        result["model"] = model_rows(models, dtype, mode, result["skipped"], on_row=partial)
+        result["model"] = model_rows(models, dtype, mode, result["skipped"], on_row=partial, quantize=quantize)
         _print_model(result["model"])
     for s in result["skipped"]:
         print(f"  not run: {s}")
@@ -303,8 +311,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="jaxgpt bench")
     add_arguments(ap)
     args = ap.parse_args(argv)
-    run(args.what, args.model.split(","), args.dtype, args.quick, args.out)
+    run(args.what, args.model.split(","), args.dtype, args.quick, args.out, quantize_list(args.quantize))
     return 0
+
+
+def quantize_list(spec: str) -> tuple[str, ...]:
+    """``--quantize int8,int4`` -> the weight formats to add (each checked, so a typo fails before any timing)."""
+    from jaxgpt.quantize import Scheme
+    out = tuple(q for q in spec.split(",") if q and q != "none")
+    for q in out:
+        Scheme.parse(q)
+    return out
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -312,6 +329,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="gpt2,gpt2-xl", help="comma list of presets (default gpt2,gpt2-xl)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--quick", action="store_true", help="the headline cases only")
+    ap.add_argument("--quantize", default="", metavar="LIST",
+                    help="weight formats to add to the model rows, e.g. int8,int4,int8+head (weight-only)")
     ap.add_argument("--out", default=None, metavar="DIR", help="write results.json, results.md and plots here")
 
 

@@ -333,7 +333,8 @@ def cmd_bench(args) -> int:
         out = pathlib.Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {args.out}: exists and is not a directory")
-    run(args.what, models, args.dtype, args.quick, args.out)
+    from bench.run import quantize_list
+    run(args.what, models, args.dtype, args.quick, args.out, quantize_list(args.quantize))
     return 0
 
 

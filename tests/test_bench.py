@@ -56,6 +56,9 @@ def test_bench_bad_input(capsys, tmp_path):
     f.write_text("x")
     assert main(["bench", "--out", str(f)]) == 2
     assert "not a directory" in capsys.readouterr().err
+    assert main(["bench", "model", "--quantize", "int8,int3"]) == 2  # checked before anything is timed
+    err = capsys.readouterr().err
+    assert "unknown quantization 'int3'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_scaling_smoke_on_eight_cpu_devices(tmp_path):
