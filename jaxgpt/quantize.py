@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -103,8 +105,13 @@ def scheme_of(state_dict: dict, cfg: GPTConfig) -> Scheme | None:
         raise UsageError("quantized state dict without h.0.attn.c_attn.weight / .scale")
     if np.dtype(q.dtype) == np.int8:
         scheme = Scheme(8)
-    elif np.dtype(q.dtype) == np.uint8 and s.shape[0] > 0:
-        scheme = Scheme(4, 2 * q.shape[0] // s.shape[0])
+    elif np.dtype(q.dtype) == np.uint8 and s.ndim == 2 and s.shape[0] > 0:
+        try:
+            scheme = Scheme.parse("int4", 2 * q.shape[0] // s.shape[0])
+        except UsageError:
+            from jaxgpt.weights import WeightsError
+            raise WeightsError(f"h.0.attn.c_attn: packed int4 weight {q.shape} and scales {s.shape} give no valid "
+                               "group size") from None
     else:
         raise UsageError(f"h.0.attn.c_attn.weight has dtype {q.dtype}: expected int8 or uint8 (packed int4)")
     if "lm_head.scale" in state_dict:
@@ -189,10 +196,8 @@ def install(model, state_dict: dict[str, np.ndarray], scheme: Scheme, dtype) -> 
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 def save_quantized(state_dict: dict[str, np.ndarray], cfg: GPTConfig, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` (quantized tensors), ``quantization.json`` and ``config.json``; all or nothing."""
-    import os
-    import tempfile
-
+    """Write ``model.safetensors`` (quantized tensors), ``quantization.json`` and ``config.json``. Every file is
+    written aside first and renamed into place whole, so a failure never leaves a half-written file."""
     from safetensors.numpy import save_file
     scheme = scheme_of(state_dict, cfg)
     if scheme is None:

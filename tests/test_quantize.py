@@ -111,6 +111,7 @@ def _tamper(src, dst, fn):
     (lambda t: t.__setitem__("h.0.mlp.c_proj.weight", t["h.0.mlp.c_proj.weight"].astype(np.int16)), "dtype"),
     (lambda t: t.__setitem__("h.1.attn.c_attn.scale", -t["h.1.attn.c_attn.scale"]), "finite and positive"),
     (lambda t: t.__setitem__("h.0.attn.c_attn.extra", np.zeros(3, np.float32)), "unexpected tensor"),
+    (lambda t: t.__setitem__("h.0.attn.c_attn.scale", np.ones((3, 3 * CFG.n_embd), np.float32)), "no valid group"),
 ])
 def test_tampered_checkpoints_are_rejected(sd, tmp_path, edit, needle):
     good = tmp_path / "good"

@@ -71,6 +71,17 @@ def test_sampling_does_not_depend_on_the_split(single):
     assert [g.ids for g in generate(shard(Engine(CFG, sd), data=True), ROWS, **kw)] == one
 
 
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+def test_quantized_weights_run_data_parallel(single, backend):
+    """An int8 model split over the data axis gives one device's quantized answers, row for row."""
+    sd = single[0]
+    kw = dict(max_new_tokens=6, stop_at_eos=False)
+    one = Engine(CFG, sd, quantize="int8", backend=backend)
+    many = shard(Engine(CFG, sd, quantize="int8", backend=backend), data=True, devices=_devices(4))
+    np.testing.assert_allclose(many.last_logits(ROWS), one.last_logits(ROWS), atol=2e-5, rtol=0)
+    assert [g.ids for g in generate(many, ROWS, **kw)] == [g.ids for g in generate(one, ROWS, **kw)]
+
+
 def test_pmap_equals_one_device(single):
     sd, want_logits, _ = single
     np.testing.assert_allclose(pmap_last_logits(Engine(CFG, sd), ROWS), want_logits, atol=2e-5, rtol=0)
