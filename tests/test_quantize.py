@@ -111,7 +111,7 @@ def _tamper(src, dst, fn):
     (lambda t: t.__setitem__("h.0.mlp.c_proj.weight", t["h.0.mlp.c_proj.weight"].astype(np.int16)), "dtype"),
     (lambda t: t.__setitem__("h.1.attn.c_attn.scale", -t["h.1.attn.c_attn.scale"]), "finite and positive"),
     (lambda t: t.__setitem__("h.0.attn.c_attn.extra", np.zeros(3, np.float32)), "unexpected tensor"),
-    (lambda t: t.__setitem__("h.0.attn.c_attn.scale", np.ones((3, 3 * CFG.n_embd), np.float32)), "no valid group"),
+    (lambda t: t.__setitem__("h.0.attn.c_attn.scale", np.ones((3, 3 * CFG.n_embd), np.float32)), "has shape"),
 ])
 def test_tampered_checkpoints_are_rejected(sd, tmp_path, edit, needle):
     good = tmp_path / "good"
@@ -119,6 +119,13 @@ def test_tampered_checkpoints_are_rejected(sd, tmp_path, edit, needle):
     bad = _tamper(good, tmp_path / "bad", edit)
     with pytest.raises(WeightsError, match=needle):
         load_checkpoint(bad)
+
+
+def test_a_state_dict_whose_scales_give_no_group_is_rejected(sd):
+    q = quantize_state_dict(sd, CFG, "int4")
+    q["h.0.attn.c_attn.scale"] = np.ones((3, 3 * CFG.n_embd), np.float32)  # 64 packed rows / 3 scale rows
+    with pytest.raises(WeightsError, match="no valid group size"):
+        Engine(CFG, q)
 
 
 def test_a_scheme_file_that_disagrees_with_the_tensors_is_rejected(sd, tmp_path):
