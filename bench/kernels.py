@@ -13,6 +13,7 @@ measured in the same process: a device-to-device copy (x*2) and a bf16 8192³ ma
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 
@@ -151,6 +152,15 @@ def run(quick: bool = False, mode: str | None = None):
         t = device_time_ms(fn, qkv)
         add("attention", f"B{B} T{T} H{H}", "pallas", t, flops / (t["median_ms"] * 1e-3) / 1e12, "TFLOP/s",
             _err(fn(qkv), ref), mm_tf)
+        for bkv in (64, 128) if on_gpu else ():  # the experimental Mosaic GPU kernel (not yet in the model)
+            try:
+                from pallas_kernels.flash_attention_mgpu import flash_attention_mgpu
+                f = jax.jit(functools.partial(flash_attention_mgpu, block_kv=bkv))
+                t = device_time_ms(f, qkv)
+                add("attention", f"B{B} T{T} H{H}", f"pallas_mosaic kv{bkv}", t,
+                    flops / (t["median_ms"] * 1e-3) / 1e12, "TFLOP/s", _err(f(qkv), ref), mm_tf)
+            except Exception as e:  # noqa: BLE001 - experimental: reported, never fatal
+                SKIPPED.append(f"pallas_mosaic kv{bkv} B{B} T{T} H{H}: n/a ({type(e).__name__}: {str(e)[:160]})")
         for name, pfn in peers.items():
             if name == "torch_sdpa":
                 import torch

@@ -33,6 +33,9 @@ from pallas_kernels.partials import resolve
 from pallas_kernels.quant_matmul import QWeight, quant_matmul
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
+# JAXGPT_ATTENTION=mosaic: prefill attention on the experimental Mosaic GPU kernel where its shapes allow
+# (T a multiple of 128, head_dim 64, bf16/f16); opt-in until it has run on the H100.
+MOSAIC_ATTENTION = os.environ.get("JAXGPT_ATTENTION", "") == "mosaic"
 # JAXGPT_FUSED_DECODE: "1" always the fused decode step, "0" never, unset: by shape (``_fused``).
 FUSED_DECODE: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_FUSED_DECODE", ""))
 
@@ -86,7 +89,12 @@ class PallasOps(XlaOps):
 
     @staticmethod
     def attention(qkv: jax.Array) -> jax.Array:
-        return flash_attention(resolve(qkv))  # a one-token prefill's qkv may still be split-K partials
+        qkv = resolve(qkv)  # a one-token prefill's qkv may still be split-K partials
+        B, T, _, H, D = qkv.shape
+        if MOSAIC_ATTENTION and T % 128 == 0 and D == 64 and qkv.dtype in (jnp.bfloat16, jnp.float16):
+            from pallas_kernels.flash_attention_mgpu import flash_attention_mgpu
+            return flash_attention_mgpu(qkv, block_kv=128 if T >= 256 else 64)
+        return flash_attention(qkv)
 
     @staticmethod
     def decode_attention(qkv, k_cache, v_cache, pos):

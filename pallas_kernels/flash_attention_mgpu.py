@@ -1,0 +1,250 @@
+"""Causal flash attention for Hopper on Pallas' Mosaic GPU backend (wgmma, TMA, warp specialisation). EXPERIMENTAL.
+
+Status: correct in the Mosaic GPU interpreter on a CPU and lowers for CUDA there; **not yet compiled or timed on
+an H100**, so nothing selects it (``flash_attention.py``'s Triton kernel serves the Pallas backend). Built for
+GPT-2's attention: packed ``(B, T, 3, H, D)`` qkv read in place by TMA (no q/k/v slicing copies), bf16 or f16,
+head_dim 64 (one 128-byte swizzle row), causal.
+
+A block is three warpgroups (one Pallas thread each): two compute warpgroups own 64 query rows each (128 a block),
+the third only issues TMA copies of K and V into a ring of ``stages`` SMEM slots, guarded by "landed" barriers
+(TMA) and "consumed" barriers (both compute warpgroups arrive). Per KV step a compute warpgroup runs
+``S = Q·Kᵀ`` on the tensor cores (``wgmma`` into an accumulator), the online softmax in base 2 with the
+1/√D·log2(e) scale folded into one multiply, casts P to the input dtype in registers and runs ``P·V`` with P as
+the register operand. The causal loop has three parts, as in jax's FA3-style example: unmasked blocks, the diagonal
+blocks with the mask, and a flush through the steps only the other warpgroup needs, which waits on their loads and
+arrives on their consumed barriers so that every warpgroup sees every barrier phase (jax's flush skips the waits;
+the interpreter flags that). Query tiles run longest first. A schedule barrier lets one warpgroup's softmax overlap the other's
+matrix products.
+
+In the interpreter (CPU tests) the two products run as jnp dots, since jax 0.10.2's interpreter cannot take a
+transposed SMEM operand; everything else — TMA copies from the packed layout, the barrier protocol, the causal
+split, the softmax — runs as on the GPU, and the wgmma path is checked by lowering for CUDA.
+
+Differences from jax's ``attention_mgpu.py`` that GPT-2 needs or that CI needs: bf16 SMEM (jax's allocates float16),
+the packed layout, the softmax scale, and P·V accumulated into a fresh accumulator per step then added in registers
+(``acc = acc·α + P·V``) instead of ``pl.run_state`` on a preinitialised accumulator, which jax 0.10.2's Mosaic
+interpreter cannot run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+try:
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+except ImportError:  # pragma: no cover - jax 0.10.2's plgpu imports absl-py
+    plgpu = None
+
+BLOCK_Q = 64  # query rows per compute warpgroup (a wgmma tile is 64 rows)
+COMPUTE_WGS = 2
+
+
+def interpret_params():
+    """The Mosaic GPU interpreter's parameters (exported on jax >= 0.11, private on 0.10.2)."""
+    try:
+        return plgpu.InterpretGPUParams()
+    except AttributeError:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+        return InterpretGPUParams()
+
+
+def _kernel(qkv_ref, out_ref, scoped, *, seq: int, block_kv: int, stages: int, dtype, interpret: bool):
+    # Register layouts matter to the lowering only; the interpreter has no rule for them and gets plain arrays.
+    def cast(x, layout):
+        return x if interpret else plgpu.layout_cast(x, layout)
+
+    def iota(shape, dim):
+        if interpret:
+            return lax.broadcasted_iota(jnp.int32, shape, dim)
+        return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=plgpu.Layout.WGMMA)
+
+    b, h = lax.axis_index("batch"), lax.axis_index("heads")
+    n_tiles = seq // (COMPUTE_WGS * BLOCK_Q)
+    tile = n_tiles - 1 - lax.axis_index("q_seq")  # longest (last) query tiles first
+    (qo_smem2, k_smem, v_smem), (k_landed, v_landed, q_landed), (k_consumed, v_consumed), schedule = scoped
+    wg = lax.axis_index("wg")
+    block_end = (tile + 1) * (COMPUTE_WGS * BLOCK_Q)
+    block_kv_steps = pl.cdiv(block_end, jnp.array(block_kv, jnp.int32))  # causal: nothing past the diagonal
+    scale_log2 = (1.0 / math.sqrt(qkv_ref.shape[-1])) * math.log2(math.e)
+    D = qkv_ref.shape[-1]
+
+    def schedule_barrier():
+        plgpu.barrier_arrive(schedule)
+        plgpu.barrier_wait(schedule)
+
+    @pl.when(wg < COMPUTE_WGS)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        qo_smem = qo_smem2.at[wg]
+        q_base = tile * (COMPUTE_WGS * BLOCK_Q) + wg * BLOCK_Q
+        kv_steps = pl.cdiv(q_base + BLOCK_Q, jnp.array(block_kv, jnp.int32))
+        plgpu.copy_gmem_to_smem(qkv_ref.at[b, pl.ds(q_base, BLOCK_Q), 0, h], qo_smem, q_landed.at[wg])
+        plgpu.barrier_wait(q_landed.at[wg])
+        m = cast(jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+        l = cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+        acc = cast(jnp.full((BLOCK_Q, D), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+
+        @pl.when(kv_steps > 0)
+        def _():
+            plgpu.barrier_wait(k_landed.at[0])
+
+        pl.when(wg == 1)(schedule_barrier)
+
+        def step(kv, carry, masked: bool = False):
+            acc, m, l = carry
+            slot = lax.rem(kv, jnp.array(stages, kv.dtype))
+
+            def qk(s_ref):
+                plgpu.wgmma(s_ref, qo_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+                schedule_barrier()
+                return s_ref[...]
+
+            if interpret:  # 0.10.2's interpreter has no transposed-SMEM wgmma operand: the same product in jnp
+                s = jnp.dot(qo_smem[...], k_smem.at[slot][...].T, preferred_element_type=jnp.float32)
+                schedule_barrier()
+            else:
+                s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))  # (BQ, BKV) f32
+            plgpu.barrier_arrive(k_consumed.at[slot])
+            if masked:
+                rows, cols = iota((BLOCK_Q, block_kv), 0), iota((BLOCK_Q, block_kv), 1)
+                s = jnp.where(rows + q_base >= cols + kv * block_kv, s, -jnp.inf)
+            m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)  # m in the log2 domain
+            alpha = jnp.exp2(m - m_new)
+            p = jnp.exp2(s * scale_log2 - lax.broadcast_in_dim(m_new, s.shape, [0]))
+            l = l * alpha + p.sum(axis=1)
+            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+            p_lo = p.astype(dtype)
+            acc, l, m_new, p_lo = lax.optimization_barrier((acc, l, m_new, p_lo))
+            plgpu.barrier_arrive(schedule)  # softmax done
+            plgpu.barrier_wait(v_landed.at[slot])
+            plgpu.barrier_wait(schedule)  # the tensor cores are ours
+
+            def pv(o_ref):
+                plgpu.wgmma(o_ref, p_lo, v_smem.at[slot])
+                nxt = kv + 1
+
+                @pl.when(nxt < kv_steps)
+                def _():
+                    plgpu.barrier_wait(k_landed.at[lax.rem(nxt, jnp.array(stages, kv.dtype))])
+
+                return o_ref[...]
+
+            if interpret:
+                acc = acc + jnp.dot(p_lo, v_smem.at[slot][...], preferred_element_type=jnp.float32)
+                nxt = kv + 1
+
+                @pl.when(nxt < kv_steps)
+                def _():
+                    plgpu.barrier_wait(k_landed.at[lax.rem(nxt, jnp.array(stages, kv.dtype))])
+            else:
+                acc = acc + pl.run_scoped(pv, plgpu.ACC((BLOCK_Q, D), jnp.float32))
+            plgpu.barrier_arrive(v_consumed.at[slot])
+            return acc, m_new, l
+
+        def flush(kv, _):  # steps only the other warpgroup needs: keep every barrier's phases in step
+            slot = lax.rem(kv, jnp.array(stages, kv.dtype))
+            plgpu.barrier_wait(k_landed.at[slot])  # observe the load (a skipped phase would desync the parity)
+            plgpu.barrier_wait(v_landed.at[slot])
+            plgpu.barrier_arrive(k_consumed.at[slot])
+            plgpu.barrier_arrive(v_consumed.at[slot])
+            schedule_barrier()
+            schedule_barrier()
+
+        full = lax.div(q_base, jnp.array(block_kv, jnp.int32))  # blocks wholly below the diagonal
+        carry = lax.fori_loop(0, full, step, (acc, m, l))
+        acc, m, l = lax.fori_loop(full, kv_steps, functools.partial(step, masked=True), carry)
+        lax.fori_loop(kv_steps, block_kv_steps, flush, None)
+        pl.when(wg == 0)(schedule_barrier)
+        acc = acc / lax.broadcast_in_dim(l, (BLOCK_Q, D), [0])
+        qo_smem[...] = acc.astype(dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[b, pl.ds(q_base, BLOCK_Q), h])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == COMPUTE_WGS)
+    def _memory():
+        plgpu.set_max_registers(40, action="decrease")
+        for i in range(stages):
+            @pl.when(i < block_kv_steps)
+            def _(i=i):
+                rows = pl.ds(i * block_kv, block_kv)
+                plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 1, h], k_smem.at[i], k_landed.at[i])
+                plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 2, h], v_smem.at[i], v_landed.at[i])
+
+        @pl.loop(0, jnp.maximum(block_kv_steps - stages, 0))
+        def _(kv):
+            step = kv + stages
+            slot = lax.rem(kv, jnp.array(stages, kv.dtype))
+            rows = pl.ds(step * block_kv, block_kv)
+            plgpu.barrier_wait(k_consumed.at[slot])
+            plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 1, h], k_smem.at[slot], k_landed.at[slot])
+            plgpu.barrier_wait(v_consumed.at[slot])
+            plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 2, h], v_smem.at[slot], v_landed.at[slot])
+
+        @pl.loop(jnp.maximum(block_kv_steps - stages, 0), block_kv_steps)
+        def _(kv):  # drain: observe the last steps' consumed phases too
+            slot = lax.rem(kv, jnp.array(stages, kv.dtype))
+            plgpu.barrier_wait(k_consumed.at[slot])
+            plgpu.barrier_wait(v_consumed.at[slot])
+
+
+@functools.partial(jax.jit, static_argnames=("block_kv", "stages", "interpret"))
+def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2,
+                         interpret: bool | None = None) -> jax.Array:
+    """Causal self-attention of packed qkv (B, T, 3, H, D) -> (B, T, H, D) on Mosaic GPU (Hopper).
+
+    T must be a multiple of 128 (two 64-row query tiles a block) and of ``block_kv``; D = 64; bf16 or f16.
+    ``interpret`` (default: off a GPU) runs Mosaic GPU's interpreter.
+    """
+    if plgpu is None:
+        raise ValueError("Mosaic GPU needs jax.experimental.pallas.mosaic_gpu (and absl-py on jax 0.10)")
+    if qkv.ndim != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be (B, T, 3, H, D), got {qkv.shape}")
+    B, T, _, H, D = qkv.shape
+    if D != 64:
+        raise ValueError(f"head_dim {D=} must be 64 (one 128-byte swizzle row)")
+    if jnp.dtype(qkv.dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ValueError(f"dtype {qkv.dtype} must be bfloat16 or float16")
+    if block_kv not in (64, 128, 256):
+        raise ValueError(f"{block_kv=} must be 64, 128 or 256")
+    if T % (COMPUTE_WGS * BLOCK_Q) or T % block_kv:
+        raise ValueError(f"seq_len {T=} must be a multiple of {COMPUTE_WGS * BLOCK_Q} and of {block_kv=}")
+    stages = max(1, min(stages, T // block_kv))
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    dtype = qkv.dtype
+    tiling = plgpu.TilingTransform((8, 64))
+    swizzle = plgpu.SwizzleTransform(128)
+
+    def entry(qkv_ref, out_ref):
+        scratch = (plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, D), dtype, transforms=(tiling, swizzle)),
+                   plgpu.SMEM((stages, block_kv, D), dtype, transforms=(tiling, swizzle)),
+                   plgpu.SMEM((stages, block_kv, D), dtype, transforms=(tiling, swizzle)))
+        pl.run_scoped(
+            lambda *s: _kernel(qkv_ref, out_ref, s, seq=T, block_kv=block_kv, stages=stages, dtype=dtype,
+                               interpret=interpret),
+            scratch,
+            (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
+             plgpu.Barrier(num_barriers=COMPUTE_WGS)),
+            (plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),) * 2,
+            plgpu.Barrier(num_arrivals=COMPUTE_WGS),
+            collective_axes="wg",
+        )
+
+    kw = dict(interpret=interpret_params()) if interpret else {}
+    return plgpu.kernel(
+        entry,
+        out_type=jax.ShapeDtypeStruct((B, T, H, D), dtype),
+        grid=(H, T // (COMPUTE_WGS * BLOCK_Q), B),
+        grid_names=("heads", "q_seq", "batch"),
+        num_threads=COMPUTE_WGS + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        **kw,
+    )(qkv)
