@@ -12,7 +12,8 @@ next kernel finishes them on load: decode attention adds the c_attn bias and app
 second matmul applies c_fc's bias and GELU, the residual+LayerNorm kernel adds c_proj's bias: eight kernels a layer
 instead of sixteen. The other decode step finishes the split-K matmuls in XLA epilogues and runs the flash-decoding
 kernel after an XLA scatter into the cache. Which one runs is chosen by shape from H100 measurements (``_fused``);
-``JAXGPT_FUSED_DECODE=1`` or ``0`` forces one.
+``JAXGPT_FUSED_DECODE=1`` or ``0`` forces one. Quantized projections (``QWeight``) go to the int8/int4 matmul
+kernel; ``JAXGPT_ATTENTION=mosaic`` sends prefill attention to the experimental Mosaic GPU kernel.
 """
 
 from __future__ import annotations

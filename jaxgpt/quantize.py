@@ -1,6 +1,6 @@
 """Weight-only quantization (post-training, no calibration data): int8 per channel and int4 group-wise.
 
-The four projections of every block (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``: 65-93% of
+The four projections of every block (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``: 69-95% of
 the bytes a decode step reads) are stored quantized; embeddings, LayerNorms and biases stay in the compute dtype.
 The LM head is tied to ``wte`` (the other 5-31%: gpt2-xl to gpt2). By default it stays in the compute dtype; with
 ``head=True`` (``"int8+head"``, ``jaxgpt quantize --lm-head``) the model also holds an int8 per-vocab-entry copy of
