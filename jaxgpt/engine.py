@@ -87,15 +87,15 @@ class Engine:
         self.source, self.random = source, random
         get_ops(backend)  # import the backend now: a missing dependency fails here, not inside jit
         from jaxgpt import quantize as Q
+        have = Q.scheme_of(state_dict, cfg)  # None for float weights
         if quantize is not None:
             scheme = Q.Scheme.parse(quantize)
-            have = Q.scheme_of(state_dict, cfg)
             if have is None:
-                state_dict = Q.quantize_state_dict(state_dict, cfg, scheme)
+                state_dict, have = Q.quantize_state_dict(state_dict, cfg, scheme), scheme
             elif have != scheme:
                 raise UsageError(f"the checkpoint is already quantized as {have.name} (group {have.group}); "
                                  f"cannot load it as {scheme.name}")
-        self.quantization = Q.scheme_of(state_dict, cfg)  # None for float weights
+        self.quantization = have
         with jax.default_device(self.device):
             model = W.build_model(cfg, state_dict, self.dtype)
         self.graphdef, state = nnx.split(model)

@@ -18,3 +18,10 @@ def compiler_params(num_warps: int, num_stages: int):
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def check_blocks(**blocks: int) -> None:
+    """Every block size a power of two >= 16 (Triton's arrays and dots need it), or a ValueError naming it."""
+    for name, v in blocks.items():
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v} must be a power of two >= 16")

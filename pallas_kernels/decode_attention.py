@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels._common import check_blocks, compiler_params, default_interpret
 from pallas_kernels.partials import SplitK, finish
 from pallas_kernels.tuning import DecodeAttentionConfig, lookup
 
@@ -200,8 +200,7 @@ def _split_plan(cache: jax.Array, block_k, num_splits, num_warps, num_stages):
     B, S, H, D = cache.shape
     cfg = lookup(DecodeAttentionConfig, batch=B, heads=H, cache=S, head_dim=D, dtype=cache.dtype)
     bk, splits = block_k or cfg.block_k, num_splits or cfg.num_splits
-    if bk < 16 or bk & (bk - 1):
-        raise ValueError(f"block_k={bk} must be a power of two >= 16")
+    check_blocks(block_k=bk)
     if splits < 1:
         raise ValueError(f"num_splits={splits} must be >= 1")
     chunk = pl.cdiv(pl.cdiv(S, splits), bk) * bk  # keys per split, a whole number of blocks

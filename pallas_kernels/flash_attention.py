@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels._common import check_blocks, compiler_params, default_interpret
 from pallas_kernels.tuning import AttentionConfig, lookup
 
 LOG2E = 1.4426950408889634
@@ -80,9 +80,7 @@ def flash_attention(qkv: jax.Array, kv_lengths: jax.Array | None = None, *, bloc
         raise ValueError(f"{kv_lengths.shape=} must be ({B},)")
     cfg = lookup(AttentionConfig, seq=T, heads=H, head_dim=D, batch=B, dtype=qkv.dtype)
     bq, bk = block_q or cfg.block_q, block_k or cfg.block_k
-    for name, v in (("block_q", bq), ("block_k", bk)):
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{name}={v} must be a power of two >= 16")
+    check_blocks(block_q=bq, block_k=bk)
     precision = jax.lax.Precision.HIGHEST if qkv.dtype == jnp.float32 else None
     kernel = functools.partial(_flash_kernel, seq=T, heads=H, bq=bq, bk=bk, scale=1.0 / math.sqrt(D), precision=precision)
     if kv_lengths is None:

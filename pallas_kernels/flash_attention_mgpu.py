@@ -125,23 +125,21 @@ def _kernel(qkv_ref, out_ref, scoped, *, seq: int, block_kv: int, stages: int, d
             plgpu.barrier_wait(v_landed.at[slot])
             plgpu.barrier_wait(schedule)  # the tensor cores are ours
 
-            def pv(o_ref):
-                plgpu.wgmma(o_ref, p_lo, v_smem.at[slot])
+            def wait_next_k():  # inside the P·V scope on the GPU, so the next K's wait overlaps the MMA
                 nxt = kv + 1
 
                 @pl.when(nxt < kv_steps)
                 def _():
                     plgpu.barrier_wait(k_landed.at[lax.rem(nxt, jnp.array(stages, kv.dtype))])
 
+            def pv(o_ref):
+                plgpu.wgmma(o_ref, p_lo, v_smem.at[slot])
+                wait_next_k()
                 return o_ref[...]
 
             if interpret:
                 acc = acc + jnp.dot(p_lo, v_smem.at[slot][...], preferred_element_type=jnp.float32)
-                nxt = kv + 1
-
-                @pl.when(nxt < kv_steps)
-                def _():
-                    plgpu.barrier_wait(k_landed.at[lax.rem(nxt, jnp.array(stages, kv.dtype))])
+                wait_next_k()
             else:
                 acc = acc + pl.run_scoped(pv, plgpu.ACC((BLOCK_Q, D), jnp.float32))
             plgpu.barrier_arrive(v_consumed.at[slot])

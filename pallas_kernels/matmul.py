@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels._common import check_blocks, compiler_params, default_interpret
 from pallas_kernels.tuning import MatmulConfig, lookup
 
 from pallas_kernels.partials import ACTIVATIONS, SplitK, finish, gelu_tanh, resolve  # noqa: F401
@@ -98,9 +98,7 @@ def matmul_split_k(x: "jax.Array | SplitK", w: jax.Array, b: jax.Array, *, activ
     cfg = lookup(MatmulConfig, m=M, n=N, k=K, dtype=w.dtype)
     bn, bk = block_n or cfg.block_n, block_k or cfg.block_k
     split = split_k or max(cfg.split_k, 1)
-    for name, v in (("block_n", bn), ("block_k", bk)):
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{name}={v} must be a power of two >= 16")
+    check_blocks(block_n=bn, block_k=bk)
     if split < 1:
         raise ValueError(f"split_k={split} must be >= 1")
     chunk = pl.cdiv(pl.cdiv(K, split), bk) * bk
@@ -149,9 +147,7 @@ def matmul(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "none"
     M = x2.shape[0]
     cfg = lookup(MatmulConfig, m=M, n=N, k=K, dtype=x.dtype)
     bm, bn, bk = block_m or cfg.block_m, block_n or cfg.block_n, block_k or cfg.block_k
-    for name, v in (("block_m", bm), ("block_n", bn), ("block_k", bk)):
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{name}={v} must be a power of two >= 16")
+    check_blocks(block_m=bm, block_n=bn, block_k=bk)
     precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
     split = split_k or cfg.split_k
     if split < 1:

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels._common import check_blocks, compiler_params, default_interpret
 from pallas_kernels.partials import ACTIVATIONS, gelu_tanh
 
 BITS = (8, 4)
@@ -180,9 +180,7 @@ def _plan(M: int, N: int, K: int, bits: int, group: int | None, block_m, block_n
     bk = group if bits == 4 else (block_k or 128)
     if bits == 4 and block_k not in (None, group):
         raise ValueError(f"int4 block_k must equal the group size {group}, got {block_k}")
-    for name, v in (("block_m", bm), ("block_n", bn), ("block_k", bk)):
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{name}={v} must be a power of two >= 16")
+    check_blocks(block_m=bm, block_n=bn, block_k=bk)
     kq = K if bits == 8 else -(-K // group) * group
     steps = pl.cdiv(kq, bk)
     split = split_k or (max(1, min(steps, round(TARGET_PROGRAMS / (pl.cdiv(M, bm) * pl.cdiv(N, bn)))))
