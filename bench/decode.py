@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import time
 
@@ -51,6 +52,16 @@ def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int, weigh
     if weight_bytes is None:
         weight_bytes = (cfg.num_params - cfg.n_ctx * cfg.n_embd) * itemsize
     return weight_bytes + kv
+
+
+def group_kernels(kernels: list[tuple[str, float]]) -> list[tuple[str, int, float]]:
+    """(name without its numeric suffixes, count, total ms) per kind of kernel, largest total first."""
+    groups: dict[str, list] = {}
+    for name, ms in kernels:
+        g = groups.setdefault(re.sub(r"(_+\d+|\.\d+)+$", "", name), [0, 0.0])
+        g[0] += 1
+        g[1] += ms
+    return sorted(((n, c, t) for n, (c, t) in groups.items()), key=lambda g: -g[2])
 
 
 def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int,
@@ -107,6 +118,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
         ks = kernel_breakdown(step, *sargs)
         row["kernel_count"] = len(ks)
         row["kernels"] = ks[:breakdown]
+        row["kernel_groups"] = group_kernels(ks)
     return row
 
 
@@ -242,6 +254,9 @@ def main(argv=None):
                 print(f"\n{r['model']} B{r['batch']} {r['impl']}: top kernels of one step (us)")
                 for name, ms in r["kernels"]:
                     print(f"  {ms * 1e3:8.1f}  {name[:100]}")
+                print("  by kind: count, total us")
+                for name, count, ms in r.get("kernel_groups", []):
+                    print(f"  {count:5d} {ms * 1e3:9.1f}  {name[:90]}")
     _save(args.out, rows, bw)
 
 

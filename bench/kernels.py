@@ -92,6 +92,9 @@ SHAPES = {
              "gemv": [(1, 768, 2304), (1, 3072, 768), (1, 1600, 6400), (1, 6400, 1600), (8, 1600, 4800)]},
     "quick": {"ln": [(65536, 1600)], "attn": [(8, 1024, 12), (8, 1024, 25)], "widths": (768,), "rows": 8192,
               "mlp_rows": (8192,), "decode": [(1, 1024, 12)], "gemv": [(1, 1600, 6400)]},
+    # issue 6's rows: causal attention only (python -m bench.kernels --mode attention)
+    "attention": {"ln": [], "attn": [(8, 1024, 12), (8, 1024, 25), (4, 4096, 12), (1, 1024, 12), (8, 128, 12)],
+                  "widths": (), "rows": 0, "mlp_rows": (), "decode": [], "gemv": []},
     "smoke": {"ln": [(64, 80)], "attn": [(1, 32, 2)], "widths": (64,), "rows": 32, "mlp_rows": (32,),
               "head_dim": 16, "decode": [(2, 64, 2)], "gemv": [(1, 64, 96)]},
 }
@@ -261,9 +264,10 @@ def print_table(rows):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--mode", choices=sorted(SHAPES), default=None, help="full (default), quick, attention, smoke")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    rows = run(args.quick)
+    rows = run(args.quick, args.mode)
     print_table(rows)
     if args.out:
         with open(args.out, "w") as f:

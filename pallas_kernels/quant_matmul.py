@@ -29,11 +29,11 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret
 from pallas_kernels.partials import ACTIVATIONS, gelu_tanh
+from pallas_kernels.tuning import QuantMatmulConfig, lookup
 
 BITS = (8, 4)
 DEFAULT_GROUP = 128
 DECODE_ROWS = 16  # M at or under this splits K over programs
-TARGET_PROGRAMS = 264  # ~2 per SM on an H100 (132 SMs) for the split-K decode shapes
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["q", "scale"], meta_fields=["bits", "group", "k"])
@@ -172,23 +172,25 @@ def _kernel(x_ref,  # (M, K) activations, whole array
     pltriton.store(o_ref.at[pl.ds(i * bm, bm), pl.ds(j * bn, bn)], acc.astype(o_ref.dtype), mask=out_mask)
 
 
-def _plan(M: int, N: int, K: int, bits: int, group: int | None, block_m, block_n, block_k, split_k):
-    """Block sizes and K split: heuristics (not yet autotuned on the GPU); explicit arguments override them."""
+def _plan(M: int, N: int, K: int, bits: int, group: int | None, dtype, block_m, block_n, block_k, split_k,
+          num_warps, num_stages):
+    """Block sizes, K split and launch shape: the tuned table's (``tuning.QuantMatmulConfig``) or its heuristic;
+    explicit arguments override them."""
+    cfg = lookup(QuantMatmulConfig, m=M, n=N, k=K, bits=bits, dtype=dtype)
     decode = M <= DECODE_ROWS
-    bm = block_m or (16 if decode else 64)
-    bn = block_n or (64 if decode else 128)
-    bk = group if bits == 4 else (block_k or 128)
+    bm = block_m or cfg.block_m
+    bn = block_n or cfg.block_n
+    bk = group if bits == 4 else (block_k or cfg.block_k)
     if bits == 4 and block_k not in (None, group):
         raise ValueError(f"int4 block_k must equal the group size {group}, got {block_k}")
     check_blocks(block_m=bm, block_n=bn, block_k=bk)
     kq = K if bits == 8 else -(-K // group) * group
     steps = pl.cdiv(kq, bk)
-    split = split_k or (max(1, min(steps, round(TARGET_PROGRAMS / (pl.cdiv(M, bm) * pl.cdiv(N, bn)))))
-                        if decode else 1)
+    split = split_k or (min(cfg.split_k, steps) if decode else 1)
     if split < 1:
         raise ValueError(f"split_k={split} must be >= 1")
     chunk = pl.cdiv(steps, split) * bk
-    return bm, bn, bk, kq, chunk, pl.cdiv(kq, chunk)
+    return bm, bn, bk, kq, chunk, pl.cdiv(kq, chunk), num_warps or cfg.num_warps, num_stages or cfg.num_stages
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "out_dtype", "block_m", "block_n", "block_k", "split_k",
@@ -208,7 +210,8 @@ def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "n
     lead, (K, N) = x.shape[:-1], w.shape
     x2 = x.reshape(-1, K)  # (M, K)
     M = x2.shape[0]
-    bm, bn, bk, kq, chunk, split = _plan(M, N, K, w.bits, w.group, block_m, block_n, block_k, split_k)
+    bm, bn, bk, kq, chunk, split, warps, stages = _plan(M, N, K, w.bits, w.group, x.dtype, block_m, block_n, block_k,
+                                                        split_k, num_warps, num_stages)
     precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
     out_dtype = jnp.dtype(out_dtype or x.dtype)
     kernel = functools.partial(_kernel, m=M, n=N, k=K, kq=kq, bm=bm, bn=bn, bk=bk, chunk=chunk, bits=w.bits,
@@ -220,7 +223,7 @@ def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "n
         grid=(pl.cdiv(M, bm), pl.cdiv(N, bn), split),
         in_specs=[pl.no_block_spec] * 4,
         out_specs=pl.no_block_spec,
-        compiler_params=compiler_params(num_warps or 4, num_stages or 3),
+        compiler_params=compiler_params(warps, stages),
         interpret=default_interpret(interpret),
         name=f"jaxgpt_quant_matmul_int{w.bits}",
     )(x2, w.q, w.scale, b)

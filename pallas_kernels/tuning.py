@@ -68,13 +68,57 @@ class MatmulConfig:
 
     @staticmethod
     def candidates(m: int, n: int, k: int, dtype):
-        if m <= 16:  # decode: N tile width x K split (the programs that stream the weight), 4 warps
-            k_blocks = -(-k // 128)
-            return [MatmulConfig(16, bn, 128, nw, 3, sp) for bn in (32, 64, 128) for sp in (1, 2, 4, 8)
-                    for nw in (4,) if sp <= k_blocks] + [MatmulConfig(16, 64, 64, 4, 4, 8)]
+        if m <= 16:  # decode: the programs that stream the weight — tile width, K step, K split, pipeline depth
+            return _decode_candidates(MatmulConfig, n, k, jnp.dtype(dtype).itemsize, (64, 128, 256))
         tiles = [(128, 128), (128, 256), (64, 128)] if m > 64 else [(16, 64), (16, 128), (32, 64)]
         return [MatmulConfig(bm, bn, 64, nw, 3) for bm, bn in tiles for nw in (4, 8)
                 if not (bm * bn >= 128 * 256 and nw == 4)]
+
+
+def _decode_candidates(cls, n: int, k: int, w_bytes: float, block_ks) -> list:
+    """Decode-sized (M <= 16) split-K configs: every (block_n, block_k, split, stages) whose pipeline fits in
+    ~200 KB of shared memory and that launches between 32 and ~1100 programs (too few cannot pull HBM's bandwidth,
+    too many pay launch waves)."""
+    out = []
+    for bn in (64, 128, 256):
+        for bk in block_ks:
+            k_blocks = -(-k // bk)
+            for split in (1, 2, 3, 4, 6, 8, 12):
+                programs = -(-n // bn) * split
+                if split > k_blocks or not 32 <= programs <= 1100:
+                    continue
+                for stages in (2, 3, 4):
+                    if stages * (bk * bn * w_bytes + 16 * bk * 2) > 200 * 1024:
+                        continue
+                    for warps in ((4, 8) if bn * bk >= 256 * 128 else (4,)):
+                        out.append(cls(16, bn, bk, warps, stages, split))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantMatmulConfig:
+    """The int8/int4 weight-only matmul (``quant_matmul``); ``block_k`` is int4's group size there."""
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+    split_k: int = 1
+
+    @staticmethod
+    def heuristic(m: int, n: int, k: int, bits: int, dtype) -> "QuantMatmulConfig":
+        # Decode (M <= 16): as the float split-K matmul, ~264 programs (2 per SM) of 64-column tiles.
+        if m <= 16:
+            n_blocks, k_blocks = -(-n // 64), -(-k // 128)
+            return QuantMatmulConfig(16, 64, 128, 4, 3, max(1, min(k_blocks, round(264 / n_blocks))))
+        return QuantMatmulConfig(64, 128, 128, 4, 3, 1)
+
+    @staticmethod
+    def candidates(m: int, n: int, k: int, bits: int, dtype):
+        if m <= 16:
+            return _decode_candidates(QuantMatmulConfig, n, k, bits / 8, (128,) if bits == 4 else (128, 256))
+        return [QuantMatmulConfig(bm, bn, 128, nw, 3, 1) for bm, bn in ((64, 128), (128, 128), (32, 128))
+                for nw in (4, 8)]
 
 
 @dataclasses.dataclass(frozen=True)
