@@ -20,7 +20,6 @@ import argparse
 import itertools
 import json
 import os
-import re
 import statistics
 import time
 
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bench.timing import device_time_ms, kernel_breakdown, random_weights
+from bench.timing import device_time_ms, group_kernels, kernel_breakdown, random_weights
 from jaxgpt import GPTConfig
 from jaxgpt.engine import Engine, bucket_length
 from jaxgpt.generate import _compiled
@@ -52,16 +51,6 @@ def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int, weigh
     if weight_bytes is None:
         weight_bytes = (cfg.num_params - cfg.n_ctx * cfg.n_embd) * itemsize
     return weight_bytes + kv
-
-
-def group_kernels(kernels: list[tuple[str, float]]) -> list[tuple[str, int, float]]:
-    """(name without its numeric suffixes, count, total ms) per kind of kernel, largest total first."""
-    groups: dict[str, list] = {}
-    for name, ms in kernels:
-        g = groups.setdefault(re.sub(r"(_+\d+|\.\d+)+$", "", name), [0, 0.0])
-        g[0] += 1
-        g[1] += ms
-    return sorted(((n, c, t) for n, (c, t) in groups.items()), key=lambda g: -g[2])
 
 
 def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.timing import device_time_ms, kernel_breakdown, random_weights
+from bench.timing import device_time_ms, group_kernels, kernel_breakdown, random_weights
 from jaxgpt.engine import Engine
 
 
@@ -35,7 +35,9 @@ def prefill_case(model: str, backend: str, dtype: str, batch: int, seq: int, *, 
     row = {"model": model, "backend": backend, "dtype": dtype, "batch": batch, "seq": seq, "compile_s": compile_s,
            "finite": finite, "tflops": flops / (t["median_ms"] * 1e-3) / 1e12, **t}
     if breakdown and jax.default_backend() == "gpu":
-        row["kernels"] = kernel_breakdown(fn, engine.state, ids, last)[:breakdown]
+        ks = kernel_breakdown(fn, engine.state, ids, last)
+        row["kernels"] = ks[:breakdown]
+        row["kernel_groups"] = group_kernels(ks)
     return row
 
 
@@ -46,7 +48,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--breakdown", type=int, default=0, help="list the N slowest kernels")
+    ap.add_argument("--breakdown", type=int, default=0, help="list the N kinds of kernel that take longest (count, total)")
     ap.add_argument("--out", default=None, help="write rows as JSON here")
     args = ap.parse_args(argv)
     rows = [prefill_case(m, b, args.dtype, args.batch, args.seq, breakdown=args.breakdown)
@@ -56,8 +58,8 @@ def main(argv=None):
     for r in rows:
         print(f"{r['model']:<10} {r['backend']:<8} {r['median_ms']:10.3f} {r['min_ms']:8.3f} {r['max_ms']:8.3f} "
               f"{r['tflops']:8.1f} {r['compile_s']:9.2f}{'' if r['finite'] else '  NON-FINITE'}")
-        for name, ms in r.get("kernels", []):
-            print(f"    {ms * 1e3:9.1f} us  {name[:90]}")
+        for name, count, ms in r.get("kernel_groups", [])[:args.breakdown]:
+            print(f"    {count:5d} {ms * 1e3:9.1f} us  {name[:90]}")
     print(rows[0]["method"])
     if args.out:
         with open(args.out, "w") as f:

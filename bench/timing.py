@@ -7,6 +7,7 @@ number; the method string says which clock was used, and every table prints it.
 from __future__ import annotations
 
 import functools
+import re
 import statistics
 import time
 
@@ -41,6 +42,16 @@ def kernel_breakdown(fn, *args) -> list[tuple[str, float]]:
     jax.block_until_ready(fn(*args))
     _, per_kernel = profiler.measure(fn, aggregate=False)(*args)
     return sorted(per_kernel, key=lambda kv: -kv[1])
+
+
+def group_kernels(kernels: list[tuple[str, float]]) -> list[tuple[str, int, float]]:
+    """(name without its numeric suffixes, count, total ms) per kind of kernel, largest total first."""
+    groups: dict[str, list] = {}
+    for name, ms in kernels:
+        g = groups.setdefault(re.sub(r"(_+\d+|\.\d+)+$", "", name), [0, 0.0])
+        g[0] += 1
+        g[1] += ms
+    return sorted(((n, c, t) for n, (c, t) in groups.items()), key=lambda g: -g[2])
 
 
 @functools.lru_cache(maxsize=1)

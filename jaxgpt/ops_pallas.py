@@ -13,7 +13,8 @@ second matmul applies c_fc's bias and GELU, the residual+LayerNorm kernel adds c
 instead of sixteen. The other decode step finishes the split-K matmuls in XLA epilogues and runs the flash-decoding
 kernel after an XLA scatter into the cache. Which one runs is chosen by shape from H100 measurements (``_fused``);
 ``JAXGPT_FUSED_DECODE=1`` or ``0`` forces one. Quantized projections (``QWeight``) go to the int8/int4 matmul
-kernel; ``JAXGPT_ATTENTION=mosaic`` sends prefill attention to the experimental Mosaic GPU kernel.
+kernel. Prefill attention runs the Mosaic GPU kernel (wgmma, TMA, warp specialisation) on Hopper GPUs and the Triton
+kernel elsewhere; ``JAXGPT_ATTENTION=mosaic|triton`` forces one.
 """
 
 from __future__ import annotations
@@ -32,11 +33,23 @@ from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import resolve
 from pallas_kernels.quant_matmul import QWeight, quant_matmul
+from pallas_kernels.tuning import MosaicAttentionConfig, lookup
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
-# JAXGPT_ATTENTION=mosaic: prefill attention on the experimental Mosaic GPU kernel where its shapes allow
-# (T a multiple of 128, head_dim 64, bf16/f16); opt-in until it has run on the H100.
-MOSAIC_ATTENTION = os.environ.get("JAXGPT_ATTENTION", "") == "mosaic"
+# JAXGPT_ATTENTION=mosaic|triton forces prefill attention's kernel; unset: the Mosaic GPU kernel on Hopper GPUs
+# (head_dim 64, bf16/f16), measured faster than the Triton one at every GPT-2 shape on the H100, else Triton.
+ATTENTION = os.environ.get("JAXGPT_ATTENTION", "")
+
+
+def _hopper() -> bool:
+    dev = jax.devices()[0]
+    return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
+
+
+def _mosaic_attention(qkv) -> bool:
+    if ATTENTION == "triton" or qkv.shape[-1] != 64 or qkv.dtype not in (jnp.bfloat16, jnp.float16):
+        return False
+    return ATTENTION == "mosaic" or _hopper()
 # JAXGPT_FUSED_DECODE: "1" always the fused decode step, "0" never, unset: by shape (``_fused``).
 FUSED_DECODE: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_FUSED_DECODE", ""))
 
@@ -92,9 +105,10 @@ class PallasOps(XlaOps):
     def attention(qkv: jax.Array) -> jax.Array:
         qkv = resolve(qkv)  # a one-token prefill's qkv may still be split-K partials
         B, T, _, H, D = qkv.shape
-        if MOSAIC_ATTENTION and T % 128 == 0 and D == 64 and qkv.dtype in (jnp.bfloat16, jnp.float16):
+        if _mosaic_attention(qkv):
             from pallas_kernels.flash_attention_mgpu import flash_attention_mgpu
-            return flash_attention_mgpu(qkv, block_kv=128 if T >= 256 else 64)
+            cfg = lookup(MosaicAttentionConfig, seq=T, heads=H, head_dim=D, batch=B, dtype=qkv.dtype)
+            return flash_attention_mgpu(qkv, block_kv=cfg.block_kv, stages=cfg.stages, order=cfg.order)
         return flash_attention(qkv)
 
     @staticmethod

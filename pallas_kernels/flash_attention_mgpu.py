@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - jax 0.10.2's plgpu imports absl-py
 
 BLOCK_Q = 64  # query rows per compute warpgroup (a wgmma tile is 64 rows)
 COMPUTE_WGS = 2
+ORDERS = ("tiles_outer", "batch_outer")
 
 
 def interpret_params():
@@ -192,13 +193,16 @@ def _kernel(qkv_ref, out_ref, scoped, *, seq: int, block_kv: int, stages: int, d
             plgpu.barrier_wait(v_consumed.at[slot])
 
 
-@functools.partial(jax.jit, static_argnames=("block_kv", "stages", "interpret"))
-def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2,
+@functools.partial(jax.jit, static_argnames=("block_kv", "stages", "order", "interpret"))
+def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2, order: str = "tiles_outer",
                          interpret: bool | None = None) -> jax.Array:
     """Causal self-attention of packed qkv (B, T, 3, H, D) -> (B, T, H, D) on Mosaic GPU (Hopper).
 
-    T must be a multiple of 128 (two 64-row query tiles a block) and of ``block_kv``; D = 64; bf16 or f16.
-    ``interpret`` (default: off a GPU) runs Mosaic GPU's interpreter.
+    Any T: it is padded at the end to a multiple of 128 (two 64-row query tiles a block) and of ``block_kv``,
+    which changes no real row (causal: a query never sees a later key). D = 64; bf16 or f16. ``order``: the launch
+    order of the blocks, ``"tiles_outer"`` (every (batch, head)'s longest query tile first, then the next longest:
+    longest-processing-time-first over the whole GPU) or ``"batch_outer"`` (tiles longest first within one batch
+    row at a time). ``interpret`` (default: off a GPU) runs Mosaic GPU's interpreter.
     """
     if plgpu is None:
         raise ValueError("Mosaic GPU needs jax.experimental.pallas.mosaic_gpu (and absl-py on jax 0.10)")
@@ -211,8 +215,15 @@ def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2
         raise ValueError(f"dtype {qkv.dtype} must be bfloat16 or float16")
     if block_kv not in (64, 128, 256):
         raise ValueError(f"{block_kv=} must be 64, 128 or 256")
-    if T % (COMPUTE_WGS * BLOCK_Q) or T % block_kv:
-        raise ValueError(f"seq_len {T=} must be a multiple of {COMPUTE_WGS * BLOCK_Q} and of {block_kv=}")
+    if order not in ORDERS:
+        raise ValueError(f"{order=} must be one of {ORDERS}")
+    if T < 1:
+        raise ValueError(f"seq_len {T=} must be >= 1")
+    tp = -(-T // max(block_kv, COMPUTE_WGS * BLOCK_Q)) * max(block_kv, COMPUTE_WGS * BLOCK_Q)
+    if tp != T:  # pad the end: causal rows < T never attend to the padding, and its rows are sliced off
+        out = flash_attention_mgpu(jnp.pad(qkv, ((0, 0), (0, tp - T), (0, 0), (0, 0), (0, 0))), block_kv=block_kv,
+                                   stages=stages, order=order, interpret=interpret)
+        return out[:, :T]
     stages = max(1, min(stages, T // block_kv))
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
@@ -236,11 +247,16 @@ def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2
         )
 
     kw = dict(interpret=interpret_params()) if interpret else {}
+    n_tiles = T // (COMPUTE_WGS * BLOCK_Q)
+    if order == "tiles_outer":  # the first grid axis varies fastest in the launch order
+        grid, names = (H, B, n_tiles), ("heads", "batch", "q_seq")
+    else:
+        grid, names = (H, n_tiles, B), ("heads", "q_seq", "batch")
     return plgpu.kernel(
         entry,
         out_type=jax.ShapeDtypeStruct((B, T, H, D), dtype),
-        grid=(H, T // (COMPUTE_WGS * BLOCK_Q), B),
-        grid_names=("heads", "q_seq", "batch"),
+        grid=grid,
+        grid_names=names,
         num_threads=COMPUTE_WGS + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

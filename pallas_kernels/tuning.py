@@ -142,6 +142,20 @@ class AttentionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MosaicAttentionConfig:
+    """The Mosaic GPU attention (``flash_attention_mgpu``): KV block, TMA ring depth, launch order."""
+    block_kv: int = 128
+    stages: int = 2
+    order: str = "tiles_outer"
+
+    @staticmethod
+    def heuristic(seq: int, heads: int, head_dim: int, batch: int, dtype) -> "MosaicAttentionConfig":
+        # H100, session 4 (bench/results/h100/session4/attention.txt): 128-key blocks, 2 stages beat 64-key blocks
+        # at every GPT-2 shape with T >= 1024; at T = 128 the two tie.
+        return MosaicAttentionConfig(128 if seq >= 256 else 64, 2, "tiles_outer")
+
+
+@dataclasses.dataclass(frozen=True)
 class MlpConfig:
     """Fused MLP (4C kept on chip): rows per program and the 4C chunk width."""
     block_m: int = 16

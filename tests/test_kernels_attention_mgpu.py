@@ -24,6 +24,16 @@ def test_mosaic_attention_matches_the_reference(b, t, h, block_kv, stages):
     check(got, flash_attention_reference(qkv.astype("float32")), "bfloat16", 64, f"B{b} T{t} H{h} kv{block_kv}")
 
 
+@pytest.mark.parametrize("b,t,h,block_kv,order", [(1, 100, 2, 64, "tiles_outer"), (2, 200, 1, 128, "batch_outer")]
+                         + ([(8, 1000, 12, 128, "tiles_outer"), (1, 77, 25, 128, "tiles_outer")] if ON_GPU else []))
+def test_any_length_is_padded_and_any_order_is_the_same(b, t, h, block_kv, order):
+    rng = np.random.default_rng(t)
+    qkv = rand(rng, (b, t, 3, h, 64), "bfloat16")
+    got = mgpu.flash_attention_mgpu(qkv, block_kv=block_kv, order=order)
+    assert got.shape == (b, t, h, 64)
+    check(got, flash_attention_reference(qkv.astype("float32")), "bfloat16", 64, f"T{t} {order}")
+
+
 def test_float16():
     rng = np.random.default_rng(5)
     qkv = rand(rng, (1, 128, 3, 2, 64), "float16")
@@ -33,7 +43,7 @@ def test_float16():
 
 @pytest.mark.parametrize("shape,dtype,kw,needle", [
     ((1, 128, 3, 2, 32), "bfloat16", {}, "head_dim"),
-    ((1, 100, 3, 2, 64), "bfloat16", {}, "multiple of 128"),
+    ((1, 128, 3, 2, 64), "bfloat16", {"order": "random"}, "order"),
     ((1, 128, 3, 2, 64), "float32", {}, "bfloat16 or float16"),
     ((1, 128, 3, 2, 64), "bfloat16", {"block_kv": 96}, "block_kv"),
     ((1, 128, 2, 2, 64), "bfloat16", {}, "(B, T, 3, H, D)"),

@@ -107,7 +107,21 @@ def test_opt_in_mosaic_attention_serves_the_prefill(monkeypatch):
     calls = []
     real = mgpu.flash_attention_mgpu
     monkeypatch.setattr(mgpu, "flash_attention_mgpu", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(ops_pallas, "MOSAIC_ATTENTION", True)
+    monkeypatch.setattr(ops_pallas, "ATTENTION", "mosaic")
     got = model(ids, last, get_ops("pallas"))
     assert calls and np.all(np.isfinite(np.asarray(got)))
     assert np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 0.01  # measured 1.4e-3; XLA vs Triton: 3e-3
+
+
+@pytest.mark.parametrize("env,hopper,dtype,d,want", [
+    ("", True, "bfloat16", 64, True), ("", False, "bfloat16", 64, False), ("triton", True, "bfloat16", 64, False),
+    ("mosaic", False, "float16", 64, True), ("", True, "float32", 64, False), ("mosaic", True, "bfloat16", 32, False)])
+def test_attention_kernel_choice(env, hopper, dtype, d, want, monkeypatch):
+    """Mosaic GPU attention on Hopper by default, Triton elsewhere, JAXGPT_ATTENTION forces; shapes it cannot take
+    always go to Triton."""
+    import jax.numpy as jnp
+
+    from jaxgpt import ops_pallas
+    monkeypatch.setattr(ops_pallas, "ATTENTION", env)
+    monkeypatch.setattr(ops_pallas, "_hopper", lambda: hopper)
+    assert ops_pallas._mosaic_attention(jnp.zeros((1, 8, 3, 2, d), dtype)) is want

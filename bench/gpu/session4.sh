@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Session 4's GPU calls (each under 10 minutes; every step writes under $OUT as it goes):
 #   source .gpu/env.sh && bash bench/gpu/session4.sh sweep    # Mosaic attention on the GPU + decode tile sweep
+#   source .gpu/env.sh && bash bench/gpu/session4.sh tuned    # attention configs, decode with the tuned tiles,
+#                                                             # unrolled loop, Mosaic tests, prefill
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 case "${1:-sweep}" in
@@ -12,5 +14,25 @@ sweep)
   tail -4 "$OUT/mgpu_tests.txt"
   timeout 150 python -m bench.kernels --mode attention --out "$OUT/attention.json" > "$OUT/attention.txt" 2>&1
   grep -E "^attention|n/a" "$OUT/attention.txt" | cut -c1-120 | head -40
+  ;;
+tuned)
+  timeout 150 python -m bench.attention_sweep --out "$OUT/attention_sweep.json" --table "$OUT/h100_attention_table.json" \
+    > "$OUT/attention_sweep.txt" 2>&1
+  grep -E "^B[0-9]" "$OUT/attention_sweep.txt" | cut -c1-250
+  timeout 150 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --quantize none,int8,int4 --breakdown 10 --out "$OUT/decode_tuned.json" > "$OUT/decode_tuned.txt" 2>&1
+  grep -A8 "^model" "$OUT/decode_tuned.txt"
+  JAXGPT_DECODE_UNROLL=4 timeout 60 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 --tokens 256 \
+    --reps 3 --out "$OUT/decode_unroll4.json" > "$OUT/decode_unroll4.txt" 2>&1
+  echo "== unroll 4"; grep -A3 "^model" "$OUT/decode_unroll4.txt"
+  timeout 90 python -m pytest -q -p no:cacheprovider tests/test_kernels_attention_mgpu.py > "$OUT/mgpu_tests.txt" 2>&1
+  tail -2 "$OUT/mgpu_tests.txt"
+  timeout 80 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --breakdown 8 \
+    --out "$OUT/prefill.json" > "$OUT/prefill.txt" 2>&1
+  grep -v -i warn "$OUT/prefill.txt" | tail -42
+  XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL \
+    timeout 50 python -m bench.decode --model gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --out "$OUT/decode_cmdbuf.json" > "$OUT/decode_cmdbuf.txt" 2>&1
+  echo "== command buffers incl. WHILE"; grep -A2 "^model" "$OUT/decode_cmdbuf.txt" || tail -3 "$OUT/decode_cmdbuf.txt"
   ;;
 esac
