@@ -24,8 +24,8 @@ from pallas_kernels.flash_attention import flash_attention, flash_attention_refe
 from pallas_kernels.flash_attention_mgpu import flash_attention_mgpu
 
 SHAPES = [(8, 1024, 12), (8, 1024, 25), (4, 4096, 12), (1, 1024, 12), (8, 128, 12), (1, 128, 12)]
-CONFIGS = [(128, 2, "tiles_outer"), (128, 3, "tiles_outer"), (64, 2, "tiles_outer"), (64, 3, "tiles_outer"),
-           (256, 2, "tiles_outer"), (128, 2, "batch_outer")]
+CONFIGS = [(128, 2, "batch_outer"), (256, 2, "batch_outer"), (64, 2, "batch_outer"), (128, 3, "batch_outer"),
+           (128, 2, "tiles_outer"), (256, 2, "tiles_outer")]
 
 
 def main(argv=None):

@@ -95,6 +95,8 @@ SHAPES = {
     # issue 6's rows: causal attention only (python -m bench.kernels --mode attention)
     "attention": {"ln": [], "attn": [(8, 1024, 12), (8, 1024, 25), (4, 4096, 12), (1, 1024, 12), (8, 128, 12)],
                   "widths": (), "rows": 0, "mlp_rows": (), "decode": [], "gemv": []},
+    # the prefill projections (gpt2 and gpt2-xl widths, B·T = 8192): Triton, Mosaic GPU, XLA
+    "matmul": {"ln": [], "attn": [], "widths": (768, 1600), "rows": 8192, "mlp_rows": (), "decode": [], "gemv": []},
     "smoke": {"ln": [(64, 80)], "attn": [(1, 32, 2)], "widths": (64,), "rows": 32, "mlp_rows": (32,),
               "head_dim": 16, "decode": [(2, 64, 2)], "gemv": [(1, 64, 96)]},
 }
@@ -208,9 +210,17 @@ def run(quick: bool = False, mode: str | None = None):
         for k, n in ((c, 3 * c), (c, 4 * c), (4 * c, c)):
             x, w, b = _rand(rng, M, k), _rand(rng, k, n, scale=k ** -0.5), _rand(rng, n)
             ref = matmul_reference(x.astype(jnp.float32), w.astype(jnp.float32), b.astype(jnp.float32))
-            for impl, fn in (("pallas", jax.jit(lambda x, w, b: matmul(x, w, b))),
-                             ("xla", jax.jit(lambda x, w, b: jnp.dot(x, w) + b))):
-                t = device_time_ms(fn, x, w, b)
+            impls = [("pallas", jax.jit(lambda x, w, b: matmul(x, w, b))),
+                     ("xla", jax.jit(lambda x, w, b: jnp.dot(x, w) + b))]
+            if on_gpu:  # the Mosaic GPU matmul (Hopper), where its tiling fits
+                from pallas_kernels.matmul_mgpu import matmul_mgpu
+                impls.insert(1, ("pallas_mosaic", jax.jit(lambda x, w, b: matmul_mgpu(x, w, b))))
+            for impl, fn in impls:
+                try:
+                    t = device_time_ms(fn, x, w, b)
+                except Exception as e:  # noqa: BLE001 - reported, never fatal
+                    SKIPPED.append(f"matmul {impl} {M}x{k}x{n}: n/a ({type(e).__name__}: {str(e)[:160]})")
+                    continue
                 add("matmul", f"{M}x{k}x{n}", impl, t, 2 * M * k * n / (t["median_ms"] * 1e-3) / 1e12, "TFLOP/s",
                     _err(fn(x, w, b), ref), mm_tf)
         args = (_rand(rng, M, c), _rand(rng, c, 4 * c, scale=c ** -0.5), _rand(rng, 4 * c),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -38,9 +37,6 @@ from jaxgpt.errors import UsageError
 from jaxgpt.model import KVCache
 from jaxgpt.ops import get_ops
 from jaxgpt.sampling import Sampling, sample
-
-# Decode steps per while-loop iteration when nothing streams (JAXGPT_DECODE_UNROLL; 1 = one test a step).
-DECODE_UNROLL = max(1, int(os.environ.get("JAXGPT_DECODE_UNROLL", "1")))
 
 EOS_ID = tokenizer.EOT_ID
 
@@ -119,29 +115,19 @@ def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache
         i, _, _, _, done = c
         return (i < max_new) & ~jnp.all(done)
 
-    def step(c):
+    def body(c):
         i, tok, cache, out, done = c
-        live = i < max_new  # an unrolled iteration's steps past max_new compute and are thrown away
-        pos = jnp.minimum(lengths + i - 1, S - 1)  # token i-1 sits at slot len + i - 1
-        logits, cache = model.decode(tok, pos, cache, ops)
+        logits, cache = model.decode(tok, lengths + i - 1, cache, ops)  # token i-1 sits at slot len + i - 1
         nxt = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, rows)  # (B,)
-        col = jnp.minimum(i, S - 1)
-        rec = jnp.where(live, jnp.where(done, -1, nxt), jax.lax.dynamic_slice(out, (0, col), (B, 1))[:, 0])
-        out = jax.lax.dynamic_update_slice(out, rec[:, None], (0, col))
-        done = done | (live & (nxt == eos))
+        rec = jnp.where(done, -1, nxt)
+        out = jax.lax.dynamic_update_slice(out, rec[:, None], (0, i))
+        done = done | (nxt == eos)
         if host is not None:
             done = done | io_callback(host, jax.ShapeDtypeStruct((B,), jnp.bool_), i, rec, ordered=True)
         return i + 1, nxt, cache, out, done
 
-    unroll = 1 if host is not None else DECODE_UNROLL
-
-    def body(c):  # ``unroll`` steps per loop test: the test is a device-to-host read that stalls the launches
-        for _ in range(unroll):
-            c = step(c)
-        return c
-
     i, _, cache, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, out, done))
-    return out, jnp.minimum(i, jnp.maximum(max_new, 1))[None], cache
+    return out, i[None], cache
 
 
 class _HostHook:

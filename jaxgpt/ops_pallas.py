@@ -20,6 +20,7 @@ kernel elsewhere; ``JAXGPT_ATTENTION=mosaic|triton`` forces one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import jax
@@ -44,6 +45,30 @@ ATTENTION = os.environ.get("JAXGPT_ATTENTION", "")
 def _hopper() -> bool:
     dev = jax.devices()[0]
     return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
+
+
+# JAXGPT_MATMUL=mosaic|triton forces the prefill projections' kernel; unset: the Mosaic GPU matmul on Hopper GPUs
+# where its tiling fits the shape (bf16/f16), else the Triton one.
+MATMUL = os.environ.get("JAXGPT_MATMUL", "")
+
+
+def _mosaic_matmul(x, w) -> bool:
+    from pallas_kernels import matmul_mgpu
+    if MATMUL == "triton" or matmul_mgpu.plgpu is None or isinstance(w, QWeight) or w.dtype != x.dtype \
+            or x.dtype not in (jnp.bfloat16, jnp.float16):
+        return False
+    rows = math.prod(x.shape[:-1])
+    if matmul_mgpu.plan(rows, w.shape[1], w.shape[0]) is None:
+        return False
+    return MATMUL == "mosaic" or _hopper()
+
+
+def _projection(x, w, b, activation: str = "none"):
+    """``act(x @ w + b)`` at prefill sizes: the Mosaic GPU matmul where it applies, else the Triton one."""
+    if _mosaic_matmul(x, w):
+        from pallas_kernels.matmul_mgpu import matmul_mgpu
+        return matmul_mgpu(x, w, b, activation=activation)
+    return matmul(x, w, b, activation=activation)
 
 
 def _mosaic_attention(qkv) -> bool:
@@ -89,7 +114,7 @@ class PallasOps(XlaOps):
             return quant_matmul(resolve(x), w, b)
         if _decode_rows(x):  # c_proj of a decode step: the residual+LayerNorm kernel finishes it
             return matmul_split_k(x.reshape(x.shape[0], -1), w, b)
-        return matmul(x, w, b)
+        return _projection(x, w, b)
 
     @staticmethod
     def qkv(x, w, b, *, n_head: int):
@@ -99,7 +124,7 @@ class PallasOps(XlaOps):
         if _decode_rows(x):  # the decode-attention kernel finishes it (sum, bias) and appends K/V
             p = matmul_split_k(x.reshape(B, C), w, b)
             return dataclasses.replace(p, view=(B, T, 3, n_head, C // n_head))
-        return matmul(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
+        return _projection(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
 
     @staticmethod
     def attention(qkv: jax.Array) -> jax.Array:
@@ -127,6 +152,9 @@ class PallasOps(XlaOps):
         if _decode_rows(x):  # c_fc's epilogue (bias, GELU) runs as c_proj's prologue; LayerNorm finishes c_proj
             h = matmul_split_k(x.reshape(x.shape[0], -1), w_fc, b_fc, activation="gelu_tanh")
             return matmul_split_k(h, w_proj, b_proj)
+        h_spec = jax.ShapeDtypeStruct(x.shape[:-1] + w_proj.shape[:1], x.dtype)  # (B, T, 4C)
+        if _mosaic_matmul(x, w_fc) and _mosaic_matmul(h_spec, w_proj):  # two Mosaic matmuls, GELU in c_fc's epilogue
+            return _projection(_projection(x, w_fc, b_fc, "gelu_tanh"), w_proj, b_proj)
         return mlp(x, w_fc, b_fc, w_proj, b_proj)
 
 
@@ -141,7 +169,7 @@ class PallasOps(XlaOps):
         """``act(x @ w + b)`` on the quantized or the float matmul kernel."""
         if isinstance(w, QWeight):
             return quant_matmul(x, w, b, activation=activation)
-        return matmul(x, w, b, activation=activation)
+        return _projection(x, w, b, activation=activation)
 
 
 BACKENDS["pallas"] = PallasOps

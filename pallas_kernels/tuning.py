@@ -146,13 +146,14 @@ class MosaicAttentionConfig:
     """The Mosaic GPU attention (``flash_attention_mgpu``): KV block, TMA ring depth, launch order."""
     block_kv: int = 128
     stages: int = 2
-    order: str = "tiles_outer"
+    order: str = "batch_outer"
 
     @staticmethod
     def heuristic(seq: int, heads: int, head_dim: int, batch: int, dtype) -> "MosaicAttentionConfig":
-        # H100, session 4 (bench/results/h100/session4/attention.txt): 128-key blocks, 2 stages beat 64-key blocks
-        # at every GPT-2 shape with T >= 1024; at T = 128 the two tie.
-        return MosaicAttentionConfig(128 if seq >= 256 else 64, 2, "tiles_outer")
+        # Session 4 (bench/results/{h100,h200}/session4/attention*.txt): 128-key blocks, 2 stages, one batch row at a
+        # time beat 64-key blocks, 3 stages and whole-GPU longest-first order at every shape with T >= 1024;
+        # at T = 128 64-key blocks tie or win.
+        return MosaicAttentionConfig(128 if seq >= 256 else 64, 2, "batch_outer")
 
 
 @dataclasses.dataclass(frozen=True)

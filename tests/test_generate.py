@@ -1,7 +1,5 @@
 """Generation: the KV-cache loop against the PyTorch reference's full-recompute greedy, batches, stops, sampling."""
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -130,20 +128,3 @@ def test_bad_arguments(kw, needle):
     with pytest.raises(UsageError, match=needle):
         generate(engine, kw.pop("prompts"), **kw)
 
-
-@pytest.mark.parametrize("unroll", [3, 4])
-def test_unrolled_loop_equals_one_step_a_test(unroll, monkeypatch):
-    """Several decode steps per loop test: the same tokens, nothing past max_new recorded, the full cache usable
-    (a prompt that fills the context exactly, so the thrown-away steps' writes clamp to the last slot)."""
-    gen_mod = importlib.import_module("jaxgpt.generate")  # the package exports the function under this name
-    cfg = GEN_CONFIGS["h1_c64"]
-    sd = random_state_dict(cfg, seed=3)
-    rows = _prompts(cfg, (2, 7, 90), seed=6)
-    want = generate(Engine(cfg, sd), rows, max_new_tokens=10, stop_at_eos=False)
-    monkeypatch.setattr(gen_mod, "DECODE_UNROLL", unroll)
-    got = generate(Engine(cfg, sd), rows, max_new_tokens=10, stop_at_eos=False)
-    assert [g.ids for g in got] == [g.ids for g in want]
-    assert all(len(g.ids) == 10 for g in got)
-    full = generate(Engine(cfg, sd), [rows[2]], max_new_tokens=cfg.n_ctx - len(rows[2]), stop_at_eos=False)
-    ref = reference_model(cfg, sd)
-    assert full[0].ids == ref.greedy(rows[2], cfg.n_ctx - len(rows[2]))

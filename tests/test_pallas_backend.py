@@ -89,15 +89,18 @@ def test_decode_step_is_chosen_by_shape_unless_forced(monkeypatch, forced, rows,
     assert ops_pallas._decode_rows(jnp.ones((rows, 2, width))) is None  # a prefill is never a decode step
 
 
-def test_opt_in_mosaic_attention_serves_the_prefill(monkeypatch):
-    """JAXGPT_ATTENTION=mosaic: a bf16 prefill whose T is a multiple of 128 runs the Mosaic GPU kernel (its
-    interpreter here) and gives the Triton kernel's logits."""
+@pytest.mark.parametrize("what", ["attention", "matmul"])
+def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
+    """JAXGPT_ATTENTION=mosaic / JAXGPT_MATMUL=mosaic (the default on Hopper): a bf16 prefill runs the Mosaic GPU
+    attention, or the Mosaic GPU matmul for all four projections (their interpreter here), and gives the Triton
+    kernels' logits."""
     import jax.numpy as jnp
     from flax import nnx
 
     from jaxgpt import ops_pallas
     from jaxgpt.ops import get_ops
-    from pallas_kernels import flash_attention_mgpu as mgpu
+    from pallas_kernels import flash_attention_mgpu, matmul_mgpu
+    mgpu, fn = (flash_attention_mgpu, "flash_attention_mgpu") if what == "attention" else (matmul_mgpu, "matmul_mgpu")
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=128, n_ctx=128, vocab_size=100)
     engine = Engine(cfg, random_state_dict(cfg, seed=2), dtype="bfloat16")
     model = nnx.merge(engine.graphdef, engine.state)
@@ -105,11 +108,11 @@ def test_opt_in_mosaic_attention_serves_the_prefill(monkeypatch):
     last = jnp.array([127])
     want = model(ids, last, get_ops("pallas"))
     calls = []
-    real = mgpu.flash_attention_mgpu
-    monkeypatch.setattr(mgpu, "flash_attention_mgpu", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(ops_pallas, "ATTENTION", "mosaic")
+    real = getattr(mgpu, fn)
+    monkeypatch.setattr(mgpu, fn, lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(ops_pallas, what.upper(), "mosaic")
     got = model(ids, last, get_ops("pallas"))
-    assert calls and np.all(np.isfinite(np.asarray(got)))
+    assert len(calls) == (1 if what == "attention" else 4) and np.all(np.isfinite(np.asarray(got)))
     assert np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 0.01  # measured 1.4e-3; XLA vs Triton: 3e-3
 
 

@@ -1,0 +1,62 @@
+"""The Mosaic GPU prefill matmul: Mosaic GPU's interpreter on a CPU (TMA ring, barriers, three warpgroups, the
+epilogue; the product as a jnp dot), compiled on a Hopper GPU; its CUDA lowering is in test_kernels_lowering.py."""
+
+import numpy as np
+import pytest
+
+from pallas_kernels.matmul import matmul_reference
+from tests.kernel_base import ON_GPU, check, rand
+
+mgpu = pytest.importorskip("pallas_kernels.matmul_mgpu")
+
+# (M, K, N, overrides): one K step, a ring that wraps, each tile plan, two stages.
+CASES = [(128, 64, 64, {}), (256, 448, 128, {}), (128, 320, 192, {"stages": 2}), (256, 128, 256, {}),
+         (256, 192, 64, {"block_m": 64, "block_n": 64, "stages": 3})]
+if ON_GPU:
+    CASES += [(8192, 768, 2304, {}), (8192, 3072, 768, {}), (8192, 1600, 4800, {}), (8192, 1600, 6400, {}),
+              (8192, 6400, 1600, {}), (1024, 1600, 1600, {}), (256, 768, 3072, {"stages": 2})]
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu_tanh"])
+@pytest.mark.parametrize("m,k,n,kw", CASES)
+def test_mosaic_matmul_matches_the_reference(m, k, n, kw, activation):
+    rng = np.random.default_rng(m + k + n)
+    x, w, b = rand(rng, (m, k), "bfloat16"), rand(rng, (k, n), "bfloat16", k ** -0.5), rand(rng, (n,), "bfloat16")
+    got = mgpu.matmul_mgpu(x, w, b, activation=activation, **kw)
+    want = matmul_reference(x.astype("float32"), w.astype("float32"), b.astype("float32"), activation=activation)
+    check(got, want, "bfloat16", k, f"{m}x{k}x{n} {kw}")
+
+
+def test_float16_and_leading_dims():
+    rng = np.random.default_rng(3)
+    x, w, b = rand(rng, (2, 64, 128), "float16"), rand(rng, (128, 64), "float16", 128 ** -0.5), rand(rng, (64,), "float16")
+    got = mgpu.matmul_mgpu(x, w, b)
+    assert got.shape == (2, 64, 64)
+    check(got, matmul_reference(x.astype("float32"), w.astype("float32"), b.astype("float32")), "float16", 128, "f16")
+
+
+@pytest.mark.parametrize("m,k,n", [(8192, 768, 2304), (8192, 1600, 4800), (8192, 6400, 1600), (100, 768, 768),
+                                   (128, 100, 64), (128, 64, 100)])
+def test_plan_fits_the_shape_or_says_no(m, k, n):
+    got = mgpu.plan(m, n, k)
+    if m % 128 or k % 64 or n % 64:
+        assert got is None
+        return
+    bm, bn, stages = got
+    assert m % (2 * bm) == 0 and n % bn == 0 and 2 <= stages <= 4
+    smem = stages * (2 * bm * 64 + 64 * bn) * 2 + 2 * bm * bn * 2
+    assert smem <= mgpu.SMEM_BYTES
+
+
+@pytest.mark.parametrize("shapes,dtype,kw,needle", [
+    (((128, 64), (64, 100), (100,)), "bfloat16", {}, "no Mosaic matmul tiling"),
+    (((128, 64), (64, 64), (64,)), "float32", {}, "bfloat16 or float16"),
+    (((128, 64), (32, 64), (64,)), "bfloat16", {}, "shapes do not fit"),
+    (((128, 64), (64, 64), (64,)), "bfloat16", {"activation": "relu"}, "activation"),
+    (((128, 64), (64, 64), (64,)), "bfloat16", {"block_m": 128}, "multiple of 256"),
+])
+def test_bad_input_is_a_clear_error(shapes, dtype, kw, needle):
+    rng = np.random.default_rng(0)
+    x, w, b = (rand(rng, s, dtype) for s in shapes)
+    with pytest.raises(ValueError, match=needle):
+        mgpu.matmul_mgpu(x, w, b, **kw)
