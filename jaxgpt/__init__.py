@@ -8,11 +8,7 @@
 >>> small = jaxgpt.load_model("gpt2-xl", dtype="bfloat16", backend="pallas", quantize="int8")  # weight-only int8
 """
 
-from jaxgpt import xla_flags
-
-xla_flags.apply()  # before anything below imports jax: XLA reads its flags when the GPU backend starts
-
-from jaxgpt.config import PRESETS, GPTConfig  # noqa: E402
+from jaxgpt.config import PRESETS, GPTConfig
 from jaxgpt.engine import Engine, load_model, load_weights
 from jaxgpt.errors import JaxGPTError, UsageError
 from jaxgpt.generate import GenerateResult, Generation, generate

@@ -96,13 +96,13 @@ def test_mosaic_attention_lowers_for_cuda(shape, block_kv):
     assert calls and all("mosaic" in c for c in calls), calls
 
 
-@pytest.mark.parametrize("m,k,n,activation", [(8192, 768, 2304, "none"), (8192, 1600, 6400, "gelu_tanh"),
-                                              (8192, 6400, 1600, "none"), (8192, 1600, 4800, "none"),
-                                              (256, 768, 3072, "gelu_tanh")])
-def test_mosaic_matmul_lowers_for_cuda(m, k, n, activation):
+@pytest.mark.parametrize("m,k,n,activation,kw", [
+    (8192, 768, 2304, "none", {}), (8192, 1600, 6400, "gelu_tanh", {}), (8192, 1600, 4800, "none", {}),
+    (8192, 6400, 1600, "none", {"block_m": 128, "block_n": 64, "stages": 3}), (256, 768, 3072, "gelu_tanh", {})])
+def test_mosaic_matmul_lowers_for_cuda(m, k, n, activation, kw):
     """The Mosaic GPU prefill matmul (TMA ring, wgmma from SMEM, bias/GELU epilogue) lowers at GPT-2's shapes."""
     from pallas_kernels.matmul_mgpu import matmul_mgpu
-    fn = functools.partial(matmul_mgpu, activation=activation, interpret=False)
+    fn = functools.partial(matmul_mgpu, activation=activation, interpret=False, **kw)
     text = jax.jit(fn).trace(S(m, k), S(k, n), S(n)).lower(lowering_platforms=("cuda",)).as_text()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls and all("mosaic" in c for c in calls), calls

@@ -101,7 +101,7 @@ def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
     from jaxgpt.ops import get_ops
     from pallas_kernels import flash_attention_mgpu, matmul_mgpu
     mgpu, fn = (flash_attention_mgpu, "flash_attention_mgpu") if what == "attention" else (matmul_mgpu, "matmul_mgpu")
-    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=128, n_ctx=128, vocab_size=100)
+    cfg = GPTConfig(n_layer=1, n_head=3, n_embd=192, n_ctx=128, vocab_size=100)  # every projection's N tiles by 192
     engine = Engine(cfg, random_state_dict(cfg, seed=2), dtype="bfloat16")
     model = nnx.merge(engine.graphdef, engine.state)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 100, (1, 128)), jnp.int32)

@@ -3,6 +3,8 @@
 #   source .gpu/env.sh && bash bench/gpu/session4.sh sweep    # Mosaic attention on the GPU + decode tile sweep
 #   source .gpu/env.sh && bash bench/gpu/session4.sh tuned    # attention configs, decode with the tuned tiles,
 #                                                             # unrolled loop, Mosaic tests, prefill
+#   source .gpu/env.sh && bash bench/gpu/session4.sh final    # Mosaic matmul tests, prefill, decode (+ without
+#                                                             # command buffers), matmul and attention tables
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 case "${1:-sweep}" in
@@ -34,5 +36,24 @@ tuned)
     timeout 50 python -m bench.decode --model gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
     --out "$OUT/decode_cmdbuf.json" > "$OUT/decode_cmdbuf.txt" 2>&1
   echo "== command buffers incl. WHILE"; grep -A2 "^model" "$OUT/decode_cmdbuf.txt" || tail -3 "$OUT/decode_cmdbuf.txt"
+  ;;
+final)
+  timeout 80 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_matmul_mgpu.py > "$OUT/mm_tests.txt" 2>&1
+  tail -3 "$OUT/mm_tests.txt" | cut -c1-300
+  timeout 100 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --breakdown 6 \
+    --out "$OUT/prefill.json" > "$OUT/prefill.txt" 2>&1 \
+    || JAXGPT_MATMUL=triton timeout 60 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas \
+    --out "$OUT/prefill.json" >> "$OUT/prefill.txt" 2>&1
+  grep -v -i warn "$OUT/prefill.txt" | tail -32 | cut -c1-150
+  timeout 130 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --quantize none,int8,int4 --out "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
+  grep -A7 "^model" "$OUT/decode.txt"
+  XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL timeout 60 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 \
+    --tokens 256 --reps 3 > "$OUT/decode_nocb.txt" 2>&1
+  echo "== with WHILE/CONDITIONAL command buffers"; grep -A3 "^model" "$OUT/decode_nocb.txt"
+  timeout 60 python -m bench.kernels --mode matmul > "$OUT/matmul.txt" 2>&1
+  grep -E "^matmul|n/a" "$OUT/matmul.txt" | cut -c1-130
+  timeout 100 python -m bench.kernels --mode attention > "$OUT/attention.txt" 2>&1
+  grep -E "^attention|n/a" "$OUT/attention.txt" | cut -c1-130
   ;;
 esac
