@@ -33,7 +33,7 @@ from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import resolve
-from pallas_kernels.quant_matmul import QWeight, quant_matmul
+from pallas_kernels.quant_matmul import QWeight, quant_matmul, quant_matmul_split_k
 from pallas_kernels.tuning import MosaicAttentionConfig, lookup
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
@@ -75,6 +75,9 @@ def _mosaic_attention(qkv) -> bool:
     if ATTENTION == "triton" or qkv.shape[-1] != 64 or qkv.dtype not in (jnp.bfloat16, jnp.float16):
         return False
     return ATTENTION == "mosaic" or _hopper()
+# JAXGPT_FUSED_QUANT=1: the quantized decode step fused like the float one (partials finished by the next kernel,
+# no XLA epilogues). CPU-verified, opt-in until it has run on the GPU (session 4 had no device time left).
+FUSED_QUANT = os.environ.get("JAXGPT_FUSED_QUANT", "") == "1"
 # JAXGPT_FUSED_DECODE: "1" always the fused decode step, "0" never, unset: by shape (``_fused``).
 FUSED_DECODE: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_FUSED_DECODE", ""))
 
@@ -111,6 +114,8 @@ class PallasOps(XlaOps):
     @staticmethod
     def linear(x, w, b):
         if isinstance(w, QWeight):  # int8/int4 tiles dequantized in registers
+            if FUSED_QUANT and _decode_rows(x):  # partials out: the residual+LayerNorm kernel finishes them
+                return quant_matmul_split_k(x.reshape(x.shape[0], -1), w, b)
             return quant_matmul(resolve(x), w, b)
         if _decode_rows(x):  # c_proj of a decode step: the residual+LayerNorm kernel finishes it
             return matmul_split_k(x.reshape(x.shape[0], -1), w, b)
@@ -120,6 +125,9 @@ class PallasOps(XlaOps):
     def qkv(x, w, b, *, n_head: int):
         B, T, C = x.shape
         if isinstance(w, QWeight):
+            if FUSED_QUANT and _decode_rows(x):  # the decode-attention kernel finishes the partials
+                p = quant_matmul_split_k(x.reshape(B, C), w, b)
+                return dataclasses.replace(p, view=(B, T, 3, n_head, C // n_head))
             return quant_matmul(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
         if _decode_rows(x):  # the decode-attention kernel finishes it (sum, bias) and appends K/V
             p = matmul_split_k(x.reshape(B, C), w, b)
@@ -146,6 +154,9 @@ class PallasOps(XlaOps):
 
     @staticmethod
     def mlp(x, w_fc, b_fc, w_proj, b_proj):
+        if isinstance(w_fc, QWeight) and isinstance(w_proj, QWeight) and FUSED_QUANT and _decode_rows(x):
+            h = quant_matmul_split_k(x.reshape(x.shape[0], -1), w_fc, b_fc, activation="gelu_tanh")
+            return quant_matmul_split_k(h, w_proj, b_proj)  # c_fc's bias + GELU in its prologue
         if isinstance(w_fc, QWeight) or isinstance(w_proj, QWeight):
             h = PallasOps.linear_act(x, w_fc, b_fc, "gelu_tanh")  # (B, T, 4C)
             return PallasOps.linear_act(h, w_proj, b_proj, "none")  # (B, T, C)

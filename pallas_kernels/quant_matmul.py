@@ -28,7 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret
-from pallas_kernels.partials import ACTIVATIONS, gelu_tanh
+from pallas_kernels.partials import ACTIVATIONS, SplitK, finish, gelu_tanh
 from pallas_kernels.tuning import QuantMatmulConfig, lookup
 
 BITS = (8, 4)
@@ -117,24 +117,30 @@ def _validate(x_shape, w: QWeight, b_shape) -> None:
         raise ValueError(f"int{w.bits} scale must be {want_s}, got {w.scale.shape}")
 
 
-def _kernel(x_ref,  # (M, K) activations, whole array
+def _kernel(x_ref,  # (M, K) activations, or (S', M, K) float32 partials of the previous matmul
+            xb_ref,  # (K,) the previous matmul's bias when x_ref holds partials, else None
             q_ref,  # int8 (K, N) or uint8 (Kp/2, N)
             s_ref,  # (1, N) or (Kp/G, N) float32 scales
             b_ref,  # (N,) bias
-            o_ref,  # (S, M, N) float32 partials when split, else the (M, N) output
+            o_ref,  # (S, M, N) float32 partials when ``split``, else the (M, N) output
             *, m: int, n: int, k: int, kq: int, bm: int, bn: int, bk: int, chunk: int, bits: int, activation: str,
-            split: bool, precision):
+            split: bool, x_act: str, cdt, precision):
     i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     rows = i * bm + jnp.arange(bm)
     cols = j * bn + jnp.arange(bn)
     rm, cm = rows < m, cols < n
     lo = s * chunk  # first K row of this program's chunk (a multiple of bk)
-    cdt = x_ref.dtype
 
-    def load_x(k0, width):
+    def load_x(k0, width):  # (BM, width) in the compute dtype
         ks = k0 + jnp.arange(width)
-        return pltriton.load(x_ref.at[pl.ds(i * bm, bm), pl.ds(k0, width)], mask=rm[:, None] & (ks[None, :] < k),
-                             other=0.0)  # (BM, width)
+        xm = rm[:, None] & (ks[None, :] < k)
+        if xb_ref is None:
+            return pltriton.load(x_ref.at[pl.ds(i * bm, bm), pl.ds(k0, width)], mask=xm, other=0.0)
+        xs = jnp.zeros((bm, width), jnp.float32)  # finish the previous matmul on the fly: sum, bias, act, round
+        for p in range(x_ref.shape[0]):
+            xs += pltriton.load(x_ref.at[jnp.int32(p), pl.ds(i * bm, bm), pl.ds(k0, width)], mask=xm, other=0.0)
+        xb = pltriton.load(xb_ref.at[pl.ds(k0, width)], mask=ks < k, other=0.0)
+        return jnp.where(xm, finish(xs, xb[None, :], x_act, cdt), 0.0).astype(cdt)
 
     if bits == 8:
         def body(kk, acc):
@@ -209,28 +215,72 @@ def quant_matmul(x: jax.Array, w: QWeight, b: jax.Array, *, activation: str = "n
     _validate(x.shape, w, b.shape)
     lead, (K, N) = x.shape[:-1], w.shape
     x2 = x.reshape(-1, K)  # (M, K)
-    M = x2.shape[0]
-    bm, bn, bk, kq, chunk, split, warps, stages = _plan(M, N, K, w.bits, w.group, x.dtype, block_m, block_n, block_k,
-                                                        split_k, num_warps, num_stages)
-    precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
     out_dtype = jnp.dtype(out_dtype or x.dtype)
+    out, split = _call(x2, None, "none", x.dtype, w, b, activation, True, block_m, block_n, block_k, split_k,
+                       num_warps, num_stages, interpret, out_dtype=out_dtype)
+    if split:  # one fused XLA epilogue: sum the partials, bias, activation, round
+        out = out.sum(0) + b.astype(jnp.float32)
+        out = (gelu_tanh(out) if activation == "gelu_tanh" else out).astype(out_dtype)
+    return out.reshape(*lead, N)
+
+
+def _call(xs, xb, x_act, cdt, w: QWeight, b, activation, finish_here, block_m, block_n, block_k, split_k, num_warps,
+          num_stages, interpret, out_dtype=None):
+    """The pallas_call: (out, split?). ``xs`` is (M, K) or (S', M, K) partials (then ``xb``/``x_act`` finish
+    them); ``finish_here=False`` always returns (S, M, N) float32 partials, even unsplit."""
+    M, (K, N) = xs.shape[-2], w.shape
+    bm, bn, bk, kq, chunk, split, warps, stages = _plan(M, N, K, w.bits, w.group, cdt, block_m, block_n, block_k,
+                                                        split_k, num_warps, num_stages)
+    partials = split > 1 or not finish_here
+    precision = jax.lax.Precision.HIGHEST if jnp.dtype(cdt) == jnp.float32 else None
     kernel = functools.partial(_kernel, m=M, n=N, k=K, kq=kq, bm=bm, bn=bn, bk=bk, chunk=chunk, bits=w.bits,
-                               activation=activation, split=split > 1, precision=precision)
-    out_shape = (split, M, N) if split > 1 else (M, N)
+                               activation=activation, split=partials, x_act=x_act, cdt=jnp.dtype(cdt),
+                               precision=precision)
+    args = (xs, xb, w.q, w.scale, b) if xb is not None else (xs, w.q, w.scale, b)
+    if xb is None:
+        kernel = _no_x_bias(kernel)
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct(out_shape, jnp.float32 if split > 1 else out_dtype),
+        out_shape=jax.ShapeDtypeStruct((split, M, N) if partials else (M, N),
+                                       jnp.float32 if partials else out_dtype),
         grid=(pl.cdiv(M, bm), pl.cdiv(N, bn), split),
-        in_specs=[pl.no_block_spec] * 4,
+        in_specs=[pl.no_block_spec] * len(args),
         out_specs=pl.no_block_spec,
         compiler_params=compiler_params(warps, stages),
         interpret=default_interpret(interpret),
         name=f"jaxgpt_quant_matmul_int{w.bits}",
-    )(x2, w.q, w.scale, b)
-    if split > 1:  # one fused XLA epilogue: sum the partials, bias, activation, round
-        out = out.sum(0) + b.astype(jnp.float32)
-        out = (gelu_tanh(out) if activation == "gelu_tanh" else out).astype(out_dtype)
-    return out.reshape(*lead, N)
+    )(*args)
+    return out, partials
+
+
+def _no_x_bias(kernel):
+    def k(x_ref, q_ref, s_ref, b_ref, o_ref):
+        kernel(x_ref, None, q_ref, s_ref, b_ref, o_ref)
+    return k
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "block_n", "block_k", "split_k", "num_warps",
+                                             "num_stages", "interpret"))
+def quant_matmul_split_k(x: "jax.Array | SplitK", w: QWeight, b: jax.Array, *, activation: str = "none",
+                         block_n: int | None = None, block_k: int | None = None, split_k: int | None = None,
+                         num_warps: int | None = None, num_stages: int | None = None,
+                         interpret: bool | None = None) -> SplitK:
+    """Decode-sized ``act(x @ dequant(w) + b)`` left unfinished, as ``matmul_split_k`` does for float weights.
+
+    x: (M, K) with M <= 16, or the ``SplitK`` of the previous matmul (finished on load). Returns ``SplitK``
+    (S, M, N) float32 partials with the bias and activation still to apply: the next kernel of the decode step
+    (LayerNorm, decode attention, the next matmul) finishes them, so no XLA epilogue kernel runs.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{activation=} must be one of {ACTIVATIONS}")
+    xs = x.parts if isinstance(x, SplitK) else x
+    _validate(xs.shape, w, b.shape)
+    if xs.ndim not in (2, 3) or xs.shape[-2] > DECODE_ROWS:
+        raise ValueError(f"split-K is for decode-sized M <= {DECODE_ROWS}: x {tuple(xs.shape)}")
+    xb, x_act, cdt = (x.bias, x.activation, x.dtype) if isinstance(x, SplitK) else (None, "none", xs.dtype)
+    out, _ = _call(xs, xb, x_act, cdt, w, b, activation, False, 16, block_n, block_k, split_k, num_warps, num_stages,
+                   interpret)
+    return SplitK(out, b, activation, jnp.dtype(cdt))
 
 
 def quant_matmul_reference(x, w: QWeight, b, *, activation: str = "none", out_dtype=None):

@@ -19,7 +19,7 @@ from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
-from pallas_kernels.quant_matmul import QWeight, quant_matmul, quantize
+from pallas_kernels.quant_matmul import QWeight, quant_matmul, quant_matmul_split_k, quantize
 
 BF16 = jnp.bfloat16
 C = 1600  # gpt2-xl: not a power of two, 25 heads
@@ -67,6 +67,14 @@ for name, (q, s, meta) in (("int8", Q8), ("int4", Q4)):
             lambda x, q, s, b, meta=meta: quant_matmul(x, QWeight(q, s, *meta), b, activation="gelu_tanh",
                                                        interpret=False),
             (S(m, C), q, s, S(4 * C)))
+
+
+for name, (q, s, meta) in (("int8", Q8), ("int4", Q4)):  # the fused quantized decode step: partials in and out
+    CASES[f"quant_split_k_partials_{name}"] = (
+        lambda x, w1, b1, q, s, b, meta=meta: quant_matmul_split_k(
+            matmul_split_k(x, w1, b1, activation="gelu_tanh", interpret=False), QWeight(q, s, *meta), b,
+            interpret=False).parts,
+        (S(1, C), S(C, C), S(C), q, s, S(4 * C)))
 
 
 _HEAD = quantize(np.random.default_rng(0).standard_normal((C, 50257)).astype(np.float32), bits=8)

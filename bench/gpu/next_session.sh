@@ -3,9 +3,20 @@
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh 1   # the rest of the GPU tests session 4's budgets cut off
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh 2   # whole-model prefill with the restricted Mosaic matmul
 #                                                            # plan (xl's N = 1600 on Triton), vs all-Triton and XLA
+#   source .gpu/env.sh && bash bench/gpu/next_session.sh 3   # issue 10: the fused quantized decode step
+#                                                            # (JAXGPT_FUSED_QUANT=1) on the GPU, tests then decode
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if [ "${1:-1}" = 1 ]; then
+if [ "${1:-1}" = 3 ]; then
+  JAXGPT_FUSED_QUANT=1 timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_quant_matmul.py \
+    -k "partials or equals" > "$OUT/fused_quant_tests.txt" 2>&1; tail -3 "$OUT/fused_quant_tests.txt"
+  for f in 0 1; do
+    JAXGPT_FUSED_QUANT=$f timeout 150 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 \
+      --tokens 256 --reps 3 --quantize none,int8,int4 --breakdown 6 --out "$OUT/decode_fq$f.json" \
+      > "$OUT/decode_fq$f.txt" 2>&1
+    echo "== JAXGPT_FUSED_QUANT=$f"; grep -A7 "^model" "$OUT/decode_fq$f.txt"
+  done
+elif [ "${1:-1}" = 1 ]; then
   timeout 280 python -m pytest -q -p no:cacheprovider tests/test_kernels_attention_mgpu.py \
     tests/test_kernels_quant_matmul.py tests/test_quantize.py tests/test_tuning.py > "$OUT/tests.txt" 2>&1
   tail -3 "$OUT/tests.txt"
