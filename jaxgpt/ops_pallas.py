@@ -13,8 +13,10 @@ second matmul applies c_fc's bias and GELU, the residual+LayerNorm kernel adds c
 instead of sixteen. The other decode step finishes the split-K matmuls in XLA epilogues and runs the flash-decoding
 kernel after an XLA scatter into the cache. Which one runs is chosen by shape from H100 measurements (``_fused``);
 ``JAXGPT_FUSED_DECODE=1`` or ``0`` forces one. Quantized projections (``QWeight``) go to the int8/int4 matmul
-kernel. Prefill attention runs the Mosaic GPU kernel (wgmma, TMA, warp specialisation) on Hopper GPUs and the Triton
-kernel elsewhere; ``JAXGPT_ATTENTION=mosaic|triton`` forces one.
+kernel (``JAXGPT_FUSED_QUANT=1``: fused like the float step). On Hopper GPUs prefill attention runs the Mosaic GPU
+kernel (wgmma, TMA, warp specialisation) and the prefill projections the Mosaic GPU matmul where its tiles beat the
+Triton one (``matmul_mgpu.plan``); elsewhere the Triton kernels. ``JAXGPT_ATTENTION`` / ``JAXGPT_MATMUL`` =
+``mosaic|triton`` force one.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def _mosaic_attention(qkv) -> bool:
     if ATTENTION == "triton" or qkv.shape[-1] != 64 or qkv.dtype not in (jnp.bfloat16, jnp.float16):
         return False
     return ATTENTION == "mosaic" or _hopper()
+
+
 # JAXGPT_FUSED_QUANT=1: the quantized decode step fused like the float one (partials finished by the next kernel,
 # no XLA epilogues). CPU-verified, opt-in until it has run on the GPU (session 4 had no device time left).
 FUSED_QUANT = os.environ.get("JAXGPT_FUSED_QUANT", "") == "1"
