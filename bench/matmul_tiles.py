@@ -1,4 +1,5 @@
-"""Prefill projections (B·T = 8192) on the Mosaic GPU matmul's tile plans vs the Triton matmul vs XLA (GPU).
+"""Prefill projections (B·T = 8192) on the Mosaic GPU matmul's tile plans (and with ``delay_release``) vs the Triton
+matmul vs XLA (GPU).
 
     python -m bench.matmul_tiles [--out F.json]
 
@@ -38,6 +39,9 @@ def main(argv=None):
             if N % bn == 0:
                 impls[f"mosaic {bm}x{bn}"] = jax.jit(lambda x, w, b, bm=bm, bn=bn: matmul_mgpu(x, w, b, block_m=bm,
                                                                                              block_n=bn, stages=3))
+                if bm == 64 and bn >= 192:  # the planned tiles, with one MMA in flight per warpgroup
+                    impls[f"mosaic {bm}x{bn} delayed"] = jax.jit(lambda x, w, b, bm=bm, bn=bn: matmul_mgpu(
+                        x, w, b, block_m=bm, block_n=bn, stages=3, delay_release=True))
         for name, fn in impls.items():
             try:
                 row["us"][name] = device_time_ms(fn, x, w, b)["median_ms"] * 1e3

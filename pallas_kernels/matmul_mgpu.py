@@ -72,7 +72,7 @@ def plan(m: int, n: int, k: int, itemsize: int = 2, sms: int = 132) -> tuple[int
 
 
 def _kernel(x_ref, w_ref, b_ref, o_ref, scoped, *, k_steps: int, bm: int, bn: int, stages: int, activation: str,
-            interpret: bool):
+            delay_release: bool, interpret: bool):
     (x_smem, w_smem, b_smem, o_smem), (x_landed, w_landed, b_landed), consumed = scoped
     wg = lax.axis_index("wg")
     m0 = lax.axis_index("m") * (COMPUTE_WGS * bm)  # first row of this block
@@ -89,23 +89,43 @@ def _kernel(x_ref, w_ref, b_ref, o_ref, scoped, *, k_steps: int, bm: int, bn: in
             plgpu.barrier_wait(w_landed.at[slot])
             return x_smem.at[slot, rows], w_smem.at[slot], slot
 
+        def release(ks):  # this warpgroup is done reading step ks's slot
+            plgpu.barrier_arrive(consumed.at[lax.rem(ks, jnp.array(stages, ks.dtype))])
+
+        def release_previous(ks):  # delay_release: step ks-1's MMA is done once step ks's is issued, waited to 1
+            @pl.when(ks > 0)
+            def _():
+                release(ks - 1)
+
         if interpret:  # the interpreter's view of the same product: a jnp dot per step, the sum carried
             def step(ks, acc):
-                xs, ws, slot = operands(ks)
+                xs, ws, _ = operands(ks)
                 acc = acc + jnp.dot(xs[...], ws[...], preferred_element_type=jnp.float32)
-                plgpu.barrier_arrive(consumed.at[slot])
+                if delay_release:
+                    release_previous(ks)
+                else:
+                    release(ks)
                 return acc
 
             acc = lax.fori_loop(0, k_steps, step, jnp.zeros((bm, bn), jnp.float32))
+            if delay_release:
+                release(jnp.int32(k_steps - 1))
         else:
             def product(acc_ref):
                 def step(ks, _):
-                    xs, ws, slot = operands(ks)
+                    xs, ws, _ = operands(ks)
                     plgpu.wgmma(acc_ref, xs, ws)
-                    plgpu.wgmma_wait(0)  # the other warpgroup's MMA keeps the tensor cores busy meanwhile
-                    plgpu.barrier_arrive(consumed.at[slot])
+                    if delay_release:  # keep this MMA in flight; the previous one is done: free its slot
+                        plgpu.wgmma_wait(1)
+                        release_previous(ks)
+                    else:  # the other warpgroup's MMA keeps the tensor cores busy meanwhile
+                        plgpu.wgmma_wait(0)
+                        release(ks)
 
                 lax.fori_loop(0, k_steps, step, None)
+                if delay_release:
+                    plgpu.wgmma_wait(0)
+                    release(jnp.int32(k_steps - 1))
                 return acc_ref[...]
 
             acc = pl.run_scoped(product, plgpu.ACC((bm, bn), jnp.float32))  # (BM, BN) f32
@@ -146,13 +166,18 @@ def _kernel(x_ref, w_ref, b_ref, o_ref, scoped, *, k_steps: int, bm: int, bn: in
             plgpu.barrier_wait(consumed.at[lax.rem(ks, jnp.array(stages, ks.dtype))])
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "stages", "interpret"))
+@functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "stages", "delay_release",
+                                             "interpret"))
 def matmul_mgpu(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "none", block_m: int | None = None,
-                block_n: int | None = None, stages: int | None = None, interpret: bool | None = None) -> jax.Array:
+                block_n: int | None = None, stages: int | None = None, delay_release: bool = False,
+                interpret: bool | None = None) -> jax.Array:
     """``act(x @ w + b)``: x (..., K), w (K, N), b (N,) -> (..., N) in x's dtype, on Mosaic GPU (Hopper).
 
     ``block_m`` (rows per compute warpgroup), ``block_n`` and ``stages`` default to ``plan``'s choice; M must be a
-    multiple of 2·block_m, N of block_n, K of 64. ``interpret`` (default: off a GPU) runs Mosaic GPU's interpreter.
+    multiple of 2·block_m, N of block_n, K of 64. ``delay_release`` keeps one MMA in flight per warpgroup and frees
+    each slot a step later (``wgmma_wait(1)``, as jax's Hopper matmul does): correct in the interpreter and lowered
+    for CUDA, not yet timed on the GPU, so off by default. ``interpret`` (default: off a GPU) runs Mosaic GPU's
+    interpreter.
     """
     if plgpu is None:
         raise ValueError("Mosaic GPU needs jax.experimental.pallas.mosaic_gpu (and absl-py on jax 0.10)")
@@ -186,7 +211,7 @@ def matmul_mgpu(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "
                    plgpu.SMEM((COMPUTE_WGS, bm, bn), dtype, transforms=tiled))
         pl.run_scoped(
             lambda *s: _kernel(x_ref, w_ref, b_ref, o_ref, s, k_steps=k_steps, bm=bm, bn=bn, stages=st,
-                               activation=activation, interpret=interpret),
+                               activation=activation, delay_release=delay_release, interpret=interpret),
             scratch,
             (plgpu.Barrier(num_barriers=st), plgpu.Barrier(num_barriers=st), plgpu.Barrier()),
             plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=st),

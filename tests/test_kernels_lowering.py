@@ -106,7 +106,8 @@ def test_mosaic_attention_lowers_for_cuda(shape, block_kv):
 
 @pytest.mark.parametrize("m,k,n,activation,kw", [
     (8192, 768, 2304, "none", {}), (8192, 1600, 6400, "gelu_tanh", {}), (8192, 1600, 4800, "none", {}),
-    (8192, 6400, 1600, "none", {"block_m": 128, "block_n": 64, "stages": 3}), (256, 768, 3072, "gelu_tanh", {})])
+    (8192, 6400, 1600, "none", {"block_m": 128, "block_n": 64, "stages": 3}), (256, 768, 3072, "gelu_tanh", {}),
+    (8192, 1600, 6400, "gelu_tanh", {"delay_release": True})])
 def test_mosaic_matmul_lowers_for_cuda(m, k, n, activation, kw):
     """The Mosaic GPU prefill matmul (TMA ring, wgmma from SMEM, bias/GELU epilogue) lowers at GPT-2's shapes."""
     from pallas_kernels.matmul_mgpu import matmul_mgpu

@@ -12,10 +12,14 @@ mgpu = pytest.importorskip("pallas_kernels.matmul_mgpu")
 # (M, K, N, overrides): one K step, a ring that wraps, both planned tiles, explicit narrow tiles, two stages.
 T64 = {"block_m": 64, "block_n": 64, "stages": 3}
 CASES = [(128, 64, 192, {}), (256, 448, 256, {}), (128, 320, 192, {"stages": 2}), (256, 128, 128,
-         {"block_m": 128, "block_n": 128, "stages": 3}), (256, 192, 64, T64), (128, 64, 64, T64)]
+         {"block_m": 128, "block_n": 128, "stages": 3}), (256, 192, 64, T64), (128, 64, 64, T64),
+         # one MMA in flight, slots freed a step late: a single step, a wrapping 2-slot ring, a 3-slot ring
+         (128, 64, 192, {"delay_release": True}), (128, 448, 256, {"stages": 2, "delay_release": True}),
+         (256, 320, 192, {"stages": 3, "delay_release": True})]
 if ON_GPU:
     CASES += [(8192, 768, 2304, {}), (8192, 3072, 768, {}), (8192, 1600, 4800, {}), (8192, 1600, 6400, {}),
-              (8192, 6400, 1600, {}), (1024, 1600, 1600, {}), (256, 768, 3072, {"stages": 2})]
+              (8192, 6400, 1600, {"block_m": 128, "block_n": 64, "stages": 3}), (256, 768, 3072, {"stages": 2}),
+              (8192, 768, 2304, {"delay_release": True}), (8192, 1600, 6400, {"delay_release": True})]
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu_tanh"])

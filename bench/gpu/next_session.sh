@@ -2,7 +2,8 @@
 # What the GPU has not yet run after session 4, as commands of under 10 minutes each:
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh 1   # the rest of the GPU tests session 4's budgets cut off
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh 2   # whole-model prefill with the restricted Mosaic matmul
-#                                                            # plan (xl's N = 1600 on Triton), vs all-Triton and XLA
+#                                                            # plan (xl's N = 1600 on Triton), vs all-Triton and XLA;
+#                                                            # the matmul tiles with and without delay_release
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh 3   # issue 10: the fused quantized decode step
 #                                                            # (JAXGPT_FUSED_QUANT=1) on the GPU, tests then decode
 set -uo pipefail
@@ -27,6 +28,8 @@ else
   timeout 150 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --breakdown 8 \
     --out "$OUT/prefill.json" > "$OUT/prefill.txt" 2>&1
   grep -v -i warn "$OUT/prefill.txt" | tail -40 | cut -c1-150
+  timeout 120 python -m bench.matmul_tiles --out "$OUT/matmul_tiles.json" > "$OUT/matmul_tiles.txt" 2>&1
+  grep "^8192" "$OUT/matmul_tiles.txt" | cut -c1-400   # incl. delay_release: adopt it in plan() if it wins
   JAXGPT_MATMUL=triton timeout 100 python -m bench.prefill --model gpt2,gpt2-xl --backend pallas \
     --out "$OUT/prefill_triton.json" > "$OUT/prefill_triton.txt" 2>&1
   echo "== all-Triton matmuls"; grep -A3 "^model" "$OUT/prefill_triton.txt"
