@@ -193,12 +193,12 @@ def matmul_mgpu(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "
     M = x2.shape[0]
     auto = plan(M, N, K, jnp.dtype(x.dtype).itemsize)
     if auto is None and not (block_m and block_n and stages):
-        raise ValueError(f"no Mosaic matmul tiling fits M={M}, N={N}, K={K} (K must be a multiple of {BLOCK_K}, "
-                         f"N of 64, M of 128)")
+        raise ValueError(f"no Mosaic matmul tiling planned for M={M}, N={N}, K={K} (K a multiple of {BLOCK_K}, "
+                         f"N of 192 or 256, M of 128; or pass block_m, block_n and stages)")
     bm, bn, st = block_m or auto[0], block_n or auto[1], stages or auto[2]
-    if M % (COMPUTE_WGS * bm) or N % bn or K % BLOCK_K or bn % 64 or bm % 64:
-        raise ValueError(f"M={M} must be a multiple of {COMPUTE_WGS * bm}, N={N} of block_n={bn} (a multiple of "
-                         f"64), K={K} of {BLOCK_K}")
+    if M % (COMPUTE_WGS * bm) or N % bn or K % BLOCK_K or bn % 64 or bn > 256 or bm not in (64, 128) or st < 1:
+        raise ValueError(f"M={M} must be a multiple of {COMPUTE_WGS * bm} (block_m 64 or 128), N={N} of block_n={bn} "
+                         f"(a multiple of 64, at most 256), K={K} of {BLOCK_K}; stages={st} >= 1")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     dtype = x.dtype

@@ -58,10 +58,11 @@ def test_plan_takes_the_measured_winners_or_says_no(m, k, n, want_bn):
 
 
 @pytest.mark.parametrize("shapes,dtype,kw,needle", [
-    (((128, 64), (64, 100), (100,)), "bfloat16", {}, "no Mosaic matmul tiling"),
+    (((128, 64), (64, 100), (100,)), "bfloat16", {}, "no Mosaic matmul tiling planned"),
     (((128, 64), (64, 64), (64,)), "float32", {}, "bfloat16 or float16"),
     (((128, 64), (32, 64), (64,)), "bfloat16", {}, "shapes do not fit"),
     (((128, 64), (64, 64), (64,)), "bfloat16", {"activation": "relu"}, "activation"),
+    (((128, 64), (64, 320), (320,)), "bfloat16", {"block_m": 64, "block_n": 320, "stages": 2}, "at most 256"),
     (((128, 64), (64, 192), (192,)), "bfloat16", {"block_m": 128}, "multiple of 256"),
 ])
 def test_bad_input_is_a_clear_error(shapes, dtype, kw, needle):
