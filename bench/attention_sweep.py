@@ -78,16 +78,9 @@ def main(argv=None):
             json.dump({"device": jax.devices()[0].device_kind, "rows": results}, fh, indent=1)
         if args.table and best:
             kv_, st, order = best.split()[1:]
-            try:
-                with open(args.table) as fh:
-                    table = json.load(fh)
-            except FileNotFoundError:
-                table = {}
             key = tuning.shape_key(seq=T, heads=H, head_dim=64, batch=B, dtype=jnp.bfloat16)
-            table.setdefault("MosaicAttentionConfig", {})[key] = {
-                "block_kv": int(kv_[2:]), "stages": int(st[1:]), "order": order}
-            with open(args.table, "w") as fh:
-                json.dump(table, fh, indent=1, sort_keys=True)
+            tuning.merge_into_table(args.table, {"MosaicAttentionConfig": {
+                key: {"block_kv": int(kv_[2:]), "stages": int(st[1:]), "order": order}}})
 
 
 if __name__ == "__main__":

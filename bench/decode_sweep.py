@@ -14,7 +14,8 @@ import json
 
 import jax
 
-from pallas_kernels.autotune import sweep_decode
+from pallas_kernels import tuning
+from pallas_kernels.autotune import sweep_decode, sweep_winners
 
 
 def main(argv=None):
@@ -38,17 +39,7 @@ def main(argv=None):
                 with open(args.out, "w") as f:
                     json.dump(results, f, indent=1)
                 if args.table:
-                    try:
-                        with open(args.table) as f:
-                            table = json.load(f)
-                    except FileNotFoundError:
-                        table = {}
-                    for r in res.values():
-                        if r["best"]:
-                            best = {k: v for k, v in r["best"][0].items() if k not in ("us", "gbs")}
-                            table.setdefault(r["class"], {})[r["key"]] = best
-                    with open(args.table, "w") as f:
-                        json.dump(table, f, indent=1, sort_keys=True)
+                    tuning.merge_into_table(args.table, sweep_winners(res))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Helpers shared by the kernels: interpret-mode default, Triton compiler params, padding to powers of two."""
+"""Helpers shared by the kernels: interpret-mode default, Triton compiler params, padding to powers of two, block
+checks, the split-K kernels' optional prologue bias."""
 
 from __future__ import annotations
 
@@ -25,3 +26,11 @@ def check_blocks(**blocks: int) -> None:
     for name, v in blocks.items():
         if v < 16 or v & (v - 1):
             raise ValueError(f"{name}={v} must be a power of two >= 16")
+
+
+def without_x_bias(kernel):
+    """A split-K kernel ``kernel(x_ref, xb_ref, *refs)`` called with ``xb_ref=None``: for plain (M, K) activations
+    rather than the previous matmul's partials, whose bias it would finish on load."""
+    def k(x_ref, *refs):
+        kernel(x_ref, None, *refs)
+    return k

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import statistics
 import time
 
@@ -195,8 +194,8 @@ def sweep_decode(model: str, rows: int, fmt: str, max_configs: int = 200, log=pr
                 log(f"  {fmt} {name} {cfg}: failed to run ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
         results.sort(key=lambda r: r[0])
         base_us = next((us for us, cfg in results if cfg == base), None)
-        bits = {} if fmt == "bf16" else {"bits": int(fmt[3:])}
-        key = tuning.shape_key(m=rows, n=n, k=k, dtype=jnp.bfloat16, **bits)
+        key_bits = {} if fmt == "bf16" else {"bits": int(fmt[3:])}
+        key = tuning.shape_key(m=rows, n=n, k=k, dtype=jnp.bfloat16, **key_bits)
         gbs = lambda us: w_bytes / (us * 1e-6) / 1e9  # noqa: E731
         out[name] = {"key": key, "class": cls.__name__, "k": k, "n": n, "weight_bytes": w_bytes, "copies": copies,
                      "heuristic": dataclasses.asdict(base), "heuristic_us": base_us,
@@ -210,6 +209,15 @@ def sweep_decode(model: str, rows: int, fmt: str, max_configs: int = 200, log=pr
     return out
 
 
+def sweep_winners(result: dict) -> dict:
+    """``sweep_decode``'s fastest config per shape, as table entries: {config class name: {shape key: fields}}."""
+    out: dict = {}
+    for r in result.values():
+        if r["best"]:
+            out.setdefault(r["class"], {})[r["key"]] = {k: v for k, v in r["best"][0].items() if k not in ("us", "gbs")}
+    return out
+
+
 def autotune_decode(models, batches, cache, dtype, formats=("bf16",)) -> dict:
     """Decode shapes: the split-K projections at M = batch rows in each weight format (``sweep_decode``, bf16
     activations) and flash-decoding over a cache of ``cache`` slots."""
@@ -220,10 +228,8 @@ def autotune_decode(models, batches, cache, dtype, formats=("bf16",)) -> dict:
         c, h = WIDTH_HEADS[name]
         for m in batches:
             for fmt in formats:
-                for r in sweep_decode(name, m, fmt).values():
-                    if r["best"]:
-                        best = {k: v for k, v in r["best"][0].items() if k not in ("us", "gbs")}
-                        table.setdefault(r["class"], {})[r["key"]] = best
+                for cls_name, entries in sweep_winners(sweep_decode(name, m, fmt)).items():
+                    table.setdefault(cls_name, {}).update(entries)
             q, kc, vc = rand(m, h, 64), rand(m, cache, h, 64), rand(m, cache, h, 64)
             lengths = jnp.full((m,), cache, jnp.int32)
             key = tuning.shape_key(batch=m, heads=h, cache=cache, head_dim=64, dtype=dtype)
@@ -258,16 +264,7 @@ def main(argv=None):
     else:
         new = autotune(args.models.split(","), args.batch, args.seq, args.dtype)
     path = args.out or str(tuning.TABLES / f"{gpu}.json")
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except FileNotFoundError:
-        table = {}
-    for k, v in new.items():
-        table.setdefault(k, {}).update(v)
-    tuning.TABLES.mkdir(exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(table, f, indent=1, sort_keys=True)
+    tuning.merge_into_table(path, new)
     print(f"wrote {path}")
 
 

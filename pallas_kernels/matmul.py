@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import check_blocks, compiler_params, default_interpret
+from pallas_kernels._common import check_blocks, compiler_params, default_interpret, without_x_bias
 from pallas_kernels.tuning import MatmulConfig, lookup
 
 from pallas_kernels.partials import ACTIVATIONS, SplitK, finish, gelu_tanh, resolve  # noqa: F401
@@ -108,7 +108,7 @@ def matmul_split_k(x: "jax.Array | SplitK", w: jax.Array, b: jax.Array, *, activ
                                x_act=x.activation if isinstance(x, SplitK) else "none", precision=precision)
     args = (xs, x.bias, w) if isinstance(x, SplitK) else (xs, w)
     if not isinstance(x, SplitK):
-        kernel = _no_x_bias(kernel)
+        kernel = without_x_bias(kernel)
     part = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((split, M, N), jnp.float32),
@@ -120,12 +120,6 @@ def matmul_split_k(x: "jax.Array | SplitK", w: jax.Array, b: jax.Array, *, activ
         name="jaxgpt_matmul_split_k",
     )(*args)
     return SplitK(part, b, activation, jnp.dtype(x.dtype if isinstance(x, SplitK) else xs.dtype))
-
-
-def _no_x_bias(kernel):
-    def k(x_ref, w_ref, o_ref):
-        kernel(x_ref, None, w_ref, o_ref)
-    return k
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "block_m", "block_n", "block_k", "num_warps",

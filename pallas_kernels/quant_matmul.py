@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import check_blocks, compiler_params, default_interpret
+from pallas_kernels._common import check_blocks, compiler_params, default_interpret, without_x_bias
 from pallas_kernels.partials import ACTIVATIONS, SplitK, finish, gelu_tanh
 from pallas_kernels.tuning import QuantMatmulConfig, lookup
 
@@ -238,7 +238,7 @@ def _call(xs, xb, x_act, cdt, w: QWeight, b, activation, finish_here, block_m, b
                                precision=precision)
     args = (xs, xb, w.q, w.scale, b) if xb is not None else (xs, w.q, w.scale, b)
     if xb is None:
-        kernel = _no_x_bias(kernel)
+        kernel = without_x_bias(kernel)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((split, M, N) if partials else (M, N),
@@ -251,12 +251,6 @@ def _call(xs, xb, x_act, cdt, w: QWeight, b, activation, finish_here, block_m, b
         name=f"jaxgpt_quant_matmul_int{w.bits}",
     )(*args)
     return out, partials
-
-
-def _no_x_bias(kernel):
-    def k(x_ref, q_ref, s_ref, b_ref, o_ref):
-        kernel(x_ref, None, q_ref, s_ref, b_ref, o_ref)
-    return k
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "block_n", "block_k", "split_k", "num_warps",

@@ -232,6 +232,16 @@ def load_table(name: str | None) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def merge_into_table(path, new: dict) -> None:
+    """Merge ``{config class name: {shape key: config fields}}`` into the JSON table at ``path`` (created if missing)."""
+    path = Path(path)
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    for cls_name, entries in new.items():
+        table.setdefault(cls_name, {}).update(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1, sort_keys=True))
+
+
 def lookup(cls, **shape):
     """Tuned config for this GPU and shape, else ``cls.heuristic(**shape)``."""
     entry = load_table(gpu_name()).get(cls.__name__, {}).get(shape_key(**shape))

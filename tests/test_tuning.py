@@ -54,3 +54,18 @@ def test_sweep_decode_ranks_configs_and_keys_them_for_lookup(fmt, monkeypatch):
         bits = {} if fmt == "bf16" else {"bits": int(fmt[3:])}
         assert r["key"] == tuning.shape_key(m=1, n=r["n"], k=r["k"], dtype=jnp.bfloat16, **bits)
     assert res["mlp.c_proj"]["x"] == "array"  # width 256 < 1024 at one row: the unfused decode step
+
+
+def test_merge_into_table_keeps_other_entries(tmp_path):
+    path = tmp_path / "t" / "h100.json"
+    tuning.merge_into_table(path, {"MatmulConfig": {"a": {"block_n": 64}}, "LayerNormConfig": {"b": {"block_rows": 1}}})
+    tuning.merge_into_table(path, {"MatmulConfig": {"a": {"block_n": 128}, "c": {"block_n": 32}}})
+    import json
+    assert json.loads(path.read_text()) == {"MatmulConfig": {"a": {"block_n": 128}, "c": {"block_n": 32}},
+                                            "LayerNormConfig": {"b": {"block_rows": 1}}}
+
+
+def test_sweep_winners_drop_the_timings():
+    res = {"c_fc": {"class": "MatmulConfig", "key": "k1", "best": [{"us": 8.9, "gbs": 2294, "block_n": 128}]},
+           "none": {"class": "MatmulConfig", "key": "k2", "best": []}}
+    assert autotune.sweep_winners(res) == {"MatmulConfig": {"k1": {"block_n": 128}}}
