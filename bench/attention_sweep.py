@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.kernels import peers_attention
-from bench.timing import device_time_ms
+from bench.timing import device_time_ms, require_gpu
 from pallas_kernels import tuning
 from pallas_kernels.flash_attention import flash_attention, flash_attention_reference
 from pallas_kernels.flash_attention_mgpu import flash_attention_mgpu
@@ -33,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--out", default="attention_sweep.json")
     ap.add_argument("--table", default=None)
     args = ap.parse_args(argv)
+    require_gpu("bench.attention_sweep")
     rng = np.random.default_rng(0)
     peers = peers_attention()
     results = []

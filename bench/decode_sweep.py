@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
-
+from bench.timing import require_gpu
 from pallas_kernels import tuning
 from pallas_kernels.autotune import sweep_decode, sweep_winners
 
@@ -27,8 +26,7 @@ def main(argv=None):
     ap.add_argument("--out", default="decode_sweep.json")
     ap.add_argument("--table", default=None, help="merge each shape's winner into this tuning table")
     args = ap.parse_args(argv)
-    if jax.default_backend() != "gpu":
-        raise SystemExit("error: the decode sweep needs a GPU")
+    require_gpu("bench.decode_sweep")
     log = lambda s: print(s, flush=True)  # noqa: E731
     results: dict = {}
     for model in args.model.split(","):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.timing import device_time_ms
+from bench.timing import device_time_ms, require_gpu
 from pallas_kernels.matmul import matmul
 from pallas_kernels.matmul_mgpu import matmul_mgpu
 
@@ -27,6 +27,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="matmul_tiles.json")
     args = ap.parse_args(argv)
+    require_gpu("bench.matmul_tiles")
     rng = np.random.default_rng(0)
     rows, M = [], 8192
     for K, N in SHAPES:

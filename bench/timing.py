@@ -9,12 +9,21 @@ from __future__ import annotations
 import functools
 import re
 import statistics
+import sys
 import time
 
 import jax
 
 METHOD_GPU = "CUPTI device time (jax.experimental.mosaic.gpu.profiler.measure), median of {n} after {w} warm-up"
 METHOD_CPU = "wall clock around block_until_ready (CPU), median of {n} after {w} warm-up"
+
+
+def require_gpu(tool: str) -> None:
+    """Exit with status 2 and one line on stderr where ``tool`` has no GPU to measure (its numbers would be
+    meaningless on a CPU)."""
+    if jax.default_backend() != "gpu":
+        print(f"error: {tool} needs a GPU (jax sees {jax.default_backend()})", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def device_time_ms(fn, *args, iterations: int = 20, warmup: int = 2) -> dict:

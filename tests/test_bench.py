@@ -96,3 +96,12 @@ def test_hf_peer_harness_runs_on_cpu():
     from bench.run import smoke_model
     r = hf_case(smoke_model(), "float32", 2, 6, 1, False)
     assert r["impl"] == "hf-eager" and r["ms_per_token"] > 0 and r["tokens"] == 6
+
+
+@pytest.mark.skipif(__import__("jax").default_backend() == "gpu", reason="on a GPU the sweeps run for minutes")
+@pytest.mark.parametrize("tool", ["bench.decode_sweep", "bench.attention_sweep", "bench.matmul_tiles"])
+def test_gpu_only_sweeps_refuse_a_cpu_with_one_line(tool):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", tool], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "needs a GPU" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
