@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxgpt.config import GPTConfig
-from jaxgpt.ops import Ops
+from jaxgpt.ops import BlockParams, Ops
 
 
 class KVCache(NamedTuple):
@@ -120,6 +120,12 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, dtype=dtype, eps=eps)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
+    def params(self) -> BlockParams:
+        a, m = self.attn, self.mlp
+        return BlockParams(self.ln_1.weight[...], self.ln_1.bias[...], a.c_attn.kernel(), a.c_attn.bias[...],
+                           a.c_proj.kernel(), a.c_proj.bias[...], self.ln_2.weight[...], self.ln_2.bias[...],
+                           m.c_fc.kernel(), m.c_fc.bias[...], m.c_proj.kernel(), m.c_proj.bias[...])
+
     def __call__(self, residual: jax.Array, normed: jax.Array, next_ln: LayerNorm, ops: Ops,
                  kv: LayerKV = None, pos: jax.Array | None = None):
         """``normed`` is ``ln_1(residual)``; returns ``(residual', next_ln(residual'), kv')``."""
@@ -163,6 +169,13 @@ class GPT(nnx.Module):
         B, T = ids.shape
         wte, wpe = self.wte.weight[...], self.wpe.weight[...]
         x = wte[ids] + (wpe[:T][None] if pos is None else wpe[pos][:, None])  # (B, T, C)
+        if pos is not None:  # a backend may run each block's decode step as one kernel
+            cfg = self.config
+            done = ops.decode_blocks(x, [blk.params() for blk in self.h],
+                                     (self.ln_f.weight[...], self.ln_f.bias[...]), cache, pos,
+                                     n_head=cfg.n_head, eps=cfg.layer_norm_epsilon)
+            if done is not None:
+                return done
         lns = [blk.ln_1 for blk in self.h] + [self.ln_f]
         residual, normed = x, ops.layer_norm(x, lns[0].weight[...], lns[0].bias[...], eps=lns[0].eps)
         ks, vs = [], []

@@ -17,6 +17,7 @@ in float32 (float32 models use ``Precision.HIGHEST`` so a GPU does not silently 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +35,35 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=True)
 
 
+class BlockParams(NamedTuple):
+    """One block's parameters as arrays (HF names, linear weights (in, out)), for backends that run a whole block's
+    decode step at once (``decode_blocks``)."""
+
+    ln_1_w: jax.Array
+    ln_1_b: jax.Array
+    c_attn_w: "jax.Array | QWeight"
+    c_attn_b: jax.Array
+    c_proj_w: "jax.Array | QWeight"
+    c_proj_b: jax.Array
+    ln_2_w: jax.Array
+    ln_2_b: jax.Array
+    c_fc_w: "jax.Array | QWeight"
+    c_fc_b: jax.Array
+    mlp_proj_w: "jax.Array | QWeight"
+    mlp_proj_b: jax.Array
+
+
 class XlaOps:
     """Reference backend: jnp everywhere, XLA/cuDNN decide the kernels."""
 
     name = "xla"
+
+    @staticmethod
+    def decode_blocks(x, blocks: list[BlockParams], ln_f: tuple, cache, pos, *, n_head: int, eps: float):
+        """One decode step through every block and ``ln_f`` at once: x (B, 1, C) embeddings -> (ln_f output
+        (B, 1, C), the cache with the step's keys and values), or None where the backend has no such kernel (the
+        model then runs the per-op path). XLA has none."""
+        return None
 
     @staticmethod
     def layer_norm(x: jax.Array, w: jax.Array, b: jax.Array, *, eps: float) -> jax.Array:

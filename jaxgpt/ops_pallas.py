@@ -30,11 +30,12 @@ import jax.numpy as jnp
 
 from jaxgpt.ops import BACKENDS, XlaOps, append_kv
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
+from pallas_kernels.decode_layer import BARRIERS, LayerWeights, decode_layer
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
-from pallas_kernels.partials import resolve
+from pallas_kernels.partials import SplitK, resolve
 from pallas_kernels.quant_matmul import QWeight, quant_matmul, quant_matmul_split_k
 from pallas_kernels.tuning import MosaicAttentionConfig, lookup
 
@@ -97,6 +98,12 @@ def _fused(rows: int, width: int) -> bool:
     return rows > 1 or width >= 1024
 
 
+# JAXGPT_DECODE_LAYER: "1" a decode step runs each block as one kernel (``pallas_kernels.decode_layer``), "0" never,
+# unset: on a GPU (there the one-kernel form with grid-wide barriers); off it, the per-op path (the block kernel's
+# interpreter form is five calls, no faster).
+DECODE_LAYER: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_DECODE_LAYER", ""))
+
+
 def _decode_rows(x: jax.Array) -> int | None:
     """Rows of a decode step's (B, 1, C) activations, if the fused decode path applies; else None."""
     if x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= DECODE_ROWS and _fused(x.shape[0], x.shape[2]):
@@ -106,6 +113,26 @@ def _decode_rows(x: jax.Array) -> int | None:
 
 class PallasOps(XlaOps):
     name = "pallas"
+
+    @staticmethod
+    def decode_blocks(x, blocks, ln_f, cache, pos, *, n_head: int, eps: float):
+        """Each block's decode step as one kernel (``decode_layer``); its MLP partials are finished by the next
+        block's kernel and, after the last, by the final residual+LayerNorm kernel."""
+        B, T, C = x.shape
+        on = jax.default_backend() == "gpu" if DECODE_LAYER is None else DECODE_LAYER
+        if not on or T != 1 or B > DECODE_ROWS or any(isinstance(w, QWeight) for p in blocks for w in p):
+            return None
+        r = x.reshape(B, C)  # (B, C)
+        parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
+        counters = jnp.zeros((BARRIERS * len(blocks),), jnp.int32)
+        ks, vs = [], []
+        for i, p in enumerate(blocks):
+            r, parts, k, v, counters = decode_layer(r, parts, LayerWeights(*p), cache.k[i], cache.v[i], pos,
+                                                    counters, jnp.full((1,), i, jnp.int32), eps=eps, n_head=n_head)
+            ks.append(k)
+            vs.append(v)
+        _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C): ln_f(r + finish(parts))
+        return normed.reshape(B, T, C), type(cache)(tuple(ks), tuple(vs))
 
     @staticmethod
     def layer_norm(x, w, b, *, eps: float):

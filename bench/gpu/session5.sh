@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Session 5's GPU calls (each under 10 minutes; every step writes under $OUT as it goes):
+#   source .gpu/env.sh && bash bench/gpu/session5.sh check   # session 4's unrun code: quantized kernel tests,
+#                                                            # fused quantized decode, prefill with the new plan,
+#                                                            # matmul tiles with delay_release
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+case "${1:-check}" in
+check)
+  timeout 170 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_quant_matmul.py > "$OUT/quant_tests.txt" 2>&1
+  echo "== quant_matmul tests"; tail -2 "$OUT/quant_tests.txt" | cut -c1-300
+  for f in 0 1; do
+    JAXGPT_FUSED_QUANT=$f timeout 110 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 \
+      --tokens 256 --reps 3 --quantize none,int8,int4 --breakdown 12 --out "$OUT/decode_fq$f.json" \
+      > "$OUT/decode_fq$f.txt" 2>&1
+    echo "== JAXGPT_FUSED_QUANT=$f"; grep -A4 "^model" "$OUT/decode_fq$f.txt" | cut -c1-130
+  done
+  timeout 120 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --breakdown 8 \
+    --out "$OUT/prefill.json" > "$OUT/prefill.txt" 2>&1
+  echo "== prefill"; grep -A5 "^model" "$OUT/prefill.txt" | cut -c1-150
+  timeout 100 python -m bench.matmul_tiles --out "$OUT/matmul_tiles.json" > "$OUT/matmul_tiles.txt" 2>&1
+  echo "== matmul tiles"; grep "^8192" "$OUT/matmul_tiles.txt" | cut -c1-300
+  ;;
+esac

@@ -1,0 +1,509 @@
+"""A whole transformer block's decode step in one kernel: persistent programs and grid-wide barriers (Pallas, Triton).
+
+A decode step reads every weight once for a handful of rows, and the per-op decode path spends ~8 kernels a block,
+each paying a launch, a cold pipeline and a drain (~2-4 µs on the H100 whatever it reads). Here one kernel runs
+the block's five phases on ``programs`` persistent programs (at most one per SM, so all are resident at once):
+
+1. ``c_attn``: x = r + MLP-out of the previous block (finished from its split-K partials), LN1(x) computed by every
+   program for its own K slice, and split-K partial products of x·W_qkv over (N block, K split) work items.
+2. attention: per (row, head, cache split), finish q/k/v from the partials (+ bias), append k/v at slot ``pos``,
+   online softmax over the split's cache slots (float32, base 2), write the split's output and log-sum-exp.
+3. ``attn.c_proj``: K runs over heads; each step merges that head's splits, then multiplies.
+4. ``c_fc``: h1 = x + attn-out (finished from 3's partials), LN2(h1) per program, partials of LN2·W_fc.
+5. ``mlp.c_proj``: each K step finishes c_fc's partials (bias + GELU) for its slice, partials of g·W_proj.
+
+A barrier separates the phases: every program adds one to a counter with an acquire-release atomic and waits until
+all have (the cooperative-groups grid sync, made of Triton atomics). The block's outputs are h1 and the MLP's
+float32 partials: the next block's phase 1 (or the final LayerNorm, ``add_layer_norm`` with ``SplitK``) finishes
+them, so no program waits for a sum it does not need. Data one phase writes is read by the next with plain loads:
+no program reads a scratch buffer before the phase that writes it (L1 starts each kernel empty, and XLA's buffers
+do not share a 32-byte sector), so no L1 line can be stale; the atomics order the writes (release) before the reads
+(acquire). (jax 0.10.2's Triton lowering also rejects ``cache_modifier=".cg"``: it looks the name up with the dot.)
+
+Rounding follows the per-op path exactly: every matmul output is rounded to the compute dtype as a store would be,
+residual sums are taken in float32 and rounded, LayerNorm statistics come from the float32 sum.
+
+``fused=False`` runs the same phase code as five ``pallas_call``s (no barriers): the form interpret mode can run
+(it runs programs one by one, so a barrier would wait forever) and a GPU baseline that isolates what the barriers
+buy. ``decode_layer_reference`` is the pure-jnp step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split
+from pallas_kernels.partials import SplitK, finish, gelu_tanh
+
+BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-core tile
+CB = 256  # columns per chunk when a program reads a whole row (LayerNorm statistics)
+BARRIERS = 4  # per block: after phases 1-4
+
+
+class LayerWeights(NamedTuple):
+    """One block's parameters in HF GPT-2 layout: linear weights (in, out), everything in the compute dtype."""
+
+    ln_1_w: jax.Array  # (C,)
+    ln_1_b: jax.Array
+    c_attn_w: jax.Array  # (C, 3C)
+    c_attn_b: jax.Array  # (3C,)
+    c_proj_w: jax.Array  # (C, C)
+    c_proj_b: jax.Array
+    ln_2_w: jax.Array
+    ln_2_b: jax.Array
+    c_fc_w: jax.Array  # (C, 4C)
+    c_fc_b: jax.Array  # (4C,)
+    mlp_proj_w: jax.Array  # (4C, C)
+    mlp_proj_b: jax.Array  # (C,)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLayerPlan:
+    """Work split of one block. Matmul phases: (block_n, block_k, split) — items are (N block, K split) pairs, dealt
+    round-robin to the programs; the attention output projection steps K one head at a time (block_k = head_dim).
+    Attention: the cache is cut into ``att_splits`` slices of whole ``att_block``-slot blocks."""
+
+    programs: int
+    qkv: tuple[int, int, int]
+    proj: tuple[int, int]  # (block_n, split)
+    fc: tuple[int, int, int]
+    out: tuple[int, int, int]
+    att_splits: int
+    att_block: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self):
+        if self.programs < 1:
+            raise ValueError(f"programs={self.programs} must be >= 1")
+        for name in ("qkv", "fc", "out"):
+            bn, bk, s = getattr(self, name)
+            _check_pow2(**{f"{name}.block_n": bn, f"{name}.block_k": bk})
+            if s < 1:
+                raise ValueError(f"{name}.split={s} must be >= 1")
+        _check_pow2(**{"proj.block_n": self.proj[0], "att_block": self.att_block})
+        if self.proj[1] < 1 or self.att_splits < 1:
+            raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
+
+    @staticmethod
+    def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int) -> "DecodeLayerPlan":
+        # Each matmul phase: the (block_n, split) that minimises the busiest program's weight bytes, counting a
+        # fixed cost per item (its pipeline fill and store, ~16 KB of streaming) and a little per partial (the next
+        # phase reads every partial). Attention: enough cache splits that rows x heads x splits fills the programs.
+        c, d = n_embd, n_embd // n_head
+        att_block = 64
+        splits = max(1, min(programs // max(batch * n_head, 1), -(-cache // att_block)))
+        return DecodeLayerPlan(
+            programs=programs, qkv=_balance(3 * c, c, programs, 64), proj=_balance(c, c, programs, d)[::2],
+            fc=_balance(4 * c, c, programs, 64), out=_balance(c, 4 * c, programs, 64), att_splits=splits,
+            att_block=att_block)
+
+
+def _check_pow2(**blocks: int) -> None:
+    for name, v in blocks.items():
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v} must be a power of two >= 16")
+
+
+def _balance(n: int, k: int, programs: int, bk: int) -> tuple[int, int, int]:
+    best = None
+    for bn in (64, 128):
+        nb, ks = -(-n // bn), -(-k // bk)
+        for split in range(1, ks + 1):
+            steps = -(-ks // split)
+            if -(-ks // steps) != split:  # the same chunks as a smaller split
+                continue
+            rounds = -(-nb * split // programs)
+            cost = rounds * (steps * bk * bn * 2 + 16384) + split * 512
+            if best is None or cost < best[0]:
+                best = (cost, (bn, bk, split))
+    return best[1]
+
+
+def default_programs() -> int:
+    """One program per SM on a GPU (all must be resident together); 8 elsewhere (interpret mode)."""
+    dev = jax.devices()[0]
+    return int(getattr(dev, "core_count", 0) or 8) if dev.platform == "gpu" else 8
+
+
+class _Refs(NamedTuple):
+    r: object  # (B, C) the block's residual input
+    mp: object  # (P0, B, C) f32 the previous block's MLP partials
+    mpb: object  # (C,) their bias
+    ln1w: object
+    ln1b: object
+    wqkv: object
+    bqkv: object
+    wo: object
+    bo: object
+    ln2w: object
+    ln2b: object
+    wfc: object
+    bfc: object
+    wp2: object
+    bp2: object
+    pos: object  # (B,) int32
+    layer: object  # (1,) int32
+    # outputs
+    h1: object  # (B, C) residual after attention
+    mp_out: object  # (P5, B, C) f32 MLP partials
+    kc: object  # (B, S, H, D) caches, updated in place at slot pos
+    vc: object
+    cnt: object  # (BARRIERS * L,) int32 barrier counters, zero at the step's start
+    x: object  # (B, C) scratch: the block's input, rounded (phase 1 -> 4)
+    qkv_p: object  # (P1, B, 3C) f32
+    att_o: object  # (B, H, SP, D) f32
+    att_l: object  # (B, H, SP, D) f32 log2-sum-exp, broadcast over D
+    proj_p: object  # (P3, B, C) f32
+    fc_p: object  # (P4, B, 4C) f32
+
+
+N_IN = 17
+N_OUT = 11
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dims:
+    B: int
+    C: int
+    H: int
+    D: int
+    eps: float
+    dtype: jnp.dtype
+    precision: object
+    fused: bool
+
+
+def _ld(ref, mask, *, cg: bool = False, other=0.0):
+    del cg  # see the module docstring: no L1 line can be stale, so plain loads
+    return pltriton.load(ref, mask=mask, other=other)
+
+
+def _tile_mask(c0, width: int, B: int, n: int):
+    rows, cols = jnp.arange(BM), c0 + jnp.arange(width)
+    return (rows[:, None] < B) & (cols[None, :] < n), cols
+
+
+def _sum_parts(p_ref, c0, width: int, mask, *, cg: bool):
+    """Σ_p p_ref[p, rows, c0:c0+width] as a float32 (BM, width) tile."""
+    acc = jnp.zeros((BM, width), jnp.float32)
+    for p in range(p_ref.shape[0]):
+        acc += _ld(p_ref.at[jnp.int32(p), pl.ds(0, BM), pl.ds(c0, width)], mask, cg=cg)
+    return acc
+
+
+def _residual_chunk(base_ref, p_ref, pb_ref, c0, width: int, d: _Dims, *, cg: bool):
+    """``base + round(Σ partials + bias)`` over columns [c0, c0+width) in float32, zero where masked."""
+    m, cols = _tile_mask(c0, width, d.B, d.C)
+    y = finish(_sum_parts(p_ref, c0, width, m, cg=cg), _ld(pb_ref.at[pl.ds(c0, width)], cols < d.C)[None, :],
+               "none", d.dtype).astype(jnp.float32)
+    base = _ld(base_ref.at[pl.ds(0, BM), pl.ds(c0, width)], m, cg=cg).astype(jnp.float32)
+    return jnp.where(m, base + y, 0.0), m
+
+
+def _row_stats(chunk, d: _Dims):
+    """Mean and 1/std of each row over C columns, one pass shifted by the first chunk's mean (exact enough in f32
+    for residual streams whose mean is far from zero)."""
+    x0, m0 = chunk(jnp.int32(0), CB)
+    shift = jnp.sum(x0, axis=1) / jnp.maximum(jnp.sum(m0.astype(jnp.float32), axis=1), 1.0)  # (BM,)
+    s = jnp.zeros((BM,), jnp.float32)
+    ss = jnp.zeros((BM,), jnp.float32)
+    for c0 in range(0, d.C, CB):  # (a traced start: the last chunk may overhang C, which the masks handle)
+        x, m = (x0, m0) if c0 == 0 else chunk(jnp.int32(c0), CB)
+        xs = jnp.where(m, x - shift[:, None], 0.0)
+        s += jnp.sum(xs, axis=1)
+        ss += jnp.sum(xs * xs, axis=1)
+    mean_s = s / d.C
+    var = jnp.maximum(ss / d.C - mean_s * mean_s, 0.0)
+    return shift + mean_s, jax.lax.rsqrt(var + d.eps)
+
+
+def _normed(x, m, k0, width: int, mean, rstd, w_ref, b_ref, d: _Dims):
+    """LayerNorm of the (BM, width) tile x of columns [k0, k0+width), rounded to the compute dtype."""
+    cols = k0 + jnp.arange(width)
+    w = _ld(w_ref.at[pl.ds(k0, width)], cols < d.C).astype(jnp.float32)
+    b = _ld(b_ref.at[pl.ds(k0, width)], cols < d.C).astype(jnp.float32)
+    y = (x - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
+    return jnp.where(m, y, 0.0).astype(d.dtype)
+
+
+def _items(n_items: int, body):
+    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``."""
+    pid, g = pl.program_id(0), pl.num_programs(0)
+
+    def step(t, carry):
+        body(pid + t * g)
+        return carry
+
+    jax.lax.fori_loop(0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step, jnp.int32(0))
+
+
+def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims):
+    """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
+    ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype."""
+    bn, bk, split = plan
+    chunk = -(-(-(-k // bk)) // split) * bk  # K per split, whole blocks
+
+    def item(it):
+        j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
+        lo = s * chunk
+        cols = j * bn + jnp.arange(bn)
+
+        def step(kk, acc):
+            k0 = lo + kk * bk
+            ks = k0 + jnp.arange(bk)
+            wt = _ld(w_ref.at[pl.ds(k0, bk), pl.ds(j * bn, bn)], (ks[:, None] < k) & (cols[None, :] < n))
+            return acc + jnp.dot(x_tile(k0, bk), wt, preferred_element_type=jnp.float32, precision=d.precision)
+
+        acc = jax.lax.fori_loop(0, jax.lax.div(jnp.minimum(chunk, k - lo) + bk - 1, jnp.int32(bk)), step,
+                                jnp.zeros((BM, bn), jnp.float32))
+        m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
+        pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
+
+    _items(-(-n // bn) * split, item)
+
+
+def _store_rows(ref, chunk, d: _Dims):
+    """Program 0 writes the (B, C) row tile ``chunk`` gives, rounded to the compute dtype."""
+    first = pl.program_id(0) == 0
+    for c0 in map(jnp.int32, range(0, d.C, CB)):
+        x, m = chunk(c0, CB)
+        pltriton.store(ref.at[pl.ds(0, BM), pl.ds(c0, CB)], x.astype(ref.dtype), mask=m & first)
+
+
+def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    def chunk(c0, width):  # x = r + MLP-out of the previous block (float32, not yet rounded)
+        return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, cg=False)
+
+    mean, rstd = _row_stats(chunk, d)
+    _store_rows(R.x, chunk, d)
+
+    def x_tile(k0, bk):
+        x, m = chunk(k0, bk)
+        return _normed(x, m, k0, bk, mean, rstd, R.ln1w, R.ln1b, d)
+
+    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d)
+
+
+def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    splits, bk = plan.att_splits, plan.att_block
+    S = R.kc.shape[1]
+    chunk = -(-(-(-S // splits)) // bk) * bk
+    scale = 1.0 / math.sqrt(d.D)
+
+    def item(it):
+        b = jax.lax.div(it, jnp.int32(d.H * splits))
+        h = jax.lax.rem(jax.lax.div(it, jnp.int32(splits)), jnp.int32(d.H))
+        sp = jax.lax.rem(it, jnp.int32(splits))
+
+        def finished(off):  # (D,) columns [off, off + D) of the QKV projection, finished and rounded
+            acc = jnp.zeros((d.D,), jnp.float32)
+            for p in range(R.qkv_p.shape[0]):
+                acc += pltriton.load(R.qkv_p.at[jnp.int32(p), b, pl.ds(off, d.D)])
+            return finish(acc, pltriton.load(R.bqkv.at[pl.ds(off, d.D)]), "none", d.dtype)
+
+        q = finished(h * d.D).astype(jnp.float32) * (scale * LOG2E)  # (D,)
+        k_new, v_new = finished(d.C + h * d.D), finished(2 * d.C + h * d.D)  # (D,) each
+        pos = R.pos[b]
+        first = sp == 0
+        pltriton.store(R.kc.at[b, pos, h, :], k_new.astype(R.kc.dtype), mask=jnp.broadcast_to(first, (d.D,)))
+        pltriton.store(R.vc.at[b, pos, h, :], v_new.astype(R.vc.dtype), mask=jnp.broadcast_to(first, (d.D,)))
+        s_new = jnp.sum(q * k_new.astype(jnp.float32))
+        is_first = first.astype(jnp.float32)
+        carry = (v_new.astype(jnp.float32) * is_first, jnp.where(first, s_new, jnp.full_like(s_new, _NEG)),
+                 is_first)
+        # Slots before pos only: the new token counts in split 0's carry (no program reads the slot written here).
+        _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=sp * chunk,
+                      hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
+
+    _items(d.B * d.H * splits, item)
+
+
+def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    splits = plan.att_splits
+    rows, dc = jnp.arange(BM), jnp.arange(d.D)
+    m = (rows[:, None] < d.B) & (dc[None, :] < d.D)
+
+    def x_tile(k0, bk):  # head k0 // D: merge its cache splits (online), round like a store
+        hh = jax.lax.div(k0, jnp.int32(d.D))
+        acc = jnp.zeros((BM, d.D), jnp.float32)
+        den = jnp.zeros((BM, d.D), jnp.float32)
+        mx = jnp.full((BM, d.D), _NEG, jnp.float32)
+        for sp in range(splits):
+            o = _ld(R.att_o.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m, cg=d.fused)
+            lse = _ld(R.att_l.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m, cg=d.fused, other=_NEG)
+            m_new = jnp.maximum(mx, lse)
+            a, w = jnp.exp2(mx - m_new), jnp.exp2(lse - m_new)
+            acc, den, mx = acc * a + o * w, den * a + w, m_new
+        return jnp.where(m, acc / den, 0.0).astype(d.dtype)
+
+    bn, split = plan.proj
+    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d)
+
+
+def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    def chunk(c0, width):  # h1 = x + attention out (float32, not yet rounded)
+        return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, cg=d.fused)
+
+    mean, rstd = _row_stats(chunk, d)
+    _store_rows(R.h1, chunk, d)
+
+    def x_tile(k0, bk):
+        x, m = chunk(k0, bk)
+        return _normed(x, m, k0, bk, mean, rstd, R.ln2w, R.ln2b, d)
+
+    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d)
+
+
+def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    def x_tile(k0, bk):  # GELU(c_fc) over columns [k0, k0+bk), finished from its partials
+        m, cols = _tile_mask(k0, bk, d.B, 4 * d.C)
+        g = finish(_sum_parts(R.fc_p, k0, bk, m, cg=d.fused),
+                   _ld(R.bfc.at[pl.ds(k0, bk)], cols < 4 * d.C)[None, :], "gelu_tanh", d.dtype)
+        return jnp.where(m, g, 0.0).astype(d.dtype)
+
+    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d)
+
+
+PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
+
+
+def _barrier(cnt_ref, slot):
+    """Every program arrives (acquire-release atomic, GPU scope) and waits until all have."""
+    pltriton.debug_barrier()  # this program's stores are done before its arrival is seen
+    g = pl.num_programs(0)
+    arrived = pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1)) + 1
+    jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0)), arrived)
+    pltriton.debug_barrier()
+
+
+def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims):
+    R = _Refs(*refs[:N_IN], *refs[-N_OUT:])
+    for i, p in enumerate(phases):
+        if i:
+            _barrier(R.cnt, R.layer[0] * BARRIERS + p - 1)
+        PHASES[p](R, plan, dims)
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret"))
+def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Array, v_cache: jax.Array,
+                 pos: jax.Array, counters: jax.Array, layer: jax.Array, *, eps: float, n_head: int,
+                 plan: DecodeLayerPlan | None = None, fused: bool | None = None, interpret: bool | None = None):
+    """One decode step of a block: r (B, C) and the previous block's MLP partials ``mlp_in`` (``SplitK`` (P, B, C);
+    zeros for the first block) in, ``(h1, mlp_out, k_cache, v_cache, counters)`` out.
+
+    ``x = r + finish(mlp_in)`` is the block's input; ``h1 = x + attn(LN1(x))`` and ``mlp_out`` the MLP's unfinished
+    partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
+    ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
+    (BARRIERS * n_layer,) int32, zero at the step's start, is shared by the step's blocks; ``layer`` (1,) int32
+    picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
+    """
+    B, C = r.shape
+    if C % n_head or (C // n_head) & (C // n_head - 1) or C // n_head < 16:
+        raise ValueError(f"n_embd {C} / n_head {n_head} must be a power-of-two head_dim >= 16")
+    H, D = n_head, C // n_head
+    if B > BM:
+        raise ValueError(f"decode_layer takes at most {BM} rows, got {B=}")
+    if k_cache.ndim != 4 or k_cache.shape != v_cache.shape or k_cache.shape[0] != B or k_cache.shape[2:] != (H, D):
+        raise ValueError(f"caches {k_cache.shape}, {v_cache.shape} must be (B, S, H, D) = ({B}, S, {H}, {D})")
+    expect = {"c_attn_w": (C, 3 * C), "c_proj_w": (C, C), "c_fc_w": (C, 4 * C), "mlp_proj_w": (4 * C, C)}
+    for name, shape in expect.items():
+        if getattr(w, name).shape != shape:
+            raise ValueError(f"{name} {getattr(w, name).shape} must be {shape} for n_embd {C}")
+    if mlp_in.parts.ndim != 3 or mlp_in.parts.shape[1:] != (B, C):
+        raise ValueError(f"mlp_in partials {mlp_in.parts.shape} must be (P, {B}, {C})")
+    if pos.shape != (B,):
+        raise ValueError(f"{pos.shape=} must be ({B},)")
+    interpret = default_interpret(interpret)
+    fused = (not interpret) if fused is None else fused
+    if fused and interpret:
+        raise ValueError("fused=True needs every program resident at once (a GPU); interpret mode runs them "
+                         "one at a time, so use fused=False there")
+    S = k_cache.shape[1]
+    plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs())
+    dtype = r.dtype
+    dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
+                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused)
+    f32 = jnp.float32
+    out_shape = [
+        jax.ShapeDtypeStruct((B, C), dtype),  # h1
+        jax.ShapeDtypeStruct((plan.out[2], B, C), f32),  # mlp partials
+        jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
+        jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype),
+        jax.ShapeDtypeStruct(counters.shape, jnp.int32),
+        jax.ShapeDtypeStruct((B, C), dtype),  # x
+        jax.ShapeDtypeStruct((plan.qkv[2], B, 3 * C), f32),
+        jax.ShapeDtypeStruct((B, H, plan.att_splits, D), f32),
+        jax.ShapeDtypeStruct((B, H, plan.att_splits, D), f32),
+        jax.ShapeDtypeStruct((plan.proj[1], B, C), f32),
+        jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
+    ]
+    ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
+           layer.astype(jnp.int32).reshape(1))
+    if len(ins) != N_IN:
+        raise ValueError(f"expected {N_IN} inputs, got {len(ins)}")
+    params = compiler_params(plan.num_warps, plan.num_stages)
+
+    def call(phases, state, aliases):
+        kernel = functools.partial(_layer_kernel, phases=phases, plan=plan, dims=dims)
+        args = (*ins, *state)
+        return pl.pallas_call(
+            kernel, out_shape=out_shape, grid=(plan.programs,), in_specs=[pl.no_block_spec] * len(args),
+            out_specs=[pl.no_block_spec] * N_OUT, input_output_aliases=aliases, compiler_params=params,
+            interpret=interpret, name="jaxgpt_decode_layer" if fused else f"jaxgpt_decode_layer_p{phases[0] + 1}",
+        )(*args)
+
+    if fused:  # caches and counters in place; the rest are fresh buffers each phase fills before the next reads
+        outs = call(tuple(range(len(PHASES))), (k_cache, v_cache, counters),
+                    {N_IN: 2, N_IN + 1: 3, N_IN + 2: 4})
+    else:  # every output threads through the five calls
+        outs = [jnp.zeros(s.shape, s.dtype) for s in out_shape]
+        outs[2], outs[3], outs[4] = k_cache, v_cache, counters
+        for p in range(len(PHASES)):
+            outs = call((p,), outs, {N_IN + i: i for i in range(N_OUT)})
+    h1, mp, kc, vc, cnt = outs[:5]
+    return h1, SplitK(mp, w.mlp_proj_b, "none", jnp.dtype(dtype)), kc, vc, cnt
+
+
+def decode_layer_reference(r, mlp_in: SplitK, w: LayerWeights, k_cache, v_cache, pos, *, eps: float, n_head: int):
+    """Pure jnp, float32 math with the kernel's rounding points: returns (h1, block output, k_cache, v_cache)."""
+    f32, dtype = jnp.float32, r.dtype
+    B, C = r.shape
+    H, D = n_head, C // n_head
+
+    def rnd(v):
+        return v.astype(dtype).astype(f32)
+
+    def ln(v, g, b):
+        mu = v.mean(-1, keepdims=True)
+        var = jnp.square(v - mu).mean(-1, keepdims=True)
+        return rnd((v - mu) * jax.lax.rsqrt(var + eps) * g.astype(f32) + b.astype(f32))
+
+    def mm(a, wt, b):
+        return jnp.dot(a, wt.astype(f32), precision=jax.lax.Precision.HIGHEST) + b.astype(f32)
+
+    x_f = r.astype(f32) + rnd(mlp_in.parts.astype(f32).sum(0) + mlp_in.bias.astype(f32))
+    x = rnd(x_f)
+    qkv = rnd(mm(ln(x_f, w.ln_1_w, w.ln_1_b), w.c_attn_w, w.c_attn_b)).reshape(B, 3, H, D)
+    rows = jnp.arange(B)
+    k_cache = k_cache.at[rows, pos].set(qkv[:, 1].astype(k_cache.dtype))
+    v_cache = v_cache.at[rows, pos].set(qkv[:, 2].astype(v_cache.dtype))
+    S = k_cache.shape[1]
+    s = jnp.einsum("bhd,bshd->bhs", qkv[:, 0], k_cache.astype(f32), precision=jax.lax.Precision.HIGHEST)
+    s = jnp.where(jnp.arange(S)[None, None, :] <= pos[:, None, None], s / math.sqrt(D), -jnp.inf)
+    y = rnd(jnp.einsum("bhs,bshd->bhd", jax.nn.softmax(s, axis=-1), v_cache.astype(f32),
+                       precision=jax.lax.Precision.HIGHEST)).reshape(B, C)
+    h1_f = x + rnd(mm(y, w.c_proj_w, w.c_proj_b))
+    g = rnd(gelu_tanh(mm(ln(h1_f, w.ln_2_w, w.ln_2_b), w.c_fc_w, w.c_fc_b)))
+    h1 = rnd(h1_f)
+    out = h1 + rnd(mm(g, w.mlp_proj_w, w.mlp_proj_b))
+    return h1.astype(dtype), out.astype(dtype), k_cache, v_cache

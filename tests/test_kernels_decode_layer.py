@@ -1,0 +1,155 @@
+"""The one-kernel decode block (``pallas_kernels.decode_layer``) against its float32 reference, and in the model.
+
+On a CPU the interpreter runs the five-call form (its programs run one at a time, so the barriers of the one-kernel
+form would wait forever); the GPU runs both forms compiled. Both forms share every phase's code.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.decode_layer import (BARRIERS, DecodeLayerPlan, LayerWeights, decode_layer,
+                                         decode_layer_reference)
+from pallas_kernels.partials import SplitK, resolve
+from tests.kernel_base import DTYPES, ON_GPU, check, rand
+
+FORMS = [False, True] if ON_GPU else [False]
+
+
+def _inputs(rng, B, C, H, S, dtype, parts=3):
+    n = lambda *shape, s=0.05: rand(rng, shape, dtype, s)  # noqa: E731
+    w = LayerWeights(1 + n(C, s=0.1), n(C), n(C, 3 * C), n(3 * C), n(C, C), n(C), 1 + n(C, s=0.1), n(C),
+                     n(C, 4 * C), n(4 * C), n(4 * C, C), n(C))
+    mlp_in = SplitK(rand(rng, (parts, B, C), "float32", 0.5), n(C), "none", jnp.dtype(dtype))
+    kc, vc = n(B, S, H, C // H, s=1.0), n(B, S, H, C // H, s=1.0)
+    pos = jnp.asarray(rng.integers(0, S, (B,)), jnp.int32).at[0].set(0)  # row 0: the very first token
+    return n(B, C, s=1.0), mlp_in, w, kc, vc, pos
+
+
+def _run(args, H, plan, fused, layer=0, n_layer=1):
+    counters = jnp.zeros((BARRIERS * n_layer,), jnp.int32)
+    return decode_layer(*args[:5], args[5], counters, jnp.array([layer]), eps=1e-5, n_head=H, plan=plan,
+                        fused=fused)
+
+
+@pytest.mark.parametrize("fused", FORMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,C,H,S,programs", [
+    (1, 128, 2, 40, 5),  # one row, cache shorter than a block
+    (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
+    (16, 64, 4, 64, 3),  # the most rows, few programs: many items each
+])
+def test_decode_layer_matches_reference(B, C, H, S, programs, dtype, fused):
+    rng = np.random.default_rng(B * 1000 + C)
+    args = _inputs(rng, B, C, H, S, dtype)
+    plan = DecodeLayerPlan.heuristic(B, C, H, S, programs)
+    h1, mlp_out, kc, vc, counters = _run(args, H, plan, fused)
+    rh1, rout, rk, rv = decode_layer_reference(*args, eps=1e-5, n_head=H)
+    check(h1, rh1, dtype, C, "h1")
+    check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")
+    check(kc, rk, dtype, C, "k cache")
+    check(vc, rv, dtype, C, "v cache")
+    if fused:  # every program passed every barrier once
+        assert np.asarray(counters).tolist() == [programs] * BARRIERS
+
+
+def test_plans_are_free_choices():
+    """Other splits and cache slicing give the same block (only the order of float32 sums changes)."""
+    rng = np.random.default_rng(5)
+    B, C, H, S = 2, 128, 4, 150
+    args = _inputs(rng, B, C, H, S, "float32")
+    want = decode_layer_reference(*args, eps=1e-5, n_head=H)
+    for plan in (DecodeLayerPlan(4, (64, 64, 2), (64, 3), (128, 64, 2), (64, 128, 3), att_splits=3),
+                 DecodeLayerPlan(9, (128, 32, 1), (128, 1), (64, 32, 4), (128, 64, 1), att_splits=1,
+                                 att_block=32)):
+        h1, mlp_out, kc, _, _ = _run(args, H, plan, fused=False)
+        check(h1, want[0], "float32", C, f"h1 {plan}")
+        check(h1 + resolve(mlp_out), want[1], "float32", 4 * C, f"out {plan}")
+        check(kc, want[2], "float32", C, "k cache")
+
+
+def test_chained_blocks_finish_the_previous_partials():
+    """Block 2 takes block 1's (h1, partials): the chain equals the reference applied twice."""
+    rng = np.random.default_rng(9)
+    B, C, H, S = 2, 64, 2, 32
+    r, mlp_in, w, kc, vc, pos = _inputs(rng, B, C, H, S, "float32")
+    plan = DecodeLayerPlan.heuristic(B, C, H, S, 4)
+    h1, parts, kc1, vc1, _ = _run((r, mlp_in, w, kc, vc, pos), H, plan, False)
+    h2, parts2, *_ = _run((h1, parts, w, kc1, vc1, pos + 1), H, plan, False)
+    rh1, rout, rk, rv = decode_layer_reference(r, mlp_in, w, kc, vc, pos, eps=1e-5, n_head=H)
+    zero = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,)), "none", jnp.dtype("float32"))
+    _, rout2, _, _ = decode_layer_reference(rout, zero, w, rk, rv, pos + 1, eps=1e-5, n_head=H)
+    check(h2 + resolve(parts2), rout2, "float32", 4 * C, "two blocks")
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (dict(n_head=3), "head_dim"),
+    (dict(rows=17), "at most 16 rows"),
+    (dict(fused=True, interpret=True), "fused=True needs"),
+])
+def test_bad_calls_are_clear_errors(bad, needle):
+    rng = np.random.default_rng(0)
+    B = bad.pop("rows", 1)
+    r, mlp_in, w, kc, vc, pos = _inputs(rng, B, 64, 2, 16, "float32")
+    kw = dict(eps=1e-5, n_head=2, interpret=True) | bad
+    with pytest.raises(ValueError, match=needle):
+        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), **kw)
+
+
+def test_bad_plans_are_clear_errors():
+    with pytest.raises(ValueError, match="power of two"):
+        DecodeLayerPlan(4, (48, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
+    with pytest.raises(ValueError, match="split"):
+        DecodeLayerPlan(4, (64, 64, 0), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_model_decode_with_block_kernels_matches_xla(dtype, monkeypatch):
+    """Greedy generation with every block's decode step in one kernel equals the XLA backend's tokens."""
+    from jaxgpt import GPTConfig, ops_pallas, random_state_dict
+    from jaxgpt.engine import Engine
+    from jaxgpt.generate import generate
+    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=64, vocab_size=211)
+    sd = random_state_dict(cfg, seed=3)
+    prompts = [[5, 9, 11], [7, 1, 2, 3, 4, 8, 30]]
+    got = generate(Engine(cfg, sd, dtype=dtype, backend="pallas"), prompts, max_new_tokens=12, stop_at_eos=False)
+    want = generate(Engine(cfg, sd, dtype=dtype, backend="xla"), prompts, max_new_tokens=12, stop_at_eos=False)
+    assert [r.ids for r in got] == [r.ids for r in want]
+
+
+def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
+    from jaxgpt import ops_pallas
+    from jaxgpt.ops import BlockParams
+    from pallas_kernels.quant_matmul import quantize
+    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
+    C = 64
+    q = quantize(np.ones((C, C), np.float32), bits=8)
+    p = BlockParams(*([jnp.ones((C,))] * 4), q, *([jnp.ones((C,))] * 7))
+    assert ops_pallas.PallasOps.decode_blocks(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None,
+                                              jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
+    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", False)
+    p = BlockParams(*([jnp.ones((C,))] * 12))
+    assert ops_pallas.PallasOps.decode_blocks(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None,
+                                              jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
+
+
+def test_one_kernel_form_lowers_to_triton_for_cuda():
+    """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
+    import re
+    S = lambda *s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)  # noqa: E731
+    C, H = 1600, 25
+    w = LayerWeights(S(C), S(C), S(C, 3 * C), S(3 * C), S(C, C), S(C), S(C), S(C), S(C, 4 * C), S(4 * C),
+                     S(4 * C, C), S(C))
+    plan = DecodeLayerPlan.heuristic(1, C, H, 512, 132)
+
+    def f(r, p, pb, w, kc, vc, pos, cnt, layer):
+        return decode_layer(r, SplitK(p, pb, "none", jnp.dtype(jnp.bfloat16)), w, kc, vc, pos, cnt, layer,
+                            eps=1e-5, n_head=H, plan=plan, fused=True, interpret=False)
+
+    text = jax.jit(f).trace(S(1, C), S(3, 1, C, dt=jnp.float32), S(C), w, S(1, 512, H, 64), S(1, 512, H, 64),
+                            S(1, dt=jnp.int32), S(4 * 48, dt=jnp.int32),
+                            S(1, dt=jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
+    calls = re.findall(r"custom_call @([\w$.]+)", text)
+    assert calls == ["__gpu$xla.gpu.triton"], calls
