@@ -3,6 +3,8 @@
 #   source .gpu/env.sh && bash bench/gpu/session5.sh check   # session 4's unrun code: quantized kernel tests,
 #                                                            # fused quantized decode, prefill with the new plan,
 #                                                            # matmul tiles with delay_release
+#   source .gpu/env.sh && bash bench/gpu/session5.sh layer   # the one-kernel decode block: tests, then decode
+#                                                            # with it (JAXGPT_DECODE_LAYER=1) and without
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 case "${1:-check}" in
@@ -20,5 +22,16 @@ check)
   echo "== prefill"; grep -A5 "^model" "$OUT/prefill.txt" | cut -c1-150
   timeout 100 python -m bench.matmul_tiles --out "$OUT/matmul_tiles.json" > "$OUT/matmul_tiles.txt" 2>&1
   echo "== matmul tiles"; grep "^8192" "$OUT/matmul_tiles.txt" | cut -c1-300
+  ;;
+layer)
+  timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py > "$OUT/layer_tests.txt" 2>&1
+  echo "== decode_layer tests rc=$?"; tail -4 "$OUT/layer_tests.txt" | cut -c1-300
+  for f in 1 0; do
+    JAXGPT_DECODE_LAYER=$f timeout 170 python -m bench.decode --model gpt2,gpt2-xl --backend pallas \
+      --batch $([ $f = 1 ] && echo 1,8 || echo 1) --tokens 256 --reps 3 --breakdown 10 \
+      --out "$OUT/decode_layer$f.json" > "$OUT/decode_layer$f.txt" 2>&1
+    echo "== JAXGPT_DECODE_LAYER=$f rc=$?"; grep -A5 "^model" "$OUT/decode_layer$f.txt" | cut -c1-130
+    grep -A8 "by kind" "$OUT/decode_layer$f.txt" | head -30 | cut -c1-100
+  done
   ;;
 esac
