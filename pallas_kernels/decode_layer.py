@@ -45,7 +45,6 @@ from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split
 from pallas_kernels.partials import SplitK, finish, gelu_tanh
 
 BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-core tile
-CB = 256  # columns per chunk when a program reads a whole row (LayerNorm statistics)
 BARRIERS = 4  # per block: after phases 1-4
 
 
@@ -79,7 +78,7 @@ class DecodeLayerPlan:
     out: tuple[int, int, int]
     att_splits: int
     att_block: int = 64
-    num_warps: int = 4
+    num_warps: int = 8  # H100, gpt2-xl B=1: 8 warps 80.7 µs a block, 4 warps 99.0
     num_stages: int = 3
 
     def __post_init__(self):
@@ -98,10 +97,11 @@ class DecodeLayerPlan:
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int) -> "DecodeLayerPlan":
         # Each matmul phase: the (block_n, split) that minimises the busiest program's weight bytes, counting a
         # fixed cost per item (its pipeline fill and store, ~16 KB of streaming) and a little per partial (the next
-        # phase reads every partial). Attention: enough cache splits that rows x heads x splits fills the programs.
+        # phase reads every partial). Attention: rows x heads x splits about half the programs (more splits cost the
+        # output projection's merge more than they save; H100, gpt2-xl B=1: 2 splits 83.7 µs a block, 5 99.0).
         c, d = n_embd, n_embd // n_head
         att_block = 64
-        splits = max(1, min(programs // max(batch * n_head, 1), -(-cache // att_block)))
+        splits = max(1, min(programs // max(2 * batch * n_head, 1), -(-cache // att_block)))
         return DecodeLayerPlan(
             programs=programs, qkv=_balance(3 * c, c, programs, 64), proj=_balance(c, c, programs, d)[::2],
             fc=_balance(4 * c, c, programs, 64), out=_balance(c, 4 * c, programs, 64), att_splits=splits,
@@ -183,48 +183,60 @@ class _Dims:
     fused: bool
 
 
-def _ld(ref, mask, *, cg: bool = False, other=0.0):
-    del cg  # see the module docstring: no L1 line can be stale, so plain loads
+def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
     return pltriton.load(ref, mask=mask, other=other)
 
 
-def _tile_mask(c0, width: int, B: int, n: int):
-    rows, cols = jnp.arange(BM), c0 + jnp.arange(width)
-    return (rows[:, None] < B) & (cols[None, :] < n), cols
+def _tile_mask(c0, width: int, B: int, n: int, rows: int = BM):
+    r, cols = jnp.arange(rows), c0 + jnp.arange(width)
+    return (r[:, None] < B) & (cols[None, :] < n), cols
 
 
-def _sum_parts(p_ref, c0, width: int, mask, *, cg: bool):
-    """Σ_p p_ref[p, rows, c0:c0+width] as a float32 (BM, width) tile."""
-    acc = jnp.zeros((BM, width), jnp.float32)
+def _sum_parts(p_ref, c0, width: int, mask):
+    """Σ_p p_ref[p, rows, c0:c0+width] as a float32 (rows, width) tile (rows = the mask's)."""
+    acc = jnp.zeros(mask.shape, jnp.float32)
     for p in range(p_ref.shape[0]):
-        acc += _ld(p_ref.at[jnp.int32(p), pl.ds(0, BM), pl.ds(c0, width)], mask, cg=cg)
+        acc += _ld(p_ref.at[jnp.int32(p), pl.ds(0, mask.shape[0]), pl.ds(c0, width)], mask)
     return acc
 
 
-def _residual_chunk(base_ref, p_ref, pb_ref, c0, width: int, d: _Dims, *, cg: bool):
+def _residual_chunk(base_ref, p_ref, pb_ref, c0, width: int, d: _Dims, rows: int = BM):
     """``base + round(Σ partials + bias)`` over columns [c0, c0+width) in float32, zero where masked."""
-    m, cols = _tile_mask(c0, width, d.B, d.C)
-    y = finish(_sum_parts(p_ref, c0, width, m, cg=cg), _ld(pb_ref.at[pl.ds(c0, width)], cols < d.C)[None, :],
+    m, cols = _tile_mask(c0, width, d.B, d.C, rows)
+    y = finish(_sum_parts(p_ref, c0, width, m), _ld(pb_ref.at[pl.ds(c0, width)], cols < d.C)[None, :],
                "none", d.dtype).astype(jnp.float32)
-    base = _ld(base_ref.at[pl.ds(0, BM), pl.ds(c0, width)], m, cg=cg).astype(jnp.float32)
+    base = _ld(base_ref.at[pl.ds(0, rows), pl.ds(c0, width)], m).astype(jnp.float32)
     return jnp.where(m, base + y, 0.0), m
 
 
-def _row_stats(chunk, d: _Dims):
-    """Mean and 1/std of each row over C columns, one pass shifted by the first chunk's mean (exact enough in f32
-    for residual streams whose mean is far from zero)."""
-    x0, m0 = chunk(jnp.int32(0), CB)
-    shift = jnp.sum(x0, axis=1) / jnp.maximum(jnp.sum(m0.astype(jnp.float32), axis=1), 1.0)  # (BM,)
-    s = jnp.zeros((BM,), jnp.float32)
-    ss = jnp.zeros((BM,), jnp.float32)
-    for c0 in range(0, d.C, CB):  # (a traced start: the last chunk may overhang C, which the masks handle)
-        x, m = (x0, m0) if c0 == 0 else chunk(jnp.int32(c0), CB)
+def _row_stats(chunk, d: _Dims, store_ref):
+    """Mean and 1/std of each row over C columns as (BM,) vectors; program 0 also stores the rows, rounded, to
+    ``store_ref``. Tiles of the batch's own row count (not the dot's 16) keep this pass light; one pass, shifted
+    by the first chunk's mean (exact enough in float32 for residual streams whose mean is far from zero)."""
+    br = _pow2(d.B)
+    cb = min(_pow2(d.C), max(128, 2048 // br))
+    first = pl.program_id(0) == 0
+    x0, m0 = chunk(jnp.int32(0), cb, br)
+    shift = jnp.sum(x0, axis=1) / jnp.maximum(jnp.sum(m0.astype(jnp.float32), axis=1), 1.0)  # (br,)
+    s = jnp.zeros((br,), jnp.float32)
+    ss = jnp.zeros((br,), jnp.float32)
+    for c0 in range(0, d.C, cb):  # (a traced start: the last chunk may overhang C, which the masks handle)
+        x, m = (x0, m0) if c0 == 0 else chunk(jnp.int32(c0), cb, br)
+        pltriton.store(store_ref.at[pl.ds(0, br), pl.ds(jnp.int32(c0), cb)], x.astype(store_ref.dtype),
+                       mask=m & first)
         xs = jnp.where(m, x - shift[:, None], 0.0)
         s += jnp.sum(xs, axis=1)
         ss += jnp.sum(xs * xs, axis=1)
     mean_s = s / d.C
-    var = jnp.maximum(ss / d.C - mean_s * mean_s, 0.0)
-    return shift + mean_s, jax.lax.rsqrt(var + d.eps)
+    mean, rstd = shift + mean_s, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean_s * mean_s, 0.0) + d.eps)
+    if br == BM:
+        return mean, rstd
+    pick = jnp.arange(BM)[:, None] == jnp.arange(br)[None, :]  # (BM, br): row i of the dot tile is row i
+    return jnp.sum(jnp.where(pick, mean[None, :], 0.0), axis=1), jnp.sum(jnp.where(pick, rstd[None, :], 0.0), axis=1)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def _normed(x, m, k0, width: int, mean, rstd, w_ref, b_ref, d: _Dims):
@@ -272,20 +284,11 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
     _items(-(-n // bn) * split, item)
 
 
-def _store_rows(ref, chunk, d: _Dims):
-    """Program 0 writes the (B, C) row tile ``chunk`` gives, rounded to the compute dtype."""
-    first = pl.program_id(0) == 0
-    for c0 in map(jnp.int32, range(0, d.C, CB)):
-        x, m = chunk(c0, CB)
-        pltriton.store(ref.at[pl.ds(0, BM), pl.ds(c0, CB)], x.astype(ref.dtype), mask=m & first)
-
-
 def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
-    def chunk(c0, width):  # x = r + MLP-out of the previous block (float32, not yet rounded)
-        return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, cg=False)
+    def chunk(c0, width, rows=BM):  # x = r + MLP-out of the previous block (float32, not yet rounded)
+        return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
-    mean, rstd = _row_stats(chunk, d)
-    _store_rows(R.x, chunk, d)
+    mean, rstd = _row_stats(chunk, d, R.x)
 
     def x_tile(k0, bk):
         x, m = chunk(k0, bk)
@@ -339,8 +342,8 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         den = jnp.zeros((BM, d.D), jnp.float32)
         mx = jnp.full((BM, d.D), _NEG, jnp.float32)
         for sp in range(splits):
-            o = _ld(R.att_o.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m, cg=d.fused)
-            lse = _ld(R.att_l.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m, cg=d.fused, other=_NEG)
+            o = _ld(R.att_o.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m)
+            lse = _ld(R.att_l.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m, other=_NEG)
             m_new = jnp.maximum(mx, lse)
             a, w = jnp.exp2(mx - m_new), jnp.exp2(lse - m_new)
             acc, den, mx = acc * a + o * w, den * a + w, m_new
@@ -351,11 +354,10 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 
 
 def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
-    def chunk(c0, width):  # h1 = x + attention out (float32, not yet rounded)
-        return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, cg=d.fused)
+    def chunk(c0, width, rows=BM):  # h1 = x + attention out (float32, not yet rounded)
+        return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
-    mean, rstd = _row_stats(chunk, d)
-    _store_rows(R.h1, chunk, d)
+    mean, rstd = _row_stats(chunk, d, R.h1)
 
     def x_tile(k0, bk):
         x, m = chunk(k0, bk)
@@ -367,7 +369,7 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     def x_tile(k0, bk):  # GELU(c_fc) over columns [k0, k0+bk), finished from its partials
         m, cols = _tile_mask(k0, bk, d.B, 4 * d.C)
-        g = finish(_sum_parts(R.fc_p, k0, bk, m, cg=d.fused),
+        g = finish(_sum_parts(R.fc_p, k0, bk, m),
                    _ld(R.bfc.at[pl.ds(k0, bk)], cols < 4 * d.C)[None, :], "gelu_tanh", d.dtype)
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
@@ -388,16 +390,18 @@ def _barrier(cnt_ref, slot):
 
 def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims):
     R = _Refs(*refs[:N_IN], *refs[-N_OUT:])
-    for i, p in enumerate(phases):
-        if i:
+    for p in range(len(PHASES)):
+        if dims.fused and p:
             _barrier(R.cnt, R.layer[0] * BARRIERS + p - 1)
-        PHASES[p](R, plan, dims)
+        if p in phases:
+            PHASES[p](R, plan, dims)
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret"))
+@functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
 def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Array, v_cache: jax.Array,
                  pos: jax.Array, counters: jax.Array, layer: jax.Array, *, eps: float, n_head: int,
-                 plan: DecodeLayerPlan | None = None, fused: bool | None = None, interpret: bool | None = None):
+                 plan: DecodeLayerPlan | None = None, fused: bool | None = None, interpret: bool | None = None,
+                 phases: tuple[int, ...] | None = None):
     """One decode step of a block: r (B, C) and the previous block's MLP partials ``mlp_in`` (``SplitK`` (P, B, C);
     zeros for the first block) in, ``(h1, mlp_out, k_cache, v_cache, counters)`` out.
 
@@ -406,6 +410,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
     (BARRIERS * n_layer,) int32, zero at the step's start, is shared by the step's blocks; ``layer`` (1,) int32
     picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
+    ``phases`` (for benchmarks only: the outputs are then incomplete) runs a subset of the phases 0-4; the
+    one-kernel form keeps all its barriers.
     """
     B, C = r.shape
     if C % n_head or (C // n_head) & (C // n_head - 1) or C // n_head < 16:
@@ -462,13 +468,13 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
             interpret=interpret, name="jaxgpt_decode_layer" if fused else f"jaxgpt_decode_layer_p{phases[0] + 1}",
         )(*args)
 
+    phases = tuple(range(len(PHASES))) if phases is None else tuple(phases)
     if fused:  # caches and counters in place; the rest are fresh buffers each phase fills before the next reads
-        outs = call(tuple(range(len(PHASES))), (k_cache, v_cache, counters),
-                    {N_IN: 2, N_IN + 1: 3, N_IN + 2: 4})
+        outs = call(phases, (k_cache, v_cache, counters), {N_IN: 2, N_IN + 1: 3, N_IN + 2: 4})
     else:  # every output threads through the five calls
         outs = [jnp.zeros(s.shape, s.dtype) for s in out_shape]
         outs[2], outs[3], outs[4] = k_cache, v_cache, counters
-        for p in range(len(PHASES)):
+        for p in phases:
             outs = call((p,), outs, {N_IN + i: i for i in range(N_OUT)})
     h1, mp, kc, vc, cnt = outs[:5]
     return h1, SplitK(mp, w.mlp_proj_b, "none", jnp.dtype(dtype)), kc, vc, cnt

@@ -34,4 +34,13 @@ layer)
     grep -A8 "by kind" "$OUT/decode_layer$f.txt" | head -30 | cut -c1-100
   done
   ;;
+layer2)
+  timeout 200 python -m bench.decode_layer --out "$OUT/layer_xl.json" 2>&1 | grep -v -i warn > "$OUT/layer_xl.txt"
+  cut -c1-160 "$OUT/layer_xl.txt"
+  timeout 120 python -m bench.decode_layer --model gpt2 --out "$OUT/layer_gpt2.json" 2>&1 | grep -v -i warn \
+    > "$OUT/layer_gpt2.txt"; head -9 "$OUT/layer_gpt2.txt" | cut -c1-160
+  JAXGPT_DECODE_LAYER=1 timeout 150 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 \
+    --tokens 256 --reps 3 --breakdown 6 --out "$OUT/decode_layer1.json" > "$OUT/decode_layer1.txt" 2>&1
+  echo "== JAXGPT_DECODE_LAYER=1 rc=$?"; grep -A3 "^model" "$OUT/decode_layer1.txt" | cut -c1-130
+  ;;
 esac

@@ -1,0 +1,87 @@
+"""One gpt2-xl-sized block's decode step on the one-kernel block (``pallas_kernels.decode_layer``): where its time
+goes and which plan knobs pay (GPU only; CUPTI device time, median of 20 after warm-up).
+
+    python -m bench.decode_layer [--model gpt2-xl] [--batch 1] [--cache 512] [--out FILE.json]
+
+Rows: the whole kernel; each phase alone inside the one-kernel form (barriers kept); no phase (the launch and the
+four barriers alone); the five-call form per phase (launch each); then variants of warps, stages and K block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.timing import device_time_ms, kernel_breakdown, require_gpu
+from pallas_kernels.decode_layer import BARRIERS, DecodeLayerPlan, LayerWeights, decode_layer, default_programs
+from pallas_kernels.partials import SplitK
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2-xl")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--cache", type=int, default=512)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    require_gpu("bench.decode_layer")
+    from jaxgpt import GPTConfig
+    cfg = GPTConfig.from_name(args.model)
+    B, C, H, S = args.batch, cfg.n_embd, cfg.n_head, args.cache
+    rng = np.random.default_rng(0)
+    n = lambda *shape, s=0.02: jnp.asarray(rng.standard_normal(shape, np.float32) * s, jnp.bfloat16)  # noqa: E731
+    w = LayerWeights(1 + n(C), n(C), n(C, 3 * C), n(3 * C), n(C, C), n(C), 1 + n(C), n(C), n(C, 4 * C), n(4 * C),
+                     n(4 * C, C), n(C))
+    base = DecodeLayerPlan.heuristic(B, C, H, S, default_programs())
+    mlp_in = SplitK(jnp.asarray(rng.standard_normal((base.out[2], B, C), np.float32)), n(C), "none",
+                    jnp.dtype(jnp.bfloat16))
+    kc, vc = n(B, S, H, C // H, s=1.0), n(B, S, H, C // H, s=1.0)
+    pos = jnp.full((B,), S // 2, jnp.int32)
+    wbytes = sum(x.nbytes for x in (w.c_attn_w, w.c_proj_w, w.c_fc_w, w.mlp_proj_w))
+
+    def timed(plan, fused=True, phases=None):
+        f = jax.jit(lambda r, p, kc, vc: decode_layer(r, p, w, kc, vc, pos, jnp.zeros((BARRIERS,), jnp.int32),
+                                                       jnp.zeros((1,), jnp.int32), eps=1e-5, n_head=H, plan=plan,
+                                                       fused=fused, phases=phases)[:2])
+        return f, (n(B, C, s=1.0), mlp_in, kc, vc)
+
+    rows = []
+
+    def record(name, plan, **kw):
+        try:
+            f, a = timed(plan, **kw)
+            t = device_time_ms(f, *a)["median_ms"] * 1e3
+            rows.append({"case": name, "us": t, "plan": dataclasses.asdict(plan)})
+            print(f"{name:<40} {t:8.1f} us" + (f"  {wbytes / t / 1e3:6.0f} GB/s" if name.startswith("all") else ""),
+                  flush=True)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            rows.append({"case": name, "error": repr(e)[:300]})
+            print(f"{name:<40} failed: {repr(e)[:200]}", flush=True)
+        if args.out:
+            json.dump({"device": jax.devices()[0].device_kind, "model": args.model, "batch": B, "cache": S,
+                       "rows": rows}, open(args.out, "w"), indent=1)
+
+    print(f"{args.model} B={B} cache={S} {base}")
+    record("all phases (one kernel)", base)
+    record("no phase (launch + barriers)", base, phases=())
+    for p, name in enumerate(("c_attn", "attention", "attn.c_proj", "c_fc", "mlp.c_proj")):
+        record(f"only {name}", base, phases=(p,))
+    f, a = timed(base, fused=False)
+    for k, ms in kernel_breakdown(f, *a):
+        print(f"  five-call form: {k:<36} {ms * 1e3:8.1f} us")
+    for kw in ({"num_warps": 4}, {"num_stages": 4},
+               {"qkv": (base.qkv[0], 128, base.qkv[2]), "fc": (base.fc[0], 128, base.fc[2]),
+                "out": (base.out[0], 128, base.out[2])},
+               {"qkv": (64, 64, 5), "fc": (64, 64, 5), "out": (128, 64, 10)},
+               {"att_splits": 1}, {"att_splits": base.att_splits * 2}):
+        record(f"all, {kw}", dataclasses.replace(base, **kw))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
