@@ -74,13 +74,33 @@ def main(argv=None) -> int:
     f, a = timed(base, fused=False)
     for k, ms in kernel_breakdown(f, *a):
         print(f"  five-call form: {k:<36} {ms * 1e3:8.1f} us")
-    for kw in ({"num_warps": 4}, {"num_stages": 4},
-               {"qkv": (base.qkv[0], 128, base.qkv[2]), "fc": (base.fc[0], 128, base.fc[2]),
-                "out": (base.out[0], 128, base.out[2])},
-               {"qkv": (64, 64, 5), "fc": (64, 64, 5), "out": (128, 64, 10)},
-               {"att_splits": 1}, {"att_splits": base.att_splits * 2}):
+    for kw in ({"num_warps": 4}, {"num_stages": 3}, {"att_splits": 1}, {"att_splits": base.att_splits * 2}):
         record(f"all, {kw}", dataclasses.replace(base, **kw))
+    # Each matmul phase alone (barriers kept) over (block_n, block_k, split) choices that give 0.75-2.2 items a
+    # program; the best of each phase, together, last.
+    best = {}
+    for p, field, n, k in ((0, "qkv", 3 * C, C), (3, "fc", 4 * C, C), (4, "out", C, 4 * C)):
+        for choice in _choices(n, k, base.programs):
+            plan = dataclasses.replace(base, **{field: choice})
+            record(f"only {field} {choice}", plan, phases=(p,))
+            t = rows[-1].get("us")
+            if t is not None and (field not in best or t < best[field][0]):
+                best[field] = (t, choice)
+    if best:
+        record(f"all, best phases {[v[1] for v in best.values()]}",
+               dataclasses.replace(base, **{f: v[1] for f, v in best.items()}))
     return 0
+
+
+def _choices(n: int, k: int, programs: int, per: int = 2) -> list[tuple[int, int, int]]:
+    out = []
+    for bn in (64, 128):
+        for bk in (64, 128):
+            nb, ks = -(-n // bn), -(-k // bk)
+            fits = [s for s in range(1, ks + 1) if 0.75 * programs <= nb * s <= 2.2 * programs
+                    and -(-ks // -(-ks // s)) == s]
+            out += [(bn, bk, s) for s in fits[:per]]
+    return out
 
 
 if __name__ == "__main__":

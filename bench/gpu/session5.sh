@@ -43,4 +43,13 @@ layer2)
     --tokens 256 --reps 3 --breakdown 6 --out "$OUT/decode_layer1.json" > "$OUT/decode_layer1.txt" 2>&1
   echo "== JAXGPT_DECODE_LAYER=1 rc=$?"; grep -A3 "^model" "$OUT/decode_layer1.txt" | cut -c1-130
   ;;
+layer3)
+  timeout 260 python -m bench.decode_layer --out "$OUT/layer_xl.json" 2>&1 | grep -v -i warn > "$OUT/layer_xl.txt"
+  grep -v "five-call" "$OUT/layer_xl.txt" | cut -c1-130
+  for f in 1 0; do
+    JAXGPT_DECODE_LAYER=$f timeout 140 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1,8 \
+      --tokens 256 --reps 3 --out "$OUT/decode_layer$f.json" > "$OUT/decode_layer$f.txt" 2>&1
+    echo "== JAXGPT_DECODE_LAYER=$f rc=$?"; grep -A5 "^model" "$OUT/decode_layer$f.txt" | cut -c1-130
+  done
+  ;;
 esac
