@@ -52,4 +52,10 @@ layer3)
     echo "== JAXGPT_DECODE_LAYER=$f rc=$?"; grep -A5 "^model" "$OUT/decode_layer$f.txt" | cut -c1-130
   done
   ;;
+layer4)
+  timeout 280 python -m bench.decode_layer --out "$OUT/layer_xl.json" 2>&1 | grep -v -i warn > "$OUT/layer_xl.txt"
+  grep -v "five-call" "$OUT/layer_xl.txt" | cut -c1-130
+  timeout 200 python -m bench.decode_layer --model gpt2 --out "$OUT/layer_gpt2.json" 2>&1 | grep -v -i warn \
+    > "$OUT/layer_gpt2.txt"; grep -v "five-call" "$OUT/layer_gpt2.txt" | cut -c1-130
+  ;;
 esac
