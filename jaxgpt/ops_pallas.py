@@ -99,9 +99,21 @@ def _fused(rows: int, width: int) -> bool:
 
 
 # JAXGPT_DECODE_LAYER: "1" a decode step runs each block as one kernel (``pallas_kernels.decode_layer``), "0" never,
-# unset: on a GPU (there the one-kernel form with grid-wide barriers); off it, the per-op path (the block kernel's
-# interpreter form is five calls, no faster).
+# unset: by shape on a GPU (``_block_kernel``); off a GPU the per-op path (the block kernel's interpreter form is
+# five calls, no faster).
 DECODE_LAYER: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_DECODE_LAYER", ""))
+
+
+def _block_kernel(rows: int, width: int) -> bool:
+    """Whether a decode step of ``rows`` rows at model width ``width`` runs each block as one kernel.
+
+    Measured on the H100 (bf16, ms/token, block kernel vs per-op, same run; bench/NOTES.md session 5): gpt2 B1
+    0.456 vs 0.543, gpt2 B8 0.535 vs 0.509, gpt2-xl B1 2.620 vs 2.429 (first plan), gpt2-xl B8 3.684 vs 2.607.
+    One row pays launches and barriers the most; eight rows make the block kernel's 16-row tiles and its per-program
+    LayerNorm prologue cost more than the launches it saves."""
+    if DECODE_LAYER is not None:
+        return DECODE_LAYER
+    return jax.default_backend() == "gpu" and rows == 1 and width <= 1024
 
 
 def _decode_rows(x: jax.Array) -> int | None:
@@ -119,8 +131,8 @@ class PallasOps(XlaOps):
         """Each block's decode step as one kernel (``decode_layer``); its MLP partials are finished by the next
         block's kernel and, after the last, by the final residual+LayerNorm kernel."""
         B, T, C = x.shape
-        on = jax.default_backend() == "gpu" if DECODE_LAYER is None else DECODE_LAYER
-        if not on or T != 1 or B > DECODE_ROWS or any(isinstance(w, QWeight) for p in blocks for w in p):
+        if T != 1 or B > DECODE_ROWS or not _block_kernel(B, C) \
+                or any(isinstance(w, QWeight) for p in blocks for w in p):
             return None
         r = x.reshape(B, C)  # (B, C)
         parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))

@@ -95,38 +95,38 @@ class DecodeLayerPlan:
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int) -> "DecodeLayerPlan":
-        # Each matmul phase: the (block_n, split) that minimises the busiest program's weight bytes, counting a
-        # fixed cost per item (its pipeline fill and store, ~16 KB of streaming) and a little per partial (the next
-        # phase reads every partial). Attention: rows x heads x splits about half the programs (more splits cost the
-        # output projection's merge more than they save; H100, gpt2-xl B=1: 2 splits 83.7 µs a block, 5 99.0).
+        # Measured on the H100 (bench.decode_layer, each phase alone, gpt2 and gpt2-xl at B=1): 128-wide N tiles
+        # win every matmul phase, with 64-deep K steps where the LayerNorm prologue builds the activation tile
+        # (c_attn, c_fc: 128-deep ones overflow shared memory there) and 128-deep in the MLP's output projection;
+        # the fewest K splits that still give ~3/4 of the programs an item win (each partial is read again by the
+        # next phase's prologue: gpt2-xl c_fc 20.1 µs with 2 splits, 25.1 with 3; the MLP output's partials, read
+        # by the next block's prologue, at most 10: gpt2 takes 64x64 tiles there). gpt2-xl B=1: 49.6 µs a block
+        # with these, 55.0 with the first plan. Attention: rows x heads x splits about half the programs (more
+        # splits cost the output projection's merge more than they save).
         c, d = n_embd, n_embd // n_head
         att_block = 64
         splits = max(1, min(programs // max(2 * batch * n_head, 1), -(-cache // att_block)))
         return DecodeLayerPlan(
-            programs=programs, qkv=_balance(3 * c, c, programs, 64), proj=_balance(c, c, programs, d)[::2],
-            fc=_balance(4 * c, c, programs, 64), out=_balance(c, 4 * c, programs, 64), att_splits=splits,
-            att_block=att_block)
+            programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64),
+            proj=_fewest_splits(c, c, programs, 64, d)[::2], fc=_fewest_splits(4 * c, c, programs, 128, 64),
+            out=next((t for bn, bk in ((128, 128), (64, 128), (64, 64))
+                      if (t := _fewest_splits(c, 4 * c, programs, bn, bk))[2] <= 10), (64, 64, 10)),
+            att_splits=splits, att_block=att_block)
+
+
+def _fewest_splits(n: int, k: int, programs: int, bn: int, bk: int) -> tuple[int, int, int]:
+    """(bn, bk, split) with the fewest distinct K splits that give at least 3/4 of the programs an item."""
+    nb, ks = -(-n // bn), -(-k // bk)
+    for split in range(1, ks + 1):
+        if -(-ks // -(-ks // split)) == split and nb * split >= 0.75 * programs:
+            return bn, bk, split
+    return bn, bk, ks
 
 
 def _check_pow2(**blocks: int) -> None:
     for name, v in blocks.items():
         if v < 16 or v & (v - 1):
             raise ValueError(f"{name}={v} must be a power of two >= 16")
-
-
-def _balance(n: int, k: int, programs: int, bk: int) -> tuple[int, int, int]:
-    best = None
-    for bn in (64, 128):
-        nb, ks = -(-n // bn), -(-k // bk)
-        for split in range(1, ks + 1):
-            steps = -(-ks // split)
-            if -(-ks // steps) != split:  # the same chunks as a smaller split
-                continue
-            rounds = -(-nb * split // programs)
-            cost = rounds * (steps * bk * bn * 2 + 16384) + split * 512
-            if best is None or cost < best[0]:
-                best = (cost, (bn, bk, split))
-    return best[1]
 
 
 def default_programs() -> int:

@@ -89,6 +89,21 @@ def test_decode_step_is_chosen_by_shape_unless_forced(monkeypatch, forced, rows,
     assert ops_pallas._decode_rows(jnp.ones((rows, 2, width))) is None  # a prefill is never a decode step
 
 
+@pytest.mark.parametrize("forced,gpu,rows,width,want", [
+    (None, True, 1, 768, True), (None, True, 8, 768, False), (None, True, 1, 1600, False),
+    (None, False, 1, 768, False), (True, False, 8, 1600, True), (False, True, 1, 768, False),
+])
+def test_block_kernel_is_chosen_by_shape_unless_forced(monkeypatch, forced, gpu, rows, width, want):
+    """The measured policy (one-kernel blocks for one row at gpt2-class widths, on a GPU), JAXGPT_DECODE_LAYER=1/0
+    overriding it."""
+    import jax
+
+    from jaxgpt import ops_pallas
+    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", forced)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu" if gpu else "cpu")
+    assert ops_pallas._block_kernel(rows, width) is want
+
+
 @pytest.mark.parametrize("what", ["attention", "matmul"])
 def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
     """JAXGPT_ATTENTION=mosaic / JAXGPT_MATMUL=mosaic (the default on Hopper): a bf16 prefill runs the Mosaic GPU

@@ -58,4 +58,16 @@ layer4)
   timeout 200 python -m bench.decode_layer --model gpt2 --out "$OUT/layer_gpt2.json" 2>&1 | grep -v -i warn \
     > "$OUT/layer_gpt2.txt"; grep -v "five-call" "$OUT/layer_gpt2.txt" | cut -c1-130
   ;;
+final)
+  timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py > "$OUT/layer_tests.txt" 2>&1
+  echo "== decode_layer tests rc=$?"; tail -1 "$OUT/layer_tests.txt" | cut -c1-200
+  for f in 1 0; do
+    JAXGPT_DECODE_LAYER=$f timeout 120 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 \
+      --tokens 256 --reps 3 --out "$OUT/decode_layer$f.json" > "$OUT/decode_layer$f.txt" 2>&1
+    echo "== JAXGPT_DECODE_LAYER=$f rc=$?"; grep -A3 "^model" "$OUT/decode_layer$f.txt" | cut -c1-130
+  done
+  timeout 170 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py -k "gpu or block" \
+    > "$OUT/parity_tests.txt" 2>&1
+  echo "== full-size parity (gpt2 B1 decode on the block kernel) rc=$?"; tail -1 "$OUT/parity_tests.txt" | cut -c1-200
+  ;;
 esac
