@@ -94,7 +94,8 @@ class DecodeLayerPlan:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
 
     @staticmethod
-    def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int) -> "DecodeLayerPlan":
+    def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
+                  itemsize: int = 2) -> "DecodeLayerPlan":
         # Measured on the H100 (bench.decode_layer, each phase alone, gpt2 and gpt2-xl at B=1): 128-wide N tiles
         # win every matmul phase, with 64-deep K steps where the LayerNorm prologue builds the activation tile
         # (c_attn, c_fc: 128-deep ones overflow shared memory there) and 128-deep in the MLP's output projection;
@@ -102,16 +103,18 @@ class DecodeLayerPlan:
         # next phase's prologue: gpt2-xl c_fc 20.1 µs with 2 splits, 25.1 with 3; the MLP output's partials, read
         # by the next block's prologue, at most 10: gpt2 takes 64x64 tiles there). gpt2-xl B=1: 49.6 µs a block
         # with these, 55.0 with the first plan. Attention: rows x heads x splits about half the programs (more
-        # splits cost the output projection's merge more than they save).
+        # splits cost the output projection's merge more than they save). float32 (4-byte) weights: 64-deep tiles
+        # and 2 stages, or the pipeline overflows shared memory (255 KB asked for 128x128 tiles, 4 stages).
         c, d = n_embd, n_embd // n_head
+        wide = itemsize <= 2
         att_block = 64
         splits = max(1, min(programs // max(2 * batch * n_head, 1), -(-cache // att_block)))
         return DecodeLayerPlan(
             programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64),
             proj=_fewest_splits(c, c, programs, 64, d)[::2], fc=_fewest_splits(4 * c, c, programs, 128, 64),
-            out=next((t for bn, bk in ((128, 128), (64, 128), (64, 64))
+            out=next((t for bn, bk in (((128, 128), (64, 128)) if wide else ()) + ((64, 64),)
                       if (t := _fewest_splits(c, 4 * c, programs, bn, bk))[2] <= 10), (64, 64, 10)),
-            att_splits=splits, att_block=att_block)
+            att_splits=splits, att_block=att_block, num_stages=4 if wide else 2)
 
 
 def _fewest_splits(n: int, k: int, programs: int, bn: int, bk: int) -> tuple[int, int, int]:
@@ -435,7 +438,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError("fused=True needs every program resident at once (a GPU); interpret mode runs them "
                          "one at a time, so use fused=False there")
     S = k_cache.shape[1]
-    plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs())
+    plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs(),
+                                             jnp.dtype(w.c_attn_w.dtype).itemsize)
     dtype = r.dtype
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
                  jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused)

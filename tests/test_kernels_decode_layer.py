@@ -43,7 +43,7 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 def test_decode_layer_matches_reference(B, C, H, S, programs, dtype, fused):
     rng = np.random.default_rng(B * 1000 + C)
     args = _inputs(rng, B, C, H, S, dtype)
-    plan = DecodeLayerPlan.heuristic(B, C, H, S, programs)
+    plan = DecodeLayerPlan.heuristic(B, C, H, S, programs, jnp.dtype(dtype).itemsize)
     h1, mlp_out, kc, vc, counters = _run(args, H, plan, fused)
     rh1, rout, rk, rv = decode_layer_reference(*args, eps=1e-5, n_head=H)
     check(h1, rh1, dtype, C, "h1")
