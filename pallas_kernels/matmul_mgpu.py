@@ -19,8 +19,8 @@ shape where this kernel beats the Triton one, and the Pallas backend uses ``matm
 Measured on the H100 (session 4; CUPTI, M = 8192, µs): 768→2304 55.5 vs Triton 59.6 vs cuBLAS 42.9; 768→3072 68.9
 vs 72.3 vs 57.8; 3072→768 66.5 vs 75.4 vs 50.9; 1600→6400 261.6 vs 284.1 vs 224.0; 1600→4800 219.5 vs 216.9 vs
 170.8. cuBLAS stays 20-30% ahead: by default this kernel waits for each MMA before releasing its slot
-(``delay_release`` keeps one in flight; not yet timed) and it is not persistent (no epilogue/mainloop overlap across
-tiles); see bench/NOTES.md. bf16/f16 in, f32 accumulation.
+(``delay_release`` keeps one in flight; on the H100 in session 5 it was no faster, 0-8% slower, so off) and it is
+not persistent (no epilogue/mainloop overlap across tiles); see bench/NOTES.md. bf16/f16 in, f32 accumulation.
 In Mosaic GPU's interpreter (CPU tests) the product runs as a jnp dot and the bias is read as a plain array; the
 TMA ring, the barriers and the epilogue run as on the GPU, and the wgmma path is checked by lowering for CUDA.
 """
