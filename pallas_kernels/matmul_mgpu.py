@@ -9,8 +9,8 @@ A block is three warpgroups (one Pallas thread each). The third only issues TMA 
 and the (BK, BN) tile of w for each K step into a ring of ``stages`` slots, each slot guarded by two "landed"
 barriers (one per copy) and one "consumed" barrier (both compute warpgroups arrive). Each compute warpgroup owns BM
 rows of the block's 2·BM and accumulates its (BM, BN) float32 tile with ``wgmma`` over the K steps. The epilogue
-runs in registers: add the bias (a float32 (BN,) vector TMA-copied once a block and broadcast along the rows), GELU
-(tanh) when asked, round to the output dtype, then one TMA store of the tile through shared memory. Blocks launch
+runs in registers: add the bias (a (BN,) vector TMA-copied once a block, widened to float32 and broadcast along the
+rows), GELU (tanh) when asked, round to the output dtype, then one TMA store of the tile through shared memory. Blocks launch
 N-tile-fastest, so the blocks in flight share their x rows in L2.
 
 Shapes: M a multiple of 2·BM, N of BN, K of BK (64: one 128-byte swizzle row of bf16); ``plan`` picks (BM, BN) per
@@ -135,7 +135,7 @@ def _kernel(x_ref, w_ref, b_ref, o_ref, scoped, *, k_steps: int, bm: int, bn: in
             bias = b_smem[...]
         else:
             bias = plgpu.load(b_smem, (), layout=plgpu.Layout.WGMMA.reduce(0))  # (BN,) along the columns
-        y = acc + lax.broadcast_in_dim(bias, (bm, bn), [1])
+        y = acc + lax.broadcast_in_dim(bias.astype(jnp.float32), (bm, bn), [1])
         if activation == "gelu_tanh":
             y = gelu_tanh(y)
         o_smem.at[wg][...] = y.astype(o_smem.dtype)
@@ -208,7 +208,7 @@ def matmul_mgpu(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "
     def entry(x_ref, w_ref, b_ref, o_ref):
         scratch = (plgpu.SMEM((st, COMPUTE_WGS * bm, BLOCK_K), dtype, transforms=tiled),
                    plgpu.SMEM((st, BLOCK_K, bn), dtype, transforms=tiled),
-                   plgpu.SMEM((bn,), jnp.float32),
+                   plgpu.SMEM((bn,), b.dtype),
                    plgpu.SMEM((COMPUTE_WGS, bm, bn), dtype, transforms=tiled))
         pl.run_scoped(
             lambda *s: _kernel(x_ref, w_ref, b_ref, o_ref, s, k_steps=k_steps, bm=bm, bn=bn, stages=st,
@@ -232,5 +232,5 @@ def matmul_mgpu(x: jax.Array, w: jax.Array, b: jax.Array, *, activation: str = "
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **kw,
-    )(x2, w, b.astype(jnp.float32))
+    )(x2, w, b)  # the bias in its own dtype, widened in registers (a cast here was a kernel per call)
     return out.reshape(*lead, N)
