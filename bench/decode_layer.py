@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--cache", type=int, default=512)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true", help="skip the per-phase plan sweep")
     args = ap.parse_args(argv)
     require_gpu("bench.decode_layer")
     from jaxgpt import GPTConfig
@@ -75,8 +76,11 @@ def main(argv=None) -> int:
     f, a = timed(base, fused=False)
     for k, ms in kernel_breakdown(f, *a):
         print(f"  five-call form: {k:<36} {ms * 1e3:8.1f} us")
-    for kw in ({"num_stages": 3}, {"att_splits": 1}):
+    for kw in ({"norm_scratch": True}, {"prefetch": 1}, {"prefetch": 2}, {"norm_scratch": True, "prefetch": 2},
+               {"att_block": 128}):
         record(f"all, {kw}", dataclasses.replace(base, **kw))
+    if args.quick:
+        return 0
     # Each matmul phase alone (barriers kept) over (block_n, block_k, split) choices that give 0.75-2.2 items a
     # program; the best of each phase, together, last.
     best = {}

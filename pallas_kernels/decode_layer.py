@@ -80,6 +80,12 @@ class DecodeLayerPlan:
     att_block: int = 64
     num_warps: int = 8  # H100, gpt2-xl B=1: 8 warps 80.7 µs a block, 4 warps 99.0
     num_stages: int = 4  # 4: 55.3 µs, 3: 60.7
+    # Each program writes its LayerNorm'd rows once to its own scratch row and the K steps load them (else each K
+    # step recomputes its tile from the partials).
+    norm_scratch: bool = False
+    # The programs without an attention item stream the next phases' weights meanwhile (loads summed into a sink),
+    # so those phases read them from L2: 1 = attn.c_proj's, 2 = and c_fc's.
+    prefetch: int = 0
 
     def __post_init__(self):
         if self.programs < 1:
@@ -90,6 +96,8 @@ class DecodeLayerPlan:
             if s < 1:
                 raise ValueError(f"{name}.split={s} must be >= 1")
         _check_pow2(**{"proj.block_n": self.proj[0], "att_block": self.att_block})
+        if self.prefetch not in (0, 1, 2):
+            raise ValueError(f"prefetch={self.prefetch} must be 0, 1 or 2")
         if self.proj[1] < 1 or self.att_splits < 1:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
 
@@ -168,10 +176,12 @@ class _Refs(NamedTuple):
     att_l: object  # (B, H, SP, D) f32 log2-sum-exp, broadcast over D
     proj_p: object  # (P3, B, C) f32
     fc_p: object  # (P4, B, 4C) f32
+    xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
+    sink: object  # (G, 16) f32: where the prefetch loads go (plan.prefetch)
 
 
 N_IN = 17
-N_OUT = 11
+N_OUT = 13
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +194,7 @@ class _Dims:
     dtype: jnp.dtype
     precision: object
     fused: bool
+    interpret: bool
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -231,11 +242,41 @@ def _row_stats(chunk, d: _Dims, store_ref):
         s += jnp.sum(xs, axis=1)
         ss += jnp.sum(xs * xs, axis=1)
     mean_s = s / d.C
-    mean, rstd = shift + mean_s, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean_s * mean_s, 0.0) + d.eps)
-    if br == BM:
-        return mean, rstd
-    pick = jnp.arange(BM)[:, None] == jnp.arange(br)[None, :]  # (BM, br): row i of the dot tile is row i
-    return jnp.sum(jnp.where(pick, mean[None, :], 0.0), axis=1), jnp.sum(jnp.where(pick, rstd[None, :], 0.0), axis=1)
+    return shift + mean_s, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean_s * mean_s, 0.0) + d.eps)  # (br,) each
+
+
+def _to_tile_rows(v):
+    """A (br,) per-row vector as the (BM,) one the dot tiles use (row i is row i; padding rows get 0)."""
+    if v.shape[0] == BM:
+        return v
+    pick = jnp.arange(BM)[:, None] == jnp.arange(v.shape[0])[None, :]  # (BM, br)
+    return jnp.sum(jnp.where(pick, v[None, :], 0.0), axis=1)
+
+
+def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, norm_scratch: bool):
+    """The LayerNorm'd activation tile function ``x_tile(k0, bk)`` of a phase whose rows ``chunk`` gives."""
+    mean, rstd = _row_stats(chunk, d, store_ref)  # (br,) each
+    if norm_scratch:  # this program's rows, normalised once, then plain loads per K step
+        br = mean.shape[0]
+        cb = min(_pow2(d.C), max(128, 2048 // br))
+        pid = pl.program_id(0)
+        for c0 in map(jnp.int32, range(0, d.C, cb)):
+            x, m = chunk(c0, cb, br)
+            pltriton.store(xn_ref.at[pid, pl.ds(0, br), pl.ds(c0, cb)],
+                           _normed(x, m, c0, cb, mean, rstd, w_ref, b_ref, d), mask=m)
+        if not d.interpret:  # (the interpreter runs a program as one thread)
+            pltriton.debug_barrier()  # the program's own stores, visible to all its threads
+
+        def x_tile(k0, bk):
+            m, _ = _tile_mask(k0, bk, d.B, d.C)
+            return _ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], m).astype(d.dtype)
+        return x_tile
+    mean, rstd = _to_tile_rows(mean), _to_tile_rows(rstd)
+
+    def x_tile(k0, bk):
+        x, m = chunk(k0, bk)
+        return _normed(x, m, k0, bk, mean, rstd, w_ref, b_ref, d)
+    return x_tile
 
 
 def _pow2(n: int) -> int:
@@ -291,12 +332,7 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     def chunk(c0, width, rows=BM):  # x = r + MLP-out of the previous block (float32, not yet rounded)
         return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
-    mean, rstd = _row_stats(chunk, d, R.x)
-
-    def x_tile(k0, bk):
-        x, m = chunk(k0, bk)
-        return _normed(x, m, k0, bk, mean, rstd, R.ln1w, R.ln1b, d)
-
+    x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan.norm_scratch)
     _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d)
 
 
@@ -332,6 +368,30 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
                       hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
 
     _items(d.B * d.H * splits, item)
+    if plan.prefetch:  # the programs left without an item pull the next phases' weights into L2
+        pid, g = pl.program_id(0), pl.num_programs(0)
+        q, n_free = pid - d.B * d.H * splits, g - d.B * d.H * splits
+        junk = _touch(R.wo, d.C, d.C, q, n_free, jnp.float32(0.0))
+        if plan.prefetch > 1:
+            junk = _touch(R.wfc, d.C, 4 * d.C, q, n_free, junk)
+        pltriton.store(R.sink.at[pid, :], jnp.full((16,), junk, jnp.float32))
+
+
+def _touch(w_ref, k: int, n: int, q, n_free, junk):
+    """Program q of n_free loads every n_free-th (64, 128) tile of w (k, n); returns junk + their sum (kept, so the
+    loads are not dropped)."""
+    nj = -(-n // 128)
+    n_tiles = -(-k // 64) * nj
+
+    def body(t, junk):
+        i = q + t * n_free
+        ti, tj = jax.lax.div(i, jnp.int32(nj)), jax.lax.rem(i, jnp.int32(nj))
+        rows, cols = ti * 64 + jnp.arange(64), tj * 128 + jnp.arange(128)
+        tile = _ld(w_ref.at[pl.ds(ti * 64, 64), pl.ds(tj * 128, 128)], (rows[:, None] < k) & (cols[None, :] < n))
+        return junk + jnp.sum(tile.astype(jnp.float32))
+
+    trips = jnp.where(q >= 0, jax.lax.div(jnp.maximum(n_tiles - q + n_free - 1, 0), jnp.maximum(n_free, 1)), 0)
+    return jax.lax.fori_loop(0, trips, body, junk)
 
 
 def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -360,12 +420,7 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     def chunk(c0, width, rows=BM):  # h1 = x + attention out (float32, not yet rounded)
         return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
-    mean, rstd = _row_stats(chunk, d, R.h1)
-
-    def x_tile(k0, bk):
-        x, m = chunk(k0, bk)
-        return _normed(x, m, k0, bk, mean, rstd, R.ln2w, R.ln2b, d)
-
+    x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan.norm_scratch)
     _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d)
 
 
@@ -442,7 +497,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
                                              jnp.dtype(w.c_attn_w.dtype).itemsize)
     dtype = r.dtype
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
-                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused)
+                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret)
     f32 = jnp.float32
     out_shape = [
         jax.ShapeDtypeStruct((B, C), dtype),  # h1
@@ -456,6 +511,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((B, H, plan.att_splits, D), f32),
         jax.ShapeDtypeStruct((plan.proj[1], B, C), f32),
         jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
+        jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
+        jax.ShapeDtypeStruct((plan.programs, 16), f32),  # sink
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1))

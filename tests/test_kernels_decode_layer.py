@@ -4,6 +4,8 @@ On a CPU the interpreter runs the five-call form (its programs run one at a time
 form would wait forever); the GPU runs both forms compiled. Both forms share every phase's code.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,15 +37,18 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 
 @pytest.mark.parametrize("fused", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("flags", [{}, {"norm_scratch": True, "prefetch": 2}], ids=["plain", "scratch+prefetch"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
     (16, 64, 4, 64, 3),  # the most rows, few programs: many items each
 ])
-def test_decode_layer_matches_reference(B, C, H, S, programs, dtype, fused):
+def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fused):
+    if flags and not ON_GPU and dtype != "float32":
+        pytest.skip("the plan flags change no arithmetic: one dtype suffices in the interpreter")
     rng = np.random.default_rng(B * 1000 + C)
     args = _inputs(rng, B, C, H, S, dtype)
-    plan = DecodeLayerPlan.heuristic(B, C, H, S, programs, jnp.dtype(dtype).itemsize)
+    plan = dataclasses.replace(DecodeLayerPlan.heuristic(B, C, H, S, programs, jnp.dtype(dtype).itemsize), **flags)
     h1, mlp_out, kc, vc, counters = _run(args, H, plan, fused)
     rh1, rout, rk, rv = decode_layer_reference(*args, eps=1e-5, n_head=H)
     check(h1, rh1, dtype, C, "h1")
@@ -62,7 +67,9 @@ def test_plans_are_free_choices():
     want = decode_layer_reference(*args, eps=1e-5, n_head=H)
     for plan in (DecodeLayerPlan(4, (64, 64, 2), (64, 3), (128, 64, 2), (64, 128, 3), att_splits=3),
                  DecodeLayerPlan(9, (128, 32, 1), (128, 1), (64, 32, 4), (128, 64, 1), att_splits=1,
-                                 att_block=32)):
+                                 att_block=32),
+                 DecodeLayerPlan(11, (64, 64, 2), (64, 2), (128, 64, 2), (64, 64, 3), att_splits=2,
+                                 norm_scratch=True, prefetch=2)):
         h1, mlp_out, kc, _, _ = _run(args, H, plan, fused=False)
         check(h1, want[0], "float32", C, f"h1 {plan}")
         check(h1 + resolve(mlp_out), want[1], "float32", 4 * C, f"out {plan}")

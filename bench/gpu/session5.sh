@@ -70,4 +70,17 @@ final)
     > "$OUT/parity_tests.txt" 2>&1
   echo "== full-size parity (gpt2 B1 decode on the block kernel) rc=$?"; tail -1 "$OUT/parity_tests.txt" | cut -c1-200
   ;;
+layer5)
+  timeout 100 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_matmul_mgpu.py > "$OUT/mm_tests.txt" 2>&1
+  echo "== matmul_mgpu tests (bias in its own dtype) rc=$?"; tail -1 "$OUT/mm_tests.txt" | cut -c1-200
+  timeout 90 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --breakdown 4 \
+    --out "$OUT/prefill.json" > "$OUT/prefill.txt" 2>&1
+  echo "== prefill"; grep -A5 "^model" "$OUT/prefill.txt" | cut -c1-120
+  timeout 100 python -m bench.decode_layer --quick --out "$OUT/layer_xl.json" 2>&1 | grep -v -i warn > "$OUT/layer_xl.txt"
+  grep -v "five-call" "$OUT/layer_xl.txt" | cut -c1-130
+  timeout 80 python -m bench.decode_layer --quick --model gpt2 2>&1 | grep -v -i warn > "$OUT/layer_gpt2.txt"
+  grep -v "five-call" "$OUT/layer_gpt2.txt" | cut -c1-130
+  timeout 180 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py > "$OUT/layer_tests.txt" 2>&1
+  echo "== decode_layer tests rc=$?"; tail -1 "$OUT/layer_tests.txt" | cut -c1-200
+  ;;
 esac
