@@ -83,4 +83,17 @@ layer5)
   timeout 180 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py > "$OUT/layer_tests.txt" 2>&1
   echo "== decode_layer tests rc=$?"; tail -1 "$OUT/layer_tests.txt" | cut -c1-200
   ;;
+final2)
+  for f in 1 0; do
+    JAXGPT_DECODE_LAYER=$f timeout 150 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1,8 \
+      --tokens 256 --reps 3 --out "$OUT/decode_layer$f.json" > "$OUT/decode_layer$f.txt" 2>&1
+    echo "== JAXGPT_DECODE_LAYER=$f rc=$?"; grep -A5 "^model" "$OUT/decode_layer$f.txt" | cut -c1-130
+  done
+  timeout 100 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py -k "scratch or chained" \
+    > "$OUT/layer_tests.txt" 2>&1
+  echo "== decode_layer tests rc=$?"; tail -1 "$OUT/layer_tests.txt" | cut -c1-200
+  JAXGPT_DECODE_LAYER=1 timeout 100 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py \
+    -k "full_size" > "$OUT/parity_tests.txt" 2>&1
+  echo "== full-size parity, block kernel forced rc=$?"; tail -1 "$OUT/parity_tests.txt" | cut -c1-200
+  ;;
 esac
