@@ -90,12 +90,11 @@ def test_decode_step_is_chosen_by_shape_unless_forced(monkeypatch, forced, rows,
 
 
 @pytest.mark.parametrize("forced,gpu,rows,width,want", [
-    (None, True, 1, 768, True), (None, True, 8, 768, False), (None, True, 1, 1600, False),
+    (None, True, 1, 768, True), (None, True, 8, 768, False), (None, True, 1, 1600, True),
     (None, False, 1, 768, False), (True, False, 8, 1600, True), (False, True, 1, 768, False),
 ])
 def test_block_kernel_is_chosen_by_shape_unless_forced(monkeypatch, forced, gpu, rows, width, want):
-    """The measured policy (one-kernel blocks for one row at gpt2-class widths, on a GPU), JAXGPT_DECODE_LAYER=1/0
-    overriding it."""
+    """The measured policy (one-kernel blocks for one-row decode on a GPU), JAXGPT_DECODE_LAYER=1/0 overriding it."""
     import jax
 
     from jaxgpt import ops_pallas
