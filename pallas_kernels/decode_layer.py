@@ -4,12 +4,13 @@ A decode step reads every weight once for a handful of rows, and the per-op deco
 each paying a launch, a cold pipeline and a drain (~2-4 µs on the H100 whatever it reads). Here one kernel runs
 the block's five phases on ``programs`` persistent programs (at most one per SM, so all are resident at once):
 
-1. ``c_attn``: x = r + MLP-out of the previous block (finished from its split-K partials), LN1(x) computed by every
-   program for its own K slice, and split-K partial products of x·W_qkv over (N block, K split) work items.
+1. ``c_attn``: x = r + MLP-out of the previous block (finished from its split-K partials); every program computes
+   LN1(x) (one pass for the statistics, the normalised rows into its own scratch row), then split-K partial
+   products of LN1(x)·W_qkv over (N block, K split) work items.
 2. attention: per (row, head, cache split), finish q/k/v from the partials (+ bias), append k/v at slot ``pos``,
    online softmax over the split's cache slots (float32, base 2), write the split's output and log-sum-exp.
 3. ``attn.c_proj``: K runs over heads; each step merges that head's splits, then multiplies.
-4. ``c_fc``: h1 = x + attn-out (finished from 3's partials), LN2(h1) per program, partials of LN2·W_fc.
+4. ``c_fc``: h1 = x + attn-out (finished from 3's partials), LN2(h1) per program as in 1, partials of LN2·W_fc.
 5. ``mlp.c_proj``: each K step finishes c_fc's partials (bias + GELU) for its slice, partials of g·W_proj.
 
 A barrier separates the phases: every program adds one to a counter with an acquire-release atomic and waits until
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import compiler_params, default_interpret
+from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
 from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split
 from pallas_kernels.partials import SplitK, finish, gelu_tanh
 
@@ -78,8 +79,8 @@ class DecodeLayerPlan:
     out: tuple[int, int, int]
     att_splits: int
     att_block: int = 64
-    num_warps: int = 8  # H100, gpt2-xl B=1: 8 warps 80.7 µs a block, 4 warps 99.0
-    num_stages: int = 4  # 4: 55.3 µs, 3: 60.7
+    num_warps: int = 8  # H100, gpt2-xl B=1, first plan: 8 warps 80.7 µs a block, 4 warps 99.0
+    num_stages: int = 4  # second plan: 4 stages 55.3 µs, 3 stages 60.7 (later runs: within noise)
     # Each program writes its LayerNorm'd rows once to its own scratch row and the K steps load them; else each K
     # step recomputes its tile from the partials (H100, B=1: gpt2-xl 52.6 -> 48.9 µs a block, gpt2 35.0 -> 27.7).
     norm_scratch: bool = True
@@ -89,10 +90,10 @@ class DecodeLayerPlan:
             raise ValueError(f"programs={self.programs} must be >= 1")
         for name in ("qkv", "fc", "out"):
             bn, bk, s = getattr(self, name)
-            _check_pow2(**{f"{name}.block_n": bn, f"{name}.block_k": bk})
+            check_blocks(**{f"{name}.block_n": bn, f"{name}.block_k": bk})
             if s < 1:
                 raise ValueError(f"{name}.split={s} must be >= 1")
-        _check_pow2(**{"proj.block_n": self.proj[0], "att_block": self.att_block})
+        check_blocks(**{"proj.block_n": self.proj[0], "att_block": self.att_block})
         if self.proj[1] < 1 or self.att_splits < 1:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
 
@@ -112,9 +113,10 @@ class DecodeLayerPlan:
         wide = itemsize <= 2
         att_block = 64
         splits = max(1, min(programs // max(2 * batch * n_head, 1), -(-cache // att_block)))
+        proj_bn, _, proj_split = _fewest_splits(c, c, programs, 64, d)  # K steps one head each
         return DecodeLayerPlan(
             programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64),
-            proj=_fewest_splits(c, c, programs, 64, d)[::2], fc=_fewest_splits(4 * c, c, programs, 128, 64),
+            proj=(proj_bn, proj_split), fc=_fewest_splits(4 * c, c, programs, 128, 64),
             out=next((t for bn, bk in (((128, 128), (64, 128)) if wide else ()) + ((64, 64),)
                       if (t := _fewest_splits(c, 4 * c, programs, bn, bk))[2] <= 10), (64, 64, 10)),
             att_splits=splits, att_block=att_block, num_stages=4 if wide else 2)
@@ -127,12 +129,6 @@ def _fewest_splits(n: int, k: int, programs: int, bn: int, bk: int) -> tuple[int
         if -(-ks // -(-ks // split)) == split and nb * split >= 0.75 * programs:
             return bn, bk, split
     return bn, bk, ks
-
-
-def _check_pow2(**blocks: int) -> None:
-    for name, v in blocks.items():
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{name}={v} must be a power of two >= 16")
 
 
 def default_programs() -> int:
@@ -221,8 +217,8 @@ def _row_stats(chunk, d: _Dims, store_ref):
     """Mean and 1/std of each row over C columns as (BM,) vectors; program 0 also stores the rows, rounded, to
     ``store_ref``. Tiles of the batch's own row count (not the dot's 16) keep this pass light; one pass, shifted
     by the first chunk's mean (exact enough in float32 for residual streams whose mean is far from zero)."""
-    br = _pow2(d.B)
-    cb = min(_pow2(d.C), max(128, 2048 // br))
+    br = next_pow2(d.B)
+    cb = min(next_pow2(d.C), max(128, 2048 // br))
     first = pl.program_id(0) == 0
     x0, m0 = chunk(jnp.int32(0), cb, br)
     shift = jnp.sum(x0, axis=1) / jnp.maximum(jnp.sum(m0.astype(jnp.float32), axis=1), 1.0)  # (br,)
@@ -252,7 +248,7 @@ def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, norm_scratch: bo
     mean, rstd = _row_stats(chunk, d, store_ref)  # (br,) each
     if norm_scratch:  # this program's rows, normalised once, then plain loads per K step
         br = mean.shape[0]
-        cb = min(_pow2(d.C), max(128, 2048 // br))
+        cb = min(next_pow2(d.C), max(128, 2048 // br))
         pid = pl.program_id(0)
         for c0 in map(jnp.int32, range(0, d.C, cb)):
             x, m = chunk(c0, cb, br)
@@ -271,10 +267,6 @@ def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, norm_scratch: bo
         x, m = chunk(k0, bk)
         return _normed(x, m, k0, bk, mean, rstd, w_ref, b_ref, d)
     return x_tile
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def _normed(x, m, k0, width: int, mean, rstd, w_ref, b_ref, d: _Dims):
@@ -463,6 +455,9 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError("fused=True needs every program resident at once (a GPU); interpret mode runs them "
                          "one at a time, so use fused=False there")
     S = k_cache.shape[1]
+    if fused and plan is not None and jax.default_backend() == "gpu" and plan.programs > default_programs():
+        raise ValueError(f"plan.programs={plan.programs} exceeds the {default_programs()} SMs: the one-kernel form "
+                         f"needs every program resident at once (its barriers would wait forever)")
     plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs(),
                                              jnp.dtype(w.c_attn_w.dtype).itemsize)
     dtype = r.dtype

@@ -104,6 +104,19 @@ def test_bad_calls_are_clear_errors(bad, needle):
         decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), **kw)
 
 
+def test_one_kernel_form_refuses_more_programs_than_sms(monkeypatch):
+    """More programs than can be resident would deadlock at the first barrier: refused before anything runs."""
+    from pallas_kernels import decode_layer as dl
+    rng = np.random.default_rng(0)
+    r, mlp_in, w, kc, vc, pos = _inputs(rng, 1, 64, 2, 16, "float32")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # a GPU with 4 SMs
+    monkeypatch.setattr(dl, "default_programs", lambda: 4)
+    plan = dataclasses.replace(DecodeLayerPlan.heuristic(1, 64, 2, 16, 4), programs=5)
+    with pytest.raises(ValueError, match="resident"):
+        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), eps=1e-5, n_head=2,
+                     plan=plan, fused=True, interpret=False)
+
+
 def test_bad_plans_are_clear_errors():
     with pytest.raises(ValueError, match="power of two"):
         DecodeLayerPlan(4, (48, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
