@@ -5,6 +5,9 @@
 #                                                            # matmul tiles with delay_release
 #   source .gpu/env.sh && bash bench/gpu/session5.sh layer   # the one-kernel decode block: tests, then decode
 #                                                            # with it (JAXGPT_DECODE_LAYER=1) and without
+#   ... layer2 .. layer5: bench.decode_layer per phase, plan sweeps, the scratch-row and prefetch variants, the
+#   Mosaic matmul's bias fix (tests + prefill); final, final2: decode B=1/8 with and without the block kernel,
+#   its tests and the full-size parity with it forced. To reproduce today's table: `final2`.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 case "${1:-check}" in
