@@ -3,7 +3,9 @@
 The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.attention``,
 ``ops.decode_attention``, ``ops.linear``, ``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA
 fuses what it can; attention goes to cuDNN for bf16/f16 on a GPU). Other backends subclass it and override the ops
-they have kernels for, so any op without a kernel falls back to the jnp version.
+they have kernels for, so any op without a kernel falls back to the jnp version. A decode step first offers the
+whole block stack to ``ops.decode_blocks`` (a backend with a one-kernel-a-block decode takes it; XLA returns None and
+the model runs the ops above).
 
 A backend may hand a value of its own between two of its ops (the Pallas backend's decode step passes a matmul's
 unfinished split-K partials to the next kernel, which finishes them): the model passes op outputs along untouched

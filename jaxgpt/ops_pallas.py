@@ -133,9 +133,10 @@ class PallasOps(XlaOps):
         """Each block's decode step as one kernel (``decode_layer``); its MLP partials are finished by the next
         block's kernel and, after the last, by the final residual+LayerNorm kernel."""
         B, T, C = x.shape
-        if T != 1 or B > DECODE_ROWS or not _block_kernel(B, C) \
+        D = C // n_head
+        if T != 1 or B > DECODE_ROWS or not _block_kernel(B, C) or D < 16 or D & (D - 1) \
                 or any(isinstance(w, QWeight) for p in blocks for w in p):
-            return None
+            return None  # the per-op path serves quantized weights and head sizes the kernel does not take
         r = x.reshape(B, C)  # (B, C)
         parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
         counters = jnp.zeros((BARRIERS * len(blocks),), jnp.int32)
