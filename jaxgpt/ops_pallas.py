@@ -105,6 +105,11 @@ def _fused(rows: int, width: int) -> bool:
 DECODE_LAYER: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_DECODE_LAYER", ""))
 
 
+# JAXGPT_DECODE_LAYER_INT8=1: int8 (per-channel) models also decode on the block kernel. Opt-in: CPU-verified
+# (interpreter, CUDA lowering), not yet run on a GPU (session 5 had no device time left).
+DECODE_LAYER_INT8 = os.environ.get("JAXGPT_DECODE_LAYER_INT8", "") == "1"
+
+
 def _block_kernel(rows: int, width: int) -> bool:
     """Whether a decode step of ``rows`` rows at model width ``width`` runs each block as one kernel.
 
@@ -134,9 +139,11 @@ class PallasOps(XlaOps):
         block's kernel and, after the last, by the final residual+LayerNorm kernel."""
         B, T, C = x.shape
         D = C // n_head
-        if T != 1 or B > DECODE_ROWS or not _block_kernel(B, C) or D < 16 or D & (D - 1) \
-                or any(isinstance(w, QWeight) for p in blocks for w in p):
-            return None  # the per-op path serves quantized weights and head sizes the kernel does not take
+        quant = [w for p in blocks for w in p if isinstance(w, QWeight)]
+        int8 = DECODE_LAYER_INT8 and len(quant) == 4 * len(blocks) and all(
+            (w.bits, w.group) == (8, None) for w in quant)
+        if T != 1 or B > DECODE_ROWS or not _block_kernel(B, C) or D < 16 or D & (D - 1) or (quant and not int8):
+            return None  # the per-op path serves int4 (and, unless opted in, int8) and head sizes the kernel lacks
         r = x.reshape(B, C)  # (B, C)
         parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
         counters = jnp.zeros((BARRIERS * len(blocks),), jnp.int32)

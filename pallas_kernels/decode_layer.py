@@ -44,13 +44,15 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
 from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split
 from pallas_kernels.partials import SplitK, finish, gelu_tanh
+from pallas_kernels.quant_matmul import QWeight, dequantize
 
 BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-core tile
 BARRIERS = 4  # per block: after phases 1-4
 
 
 class LayerWeights(NamedTuple):
-    """One block's parameters in HF GPT-2 layout: linear weights (in, out), everything in the compute dtype."""
+    """One block's parameters in HF GPT-2 layout: linear weights (in, out) in the compute dtype, or all four int8
+    ``QWeight``s with per-output-channel scales; LayerNorm weights and biases in the compute dtype."""
 
     ln_1_w: jax.Array  # (C,)
     ln_1_b: jax.Array
@@ -155,6 +157,10 @@ class _Refs(NamedTuple):
     bp2: object
     pos: object  # (B,) int32
     layer: object  # (1,) int32
+    sqkv: object  # (3C,) f32 int8 per-channel scales of c_attn (unused for float weights)
+    so: object  # (C,)
+    sfc: object  # (4C,)
+    sp2: object  # (C,)
     # outputs
     h1: object  # (B, C) residual after attention
     mp_out: object  # (P5, B, C) f32 MLP partials
@@ -170,7 +176,7 @@ class _Refs(NamedTuple):
     xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
 
 
-N_IN = 17
+N_IN = 21
 N_OUT = 12
 
 
@@ -185,6 +191,7 @@ class _Dims:
     precision: object
     fused: bool
     interpret: bool
+    int8: bool  # the four projections' weights are int8 with per-output-channel scales
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -289,9 +296,11 @@ def _items(n_items: int, body):
     jax.lax.fori_loop(0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step, jnp.int32(0))
 
 
-def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims):
+def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
     """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
-    ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype."""
+    ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype. int8 weights
+    (``d.int8``): tiles widened to the compute dtype in registers, the per-column scales ``s_ref`` applied to the
+    partial (they factor out of the K sum)."""
     bn, bk, split = plan
     chunk = -(-(-(-k // bk)) // split) * bk  # K per split, whole blocks
 
@@ -303,11 +312,17 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
         def step(kk, acc):
             k0 = lo + kk * bk
             ks = k0 + jnp.arange(bk)
-            wt = _ld(w_ref.at[pl.ds(k0, bk), pl.ds(j * bn, bn)], (ks[:, None] < k) & (cols[None, :] < n))
+            wm = (ks[:, None] < k) & (cols[None, :] < n)
+            if d.int8:
+                wt = pltriton.load(w_ref.at[pl.ds(k0, bk), pl.ds(j * bn, bn)], mask=wm, other=0).astype(d.dtype)
+            else:
+                wt = _ld(w_ref.at[pl.ds(k0, bk), pl.ds(j * bn, bn)], wm)
             return acc + jnp.dot(x_tile(k0, bk), wt, preferred_element_type=jnp.float32, precision=d.precision)
 
         acc = jax.lax.fori_loop(0, jax.lax.div(jnp.minimum(chunk, k - lo) + bk - 1, jnp.int32(bk)), step,
                                 jnp.zeros((BM, bn), jnp.float32))
+        if d.int8:
+            acc = acc * _ld(s_ref.at[pl.ds(j * bn, bn)], cols < n)[None, :]
         m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
         pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
 
@@ -319,7 +334,7 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan.norm_scratch)
-    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d)
+    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
 
 
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -375,7 +390,7 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return jnp.where(m, acc / den, 0.0).astype(d.dtype)
 
     bn, split = plan.proj
-    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d)
+    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so)
 
 
 def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -383,7 +398,7 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan.norm_scratch)
-    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d)
+    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
 
 
 def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -393,7 +408,7 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
                    _ld(R.bfc.at[pl.ds(k0, bk)], cols < 4 * d.C)[None, :], "gelu_tanh", d.dtype)
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
-    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d)
+    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2)
 
 
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
@@ -445,6 +460,14 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     for name, shape in expect.items():
         if getattr(w, name).shape != shape:
             raise ValueError(f"{name} {getattr(w, name).shape} must be {shape} for n_embd {C}")
+    mats = [getattr(w, name) for name in expect]
+    int8 = isinstance(mats[0], QWeight)
+    if any(isinstance(m, QWeight) != int8 or (int8 and (m.bits, m.group) != (8, None)) for m in mats):
+        raise ValueError("the block kernel takes float weights or int8 per-channel ones (all four projections alike), "
+                         f"got {[(m.bits, m.group) if isinstance(m, QWeight) else m.dtype for m in mats]}")
+    scales = [m.scale.reshape(-1).astype(jnp.float32) if int8 else jnp.ones((1,), jnp.float32) for m in mats]
+    if int8:
+        w = w._replace(**{name: m.q for name, m in zip(expect, mats)})
     if mlp_in.parts.ndim != 3 or mlp_in.parts.shape[1:] != (B, C):
         raise ValueError(f"mlp_in partials {mlp_in.parts.shape} must be (P, {B}, {C})")
     if pos.shape != (B,):
@@ -459,10 +482,10 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError(f"plan.programs={plan.programs} exceeds the {default_programs()} SMs: the one-kernel form "
                          f"needs every program resident at once (its barriers would wait forever)")
     plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs(),
-                                             jnp.dtype(w.c_attn_w.dtype).itemsize)
+                                             jnp.dtype(r.dtype if int8 else w.c_attn_w.dtype).itemsize)
     dtype = r.dtype
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
-                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret)
+                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8)
     f32 = jnp.float32
     out_shape = [
         jax.ShapeDtypeStruct((B, C), dtype),  # h1
@@ -479,7 +502,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
-           layer.astype(jnp.int32).reshape(1))
+           layer.astype(jnp.int32).reshape(1), *scales)
     if len(ins) != N_IN:
         raise ValueError(f"expected {N_IN} inputs, got {len(ins)}")
     params = compiler_params(plan.num_warps, plan.num_stages)
@@ -519,8 +542,9 @@ def decode_layer_reference(r, mlp_in: SplitK, w: LayerWeights, k_cache, v_cache,
         var = jnp.square(v - mu).mean(-1, keepdims=True)
         return rnd((v - mu) * jax.lax.rsqrt(var + eps) * g.astype(f32) + b.astype(f32))
 
-    def mm(a, wt, b):
-        return jnp.dot(a, wt.astype(f32), precision=jax.lax.Precision.HIGHEST) + b.astype(f32)
+    def mm(a, wt, b):  # int8 weights as the float32 values they stand for
+        wt = dequantize(wt, f32) if isinstance(wt, QWeight) else wt.astype(f32)
+        return jnp.dot(a, wt, precision=jax.lax.Precision.HIGHEST) + b.astype(f32)
 
     x_f = r.astype(f32) + rnd(mlp_in.parts.astype(f32).sum(0) + mlp_in.bias.astype(f32))
     x = rnd(x_f)

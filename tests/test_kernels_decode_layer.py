@@ -76,6 +76,37 @@ def test_plans_are_free_choices():
         check(kc, want[2], "float32", C, "k cache")
 
 
+@pytest.mark.parametrize("fused", FORMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_weights_match_the_dequantized_reference(dtype, fused):
+    """int8 per-channel projections: tiles widened in registers, scales on the partials; the reference multiplies
+    by the float values the int8 weights stand for."""
+    from pallas_kernels.quant_matmul import quantize
+    rng = np.random.default_rng(77)
+    B, C, H, S = 2, 128, 4, 70
+    r, mlp_in, w, kc, vc, pos = _inputs(rng, B, C, H, S, dtype)
+    w = w._replace(**{f: quantize(np.asarray(getattr(w, f), np.float32), bits=8)
+                      for f in ("c_attn_w", "c_proj_w", "c_fc_w", "mlp_proj_w")})
+    plan = DecodeLayerPlan.heuristic(B, C, H, S, 5, jnp.dtype(dtype).itemsize)
+    h1, mlp_out, kc2, _, _ = _run((r, mlp_in, w, kc, vc, pos), H, plan, fused)
+    rh1, rout, rk, _ = decode_layer_reference(r, mlp_in, w, kc, vc, pos, eps=1e-5, n_head=H)
+    check(h1, rh1, dtype, C, "h1")
+    check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")
+    check(kc2, rk, dtype, C, "k cache")
+
+
+def test_mixed_or_int4_weights_are_refused():
+    from pallas_kernels.quant_matmul import quantize
+    rng = np.random.default_rng(0)
+    r, mlp_in, w, kc, vc, pos = _inputs(rng, 1, 128, 2, 16, "float32")
+    for bad in (w._replace(c_fc_w=quantize(np.asarray(w.c_fc_w), bits=8)),
+                w._replace(**{f: quantize(np.asarray(getattr(w, f)), bits=4, group=32)
+                              for f in ("c_attn_w", "c_proj_w", "c_fc_w", "mlp_proj_w")})):
+        with pytest.raises(ValueError, match="int8 per-channel"):
+            decode_layer(r, mlp_in, bad, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), eps=1e-5,
+                         n_head=2, interpret=True)
+
+
 def test_chained_blocks_finish_the_previous_partials():
     """Block 2 takes block 1's (h1, partials): the chain equals the reference applied twice."""
     rng = np.random.default_rng(9)
@@ -139,6 +170,25 @@ def test_model_decode_with_block_kernels_matches_xla(dtype, monkeypatch):
     assert [r.ids for r in got] == [r.ids for r in want]
 
 
+def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch):
+    """An int8 model with JAXGPT_DECODE_LAYER_INT8=1: greedy tokens equal the XLA backend's int8 model's."""
+    from jaxgpt import GPTConfig, ops_pallas, random_state_dict
+    from jaxgpt.engine import Engine
+    from jaxgpt.generate import generate
+    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
+    monkeypatch.setattr(ops_pallas, "DECODE_LAYER_INT8", True)
+    calls = []
+    real = ops_pallas.decode_layer
+    monkeypatch.setattr(ops_pallas, "decode_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=64, vocab_size=150)
+    sd = random_state_dict(cfg, seed=4)
+    prompts = [[3, 1, 4, 1, 5]]
+    got = generate(Engine(cfg, sd, backend="pallas", quantize="int8"), prompts, max_new_tokens=10, stop_at_eos=False)
+    want = generate(Engine(cfg, sd, backend="xla", quantize="int8"), prompts, max_new_tokens=10, stop_at_eos=False)
+    assert calls, "the int8 model did not take the block kernel"
+    assert [r.ids for r in got] == [r.ids for r in want]
+
+
 def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
     from jaxgpt import ops_pallas
     from jaxgpt.ops import BlockParams
@@ -158,13 +208,20 @@ def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
 
 
-def test_one_kernel_form_lowers_to_triton_for_cuda():
+@pytest.mark.parametrize("int8", [False, True], ids=["bf16", "int8"])
+def test_one_kernel_form_lowers_to_triton_for_cuda(int8):
     """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
     import re
+
+    from pallas_kernels.quant_matmul import QWeight
     S = lambda *s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)  # noqa: E731
     C, H = 1600, 25
-    w = LayerWeights(S(C), S(C), S(C, 3 * C), S(3 * C), S(C, C), S(C), S(C), S(C), S(C, 4 * C), S(4 * C),
-                     S(4 * C, C), S(C))
+
+    def mat(k, n):
+        return QWeight(S(k, n, dt=jnp.int8), S(1, n, dt=jnp.float32), 8, None, k) if int8 else S(k, n)
+
+    w = LayerWeights(S(C), S(C), mat(C, 3 * C), S(3 * C), mat(C, C), S(C), S(C), S(C), mat(C, 4 * C), S(4 * C),
+                     mat(4 * C, C), S(C))
     plan = DecodeLayerPlan.heuristic(1, C, H, 512, 132)
 
     def f(r, p, pb, w, kc, vc, pos, cnt, layer):
