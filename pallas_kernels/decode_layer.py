@@ -157,7 +157,7 @@ class _Refs(NamedTuple):
     bp2: object
     pos: object  # (B,) int32
     layer: object  # (1,) int32
-    sqkv: object  # (3C,) f32 int8 per-channel scales of c_attn (unused for float weights)
+    sqkv: object  # (3C,) f32 int8 per-channel scales of c_attn (None for float weights)
     so: object  # (C,)
     sfc: object  # (4C,)
     sp2: object  # (C,)
@@ -176,7 +176,7 @@ class _Refs(NamedTuple):
     xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
 
 
-N_IN = 21
+N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors
 N_OUT = 12
 
 
@@ -424,7 +424,8 @@ def _barrier(cnt_ref, slot):
 
 
 def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims):
-    R = _Refs(*refs[:N_IN], *refs[-N_OUT:])
+    n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
+    R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     for p in range(len(PHASES)):
         if dims.fused and p:
             _barrier(R.cnt, R.layer[0] * BARRIERS + p - 1)
@@ -465,7 +466,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     if any(isinstance(m, QWeight) != int8 or (int8 and (m.bits, m.group) != (8, None)) for m in mats):
         raise ValueError("the block kernel takes float weights or int8 per-channel ones (all four projections alike), "
                          f"got {[(m.bits, m.group) if isinstance(m, QWeight) else m.dtype for m in mats]}")
-    scales = [m.scale.reshape(-1).astype(jnp.float32) if int8 else jnp.ones((1,), jnp.float32) for m in mats]
+    scales = [m.scale.reshape(-1).astype(jnp.float32) for m in mats] if int8 else []
     if int8:
         w = w._replace(**{name: m.q for name, m in zip(expect, mats)})
     if mlp_in.parts.ndim != 3 or mlp_in.parts.shape[1:] != (B, C):
@@ -503,8 +504,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)
-    if len(ins) != N_IN:
-        raise ValueError(f"expected {N_IN} inputs, got {len(ins)}")
+    n_in = len(ins)  # N_IN, + 4 scales for int8 weights
     params = compiler_params(plan.num_warps, plan.num_stages)
 
     def call(phases, state, aliases):
@@ -518,12 +518,12 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
 
     phases = tuple(range(len(PHASES))) if phases is None else tuple(phases)
     if fused:  # caches and counters in place; the rest are fresh buffers each phase fills before the next reads
-        outs = call(phases, (k_cache, v_cache, counters), {N_IN: 2, N_IN + 1: 3, N_IN + 2: 4})
+        outs = call(phases, (k_cache, v_cache, counters), {n_in: 2, n_in + 1: 3, n_in + 2: 4})
     else:  # every output threads through the five calls
         outs = [jnp.zeros(s.shape, s.dtype) for s in out_shape]
         outs[2], outs[3], outs[4] = k_cache, v_cache, counters
         for p in phases:
-            outs = call((p,), outs, {N_IN + i: i for i in range(N_OUT)})
+            outs = call((p,), outs, {n_in + i: i for i in range(N_OUT)})
     h1, mp, kc, vc, cnt = outs[:5]
     return h1, SplitK(mp, w.mlp_proj_b, "none", jnp.dtype(dtype)), kc, vc, cnt
 
