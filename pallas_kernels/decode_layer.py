@@ -220,12 +220,18 @@ def _residual_chunk(base_ref, p_ref, pb_ref, c0, width: int, d: _Dims, rows: int
     return jnp.where(m, base + y, 0.0), m
 
 
-def _row_stats(chunk, d: _Dims, store_ref):
-    """Mean and 1/std of each row over C columns as (BM,) vectors; program 0 also stores the rows, rounded, to
-    ``store_ref``. Tiles of the batch's own row count (not the dot's 16) keep this pass light; one pass, shifted
-    by the first chunk's mean (exact enough in float32 for residual streams whose mean is far from zero)."""
+def _row_tile(d: _Dims) -> tuple[int, int]:
+    """(rows, columns) of the tiles a program reads whole rows with: the batch's own row count (not the dot's 16)
+    and about 2048 values a tile."""
     br = next_pow2(d.B)
-    cb = min(next_pow2(d.C), max(128, 2048 // br))
+    return br, min(next_pow2(d.C), max(128, 2048 // br))
+
+
+def _row_stats(chunk, d: _Dims, store_ref):
+    """Mean and 1/std of each row over C columns as (br,) vectors (``_row_tile``); program 0 also stores the rows,
+    rounded, to ``store_ref``. One pass, shifted by the first chunk's mean (exact enough in float32 for residual
+    streams whose mean is far from zero)."""
+    br, cb = _row_tile(d)
     first = pl.program_id(0) == 0
     x0, m0 = chunk(jnp.int32(0), cb, br)
     shift = jnp.sum(x0, axis=1) / jnp.maximum(jnp.sum(m0.astype(jnp.float32), axis=1), 1.0)  # (br,)
@@ -254,8 +260,7 @@ def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, norm_scratch: bo
     """The LayerNorm'd activation tile function ``x_tile(k0, bk)`` of a phase whose rows ``chunk`` gives."""
     mean, rstd = _row_stats(chunk, d, store_ref)  # (br,) each
     if norm_scratch:  # this program's rows, normalised once, then plain loads per K step
-        br = mean.shape[0]
-        cb = min(next_pow2(d.C), max(128, 2048 // br))
+        br, cb = _row_tile(d)
         pid = pl.program_id(0)
         for c0 in map(jnp.int32, range(0, d.C, cb)):
             x, m = chunk(c0, cb, br)
