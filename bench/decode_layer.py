@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=int, default=512)
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="skip the per-phase plan sweep")
+    ap.add_argument("--variants", default=None,
+                    help='JSON list of plan-field overrides to time whole, e.g. \'[{"early_kb": 64}]\'')
     args = ap.parse_args(argv)
     require_gpu("bench.decode_layer")
     from jaxgpt import GPTConfig
@@ -76,8 +78,11 @@ def main(argv=None) -> int:
     f, a = timed(base, fused=False)
     for k, ms in kernel_breakdown(f, *a):
         print(f"  five-call form: {k:<36} {ms * 1e3:8.1f} us")
-    for kw in ({"norm_scratch": False}, {"att_block": 128}):
+    variants = json.loads(args.variants) if args.variants else [{"norm_scratch": False}, {"att_block": 128}]
+    for kw in variants:
         record(f"all, {kw}", dataclasses.replace(base, **kw))
+    if any("poll_volatile" in kw for kw in variants):
+        record("no phase, volatile poll", dataclasses.replace(base, poll_volatile=True), phases=())
     if args.quick:
         return 0
     # Each matmul phase alone (barriers kept) over (block_n, block_k, split) choices that give 0.75-2.2 items a

@@ -86,6 +86,14 @@ class DecodeLayerPlan:
     # Each program writes its LayerNorm'd rows once to its own scratch row and the K steps load them; else each K
     # step recomputes its tile from the partials (H100, B=1: gpt2-xl 52.6 -> 48.9 µs a block, gpt2 35.0 -> 27.7).
     norm_scratch: bool = True
+    # KB of its first item's weight tiles a program loads into registers before the barrier that opens a matmul
+    # phase (before the LayerNorm prologue in phase 1), so the weight stream overlaps the wait and the prologue.
+    early_kb: int = 0
+    # Rows that fit one tile (C <= 2048 at B=1): the statistics pass's tile is normalised as is, not loaded again.
+    reuse_rows: bool = True
+    # Barrier wait: poll the counter with volatile loads (then one acquiring atomic) instead of atomic reads, which
+    # all programs' atomics on one address serialise.
+    poll_volatile: bool = False
 
     def __post_init__(self):
         if self.programs < 1:
@@ -228,9 +236,9 @@ def _row_tile(d: _Dims) -> tuple[int, int]:
 
 
 def _row_stats(chunk, d: _Dims, store_ref):
-    """Mean and 1/std of each row over C columns as (br,) vectors (``_row_tile``); program 0 also stores the rows,
-    rounded, to ``store_ref``. One pass, shifted by the first chunk's mean (exact enough in float32 for residual
-    streams whose mean is far from zero)."""
+    """Mean and 1/std of each row over C columns as (br,) vectors (``_row_tile``), and the first chunk's (x, mask);
+    program 0 also stores the rows, rounded, to ``store_ref``. One pass, shifted by the first chunk's mean (exact
+    enough in float32 for residual streams whose mean is far from zero)."""
     br, cb = _row_tile(d)
     first = pl.program_id(0) == 0
     x0, m0 = chunk(jnp.int32(0), cb, br)
@@ -245,7 +253,7 @@ def _row_stats(chunk, d: _Dims, store_ref):
         s += jnp.sum(xs, axis=1)
         ss += jnp.sum(xs * xs, axis=1)
     mean_s = s / d.C
-    return shift + mean_s, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean_s * mean_s, 0.0) + d.eps)  # (br,) each
+    return shift + mean_s, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean_s * mean_s, 0.0) + d.eps), x0, m0  # (br,) x2
 
 
 def _to_tile_rows(v):
@@ -256,14 +264,14 @@ def _to_tile_rows(v):
     return jnp.sum(jnp.where(pick, v[None, :], 0.0), axis=1)
 
 
-def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, norm_scratch: bool):
+def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, plan: DecodeLayerPlan):
     """The LayerNorm'd activation tile function ``x_tile(k0, bk)`` of a phase whose rows ``chunk`` gives."""
-    mean, rstd = _row_stats(chunk, d, store_ref)  # (br,) each
-    if norm_scratch:  # this program's rows, normalised once, then plain loads per K step
+    mean, rstd, x0, m0 = _row_stats(chunk, d, store_ref)  # (br,) each; the first (br, cb) chunk
+    if plan.norm_scratch:  # this program's rows, normalised once, then plain loads per K step
         br, cb = _row_tile(d)
         pid = pl.program_id(0)
         for c0 in map(jnp.int32, range(0, d.C, cb)):
-            x, m = chunk(c0, cb, br)
+            x, m = (x0, m0) if plan.reuse_rows and d.C <= cb else chunk(c0, cb, br)
             pltriton.store(xn_ref.at[pid, pl.ds(0, br), pl.ds(c0, cb)],
                            _normed(x, m, c0, cb, mean, rstd, w_ref, b_ref, d), mask=m)
         if not d.interpret:  # (the interpreter runs a program as one thread)
@@ -290,59 +298,92 @@ def _normed(x, m, k0, width: int, mean, rstd, w_ref, b_ref, d: _Dims):
     return jnp.where(m, y, 0.0).astype(d.dtype)
 
 
-def _items(n_items: int, body):
-    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``."""
+def _items(n_items: int, body, first=None):
+    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``; ``first(pid)`` (if given) runs
+    the first of them instead."""
     pid, g = pl.program_id(0), pl.num_programs(0)
+    count = jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g)
 
     def step(t, carry):
         body(pid + t * g)
         return carry
 
-    jax.lax.fori_loop(0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step, jnp.int32(0))
+    if first is not None:
+        pl.when(count > 0)(lambda: first(pid))
+    jax.lax.fori_loop(0 if first is None else 1, count, step, jnp.int32(0))
 
 
-def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
+def _k_range(k: int, bk: int, split: int, s):
+    """(start, steps) of K split s: whole ``bk`` blocks, the splits as even as whole blocks allow."""
+    chunk = -(-(-(-k // bk)) // split) * bk  # K per split
+    lo = s * chunk
+    return lo, jax.lax.div(jnp.minimum(chunk, k - lo) + bk - 1, jnp.int32(bk))
+
+
+def _w_tile(w_ref, k0, bk: int, c0, bn: int, hi, n: int, d: _Dims):
+    """The (bk, bn) weight tile at rows [k0, k0+bk) below ``hi``, columns [c0, c0+bn) below n; zero elsewhere."""
+    ks, cols = k0 + jnp.arange(bk), c0 + jnp.arange(bn)
+    wm = (ks[:, None] < hi) & (cols[None, :] < n)
+    return pltriton.load(w_ref.at[pl.ds(k0, bk), pl.ds(c0, bn)], mask=wm, other=0 if d.int8 else 0.0)
+
+
+def _early_tiles(n: int, k: int, mm: tuple[int, int, int], w_ref, d: _Dims, early_kb: int):
+    """The first weight tiles of this program's first item (item pid) of a matmul phase, loaded now: at most
+    ``early_kb`` KB, zero past the item's K range or where the program has no item. None when none fit."""
+    bn, bk, split = mm
+    count = min(early_kb * 1024 // (bn * bk * (1 if d.int8 else d.dtype.itemsize)), -(-(-(-k // bk)) // split))
+    if count < 1:
+        return None
+    pid = pl.program_id(0)
+    j, s = jax.lax.div(pid, jnp.int32(split)), jax.lax.rem(pid, jnp.int32(split))  # j >= N blocks: all masked
+    lo, steps = _k_range(k, bk, split, s)
+    hi = jnp.minimum(lo + steps * bk, k)
+    return tuple(_w_tile(w_ref, lo + t * bk, bk, j * bn, bn, hi, n, d) for t in range(count))
+
+
+def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None,
+                  early=None):
     """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
     ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype. int8 weights
     (``d.int8``): tiles widened to the compute dtype in registers, the per-column scales ``s_ref`` applied to the
-    partial (they factor out of the K sum)."""
+    partial (they factor out of the K sum). ``early``: the first item's first weight tiles (``_early_tiles``)."""
     bn, bk, split = plan
-    chunk = -(-(-(-k // bk)) // split) * bk  # K per split, whole blocks
 
-    def item(it):
+    def dot(x, wt):
+        return jnp.dot(x, wt.astype(d.dtype) if d.int8 else wt, preferred_element_type=jnp.float32,
+                       precision=d.precision)
+
+    def item(it, tiles=()):
         j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
-        lo = s * chunk
+        lo, steps = _k_range(k, bk, split, s)
+        hi = jnp.minimum(lo + steps * bk, k)
         cols = j * bn + jnp.arange(bn)
+        acc = jnp.zeros((BM, bn), jnp.float32)
+        for t, wt in enumerate(tiles):  # loaded early; past the item's steps they are zero (x: a valid tile)
+            acc += jnp.where(t < steps, dot(x_tile(lo + jnp.minimum(t, steps - 1) * bk, bk), wt), 0.0)
 
         def step(kk, acc):
             k0 = lo + kk * bk
-            ks = k0 + jnp.arange(bk)
-            wm = (ks[:, None] < k) & (cols[None, :] < n)
-            if d.int8:
-                wt = pltriton.load(w_ref.at[pl.ds(k0, bk), pl.ds(j * bn, bn)], mask=wm, other=0).astype(d.dtype)
-            else:
-                wt = _ld(w_ref.at[pl.ds(k0, bk), pl.ds(j * bn, bn)], wm)
-            return acc + jnp.dot(x_tile(k0, bk), wt, preferred_element_type=jnp.float32, precision=d.precision)
+            return acc + dot(x_tile(k0, bk), _w_tile(w_ref, k0, bk, j * bn, bn, hi, n, d))
 
-        acc = jax.lax.fori_loop(0, jax.lax.div(jnp.minimum(chunk, k - lo) + bk - 1, jnp.int32(bk)), step,
-                                jnp.zeros((BM, bn), jnp.float32))
+        acc = jax.lax.fori_loop(len(tiles), steps, step, acc)
         if d.int8:
             acc = acc * _ld(s_ref.at[pl.ds(j * bn, bn)], cols < n)[None, :]
         m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
         pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
 
-    _items(-(-n // bn) * split, item)
+    _items(-(-n // bn) * split, item, None if early is None else (lambda it: item(it, early)))
 
 
-def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def chunk(c0, width, rows=BM):  # x = r + MLP-out of the previous block (float32, not yet rounded)
         return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
-    x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan.norm_scratch)
-    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
+    x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan)
+    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv, early)
 
 
-def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits, bk = plan.att_splits, plan.att_block
     S = R.kc.shape[1]
     chunk = -(-(-(-S // splits)) // bk) * bk
@@ -376,7 +417,7 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     _items(d.B * d.H * splits, item)
 
 
-def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits = plan.att_splits
     rows, dc = jnp.arange(BM), jnp.arange(d.D)
     m = (rows[:, None] < d.B) & (dc[None, :] < d.D)
@@ -395,36 +436,51 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return jnp.where(m, acc / den, 0.0).astype(d.dtype)
 
     bn, split = plan.proj
-    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so)
+    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so, early)
 
 
-def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def chunk(c0, width, rows=BM):  # h1 = x + attention out (float32, not yet rounded)
         return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
-    x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan.norm_scratch)
-    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
+    x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan)
+    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc, early)
 
 
-def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def x_tile(k0, bk):  # GELU(c_fc) over columns [k0, k0+bk), finished from its partials
         m, cols = _tile_mask(k0, bk, d.B, 4 * d.C)
         g = finish(_sum_parts(R.fc_p, k0, bk, m),
                    _ld(R.bfc.at[pl.ds(k0, bk)], cols < 4 * d.C)[None, :], "gelu_tanh", d.dtype)
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
-    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2)
+    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2, early)
 
 
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
 
 
-def _barrier(cnt_ref, slot):
-    """Every program arrives (acquire-release atomic, GPU scope) and waits until all have."""
+def _early(p: int, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    """Phase p's early weight tiles (``_early_tiles``; None for attention or with ``plan.early_kb`` 0)."""
+    if not plan.early_kb or p == 1:
+        return None
+    n, k, mm, w = {0: (3 * d.C, d.C, plan.qkv, R.wqkv), 2: (d.C, d.C, (plan.proj[0], d.D, plan.proj[1]), R.wo),
+                   3: (4 * d.C, d.C, plan.fc, R.wfc), 4: (d.C, 4 * d.C, plan.out, R.wp2)}[p]
+    return _early_tiles(n, k, mm, w, d, plan.early_kb)
+
+
+def _barrier(cnt_ref, slot, volatile: bool):
+    """Every program arrives (acquire-release atomic, GPU scope) and waits until all have: polling with atomic
+    reads, or (``volatile``) with volatile loads and then one acquiring atomic."""
     pltriton.debug_barrier()  # this program's stores are done before its arrival is seen
     g = pl.num_programs(0)
     arrived = pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1)) + 1
-    jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0)), arrived)
+    if volatile:
+        jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True), arrived)
+        pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # acquire what the others wrote before arriving
+    else:
+        jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0)),
+                           arrived)
     pltriton.debug_barrier()
 
 
@@ -432,10 +488,11 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     for p in range(len(PHASES)):
+        early = _early(p, R, plan, dims) if p in phases else None  # weights: loaded before the wait
         if dims.fused and p:
-            _barrier(R.cnt, R.layer[0] * BARRIERS + p - 1)
+            _barrier(R.cnt, R.layer[0] * BARRIERS + p - 1, plan.poll_volatile)
         if p in phases:
-            PHASES[p](R, plan, dims)
+            PHASES[p](R, plan, dims, early)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Session 6's GPU calls, one mode a call:  source .gpu/env.sh && bash bench/gpu/session6.sh MODE
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+mode=${1:?mode}
+case $mode in
+  knobs)  # block-kernel knobs: early weight tiles, volatile barrier poll, first-tile reuse (xl and gpt2, B=1)
+    V='[{"reuse_rows": false}, {"poll_volatile": true}, {"early_kb": 32}, {"early_kb": 64}, {"early_kb": 128},
+        {"early_kb": 64, "poll_volatile": true}]'
+    timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "matches_reference and (early or scratch)" > "$OUT/knob_tests.txt" 2>&1
+    echo "== knob tests rc=$?"; tail -1 "$OUT/knob_tests.txt" | cut -c1-200
+    for m in gpt2-xl gpt2; do
+      timeout 170 python -m bench.decode_layer --model $m --quick --variants "$V" --out "$OUT/layer_$m.json" \
+        > "$OUT/layer_$m.txt" 2>&1; echo "== $m rc=$?"
+      grep -v "five-call" "$OUT/layer_$m.txt" | cut -c1-110
+    done ;;
+  *) echo "unknown mode $mode"; exit 2 ;;
+esac
