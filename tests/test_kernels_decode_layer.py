@@ -37,8 +37,8 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 
 @pytest.mark.parametrize("fused", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"early_kb": 64, "reuse_rows": False}],
-                         ids=["scratch", "recompute", "early"])
+@pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False}],
+                         ids=["scratch", "recompute", "reload"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -209,8 +209,8 @@ def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
 
 
-@pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"early_kb": 64, "poll_volatile": True})],
-                         ids=["bf16", "int8", "bf16-early-volatile"])
+@pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"poll_volatile": False})],
+                         ids=["bf16", "int8", "bf16-atomic-poll"])
 def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
     import re

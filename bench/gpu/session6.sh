@@ -15,5 +15,10 @@ case $mode in
         > "$OUT/layer_$m.txt" 2>&1; echo "== $m rc=$?"
       grep -v "five-call" "$OUT/layer_$m.txt" | cut -c1-110
     done ;;
+  chain)  # the same, HBM-bound: 8 distinct blocks chained; barrier poll, stages, and the per-phase tile sweep (xl)
+    V='[{"poll_volatile": false}, {"num_stages": 3}, {"num_stages": 5}, {"num_stages": 6}, {"reuse_rows": false}]'
+    timeout 520 python -m bench.decode_layer --model gpt2-xl --variants "$V" --out "$OUT/chain_xl.json" \
+      > "$OUT/chain_xl.txt" 2>&1; echo "== gpt2-xl rc=$?"
+    grep -v "five-call" "$OUT/chain_xl.txt" | cut -c1-110 ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
