@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.timing import device_time_ms, group_kernels, kernel_breakdown, require_gpu
-from pallas_kernels.decode_layer import BARRIERS, DecodeLayerPlan, LayerWeights, decode_layer, default_programs
+from pallas_kernels.decode_layer import DecodeLayerPlan, LayerWeights, counter_slots, decode_layer, default_programs
 from pallas_kernels.partials import SplitK
 
 REPS = 4  # passes over the chain per timed call (the caches' copy into the loop is paid once)
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         def chain(r, p, kcs, vcs):  # REPS passes over the L blocks in one loop, caches carried (updated in place)
             def body(_, carry):
                 r, p, kcs, vcs = carry
-                kcs, vcs, cnt = list(kcs), list(vcs), jnp.zeros((BARRIERS * L,), jnp.int32)
+                kcs, vcs, cnt = list(kcs), list(vcs), jnp.zeros((L * counter_slots(B, H),), jnp.int32)
                 for i in range(L):
                     r, p, kcs[i], vcs[i], cnt = decode_layer(r, p, ws[i], kcs[i], vcs[i], pos, cnt,
                                                              jnp.full((1,), i, jnp.int32), eps=1e-5, n_head=H,

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxgpt.ops import BACKENDS, XlaOps, append_kv
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
-from pallas_kernels.decode_layer import BARRIERS, LayerWeights, decode_layer
+from pallas_kernels.decode_layer import LayerWeights, counter_slots, decode_layer
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
@@ -146,7 +146,7 @@ class PallasOps(XlaOps):
             return None  # the per-op path serves int4 (and, unless opted in, int8) and head sizes the kernel lacks
         r = x.reshape(B, C)  # (B, C)
         parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
-        counters = jnp.zeros((BARRIERS * len(blocks),), jnp.int32)
+        counters = jnp.zeros((len(blocks) * counter_slots(B, n_head),), jnp.int32)
         ks, vs = [], []
         for i, p in enumerate(blocks):
             r, parts, k, v, counters = decode_layer(r, parts, LayerWeights(*p), cache.k[i], cache.v[i], pos,

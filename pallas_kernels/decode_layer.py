@@ -50,6 +50,12 @@ BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-cor
 BARRIERS = 4  # per block: after phases 1-4
 
 
+def counter_slots(batch: int, n_head: int) -> int:
+    """int32 counters one block's step uses: its four barriers, then one per (row, head) whose attention splits'
+    last finisher merges them. A step of L blocks takes ``L * counter_slots`` counters, zero at its start."""
+    return BARRIERS + batch * n_head
+
+
 class LayerWeights(NamedTuple):
     """One block's parameters in HF GPT-2 layout: linear weights (in, out) in the compute dtype, or all four int8
     ``QWeight``s with per-output-channel scales; LayerNorm weights and biases in the compute dtype."""
@@ -91,6 +97,11 @@ class DecodeLayerPlan:
     # Barrier wait: poll the counter with volatile loads (then one acquiring atomic) rather than atomic reads, which
     # queue with the arrivals on one address (H100, B=1: gpt2-xl block 48.1 -> 45.1 µs, gpt2 26.9 -> 26.3).
     poll_volatile: bool = True
+    # Attention splits cut each row's live cache [0, pos) evenly (else the whole cache S, in fixed slices).
+    live_splits: bool = True
+    # The last of a head's splits to finish (an atomic count) merges them into the rounded attention output; else
+    # every K step of the output projection merges its head's splits again.
+    merge_heads: bool = True
 
     def __post_init__(self):
         if self.programs < 1:
@@ -113,13 +124,13 @@ class DecodeLayerPlan:
         # the fewest K splits that still give ~3/4 of the programs an item win (each partial is read again by the
         # next phase's prologue: gpt2-xl c_fc 20.1 µs with 2 splits, 25.1 with 3; the MLP output's partials, read
         # by the next block's prologue, at most 10: gpt2 takes 64x64 tiles there). gpt2-xl B=1: 49.6 µs a block
-        # with these, 55.0 with the first plan. Attention: rows x heads x splits about half the programs (more
-        # splits cost the output projection's merge more than they save). float32 (4-byte) weights: 64-deep tiles
+        # with these, 55.0 with the first plan. Attention: rows x heads x splits up to the programs, each split a
+        # slice of the live cache (a head's last split merges them). float32 (4-byte) weights: 64-deep tiles
         # and 2 stages, or the pipeline overflows shared memory (255 KB asked for 128x128 tiles, 4 stages).
         c, d = n_embd, n_embd // n_head
         wide = itemsize <= 2
         att_block = 64
-        splits = max(1, min(programs // max(2 * batch * n_head, 1), -(-cache // att_block)))
+        splits = max(1, min(programs // max(batch * n_head, 1), -(-cache // att_block)))
         proj_bn, _, proj_split = _fewest_splits(c, c, programs, 64, d)  # K steps one head each
         return DecodeLayerPlan(
             programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64),
@@ -171,7 +182,7 @@ class _Refs(NamedTuple):
     mp_out: object  # (P5, B, C) f32 MLP partials
     kc: object  # (B, S, H, D) caches, updated in place at slot pos
     vc: object
-    cnt: object  # (BARRIERS * L,) int32 barrier counters, zero at the step's start
+    cnt: object  # (L * counter_slots,) int32 counters, zero at the step's start
     x: object  # (B, C) scratch: the block's input, rounded (phase 1 -> 4)
     qkv_p: object  # (P1, B, 3C) f32
     att_o: object  # (B, H, SP, D) f32
@@ -179,10 +190,11 @@ class _Refs(NamedTuple):
     proj_p: object  # (P3, B, C) f32
     fc_p: object  # (P4, B, 4C) f32
     xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
+    att_y: object  # (B, C) scratch: the attention output, heads merged from their splits, rounded (plan.merge_heads)
 
 
 N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors
-N_OUT = 12
+N_OUT = 13
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,7 +372,6 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     splits, bk = plan.att_splits, plan.att_block
     S = R.kc.shape[1]
-    chunk = -(-(-(-S // splits)) // bk) * bk
     scale = 1.0 / math.sqrt(d.D)
 
     def item(it):
@@ -385,10 +396,47 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         carry = (v_new.astype(jnp.float32) * is_first, jnp.where(first, s_new, jnp.full_like(s_new, _NEG)),
                  is_first)
         # Slots before pos only: the new token counts in split 0's carry (no program reads the slot written here).
+        if plan.live_splits:  # whole blocks, as even as they allow
+            chunk = pl.cdiv(pl.cdiv(pos, jnp.int32(splits)), jnp.int32(bk)) * bk
+        else:
+            chunk = -(-(-(-S // splits)) // bk) * bk
         _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=sp * chunk,
                       hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
+        if plan.merge_heads:
+            if not d.interpret:
+                pltriton.debug_barrier()  # the split's stores are done before its arrival is seen
+            slot = R.layer[0] * counter_slots(d.B, d.H) + BARRIERS + b * d.H + h
+            done = _count(R.cnt, slot, d)
+            pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
     _items(d.B * d.H * splits, item)
+
+
+def _count(cnt_ref, slot, d: _Dims):
+    """Add one to counter ``slot``, returning its value before: an acquire-release atomic on the GPU (so the last to
+    count sees every write the others made before counting); a load and a store in interpret mode, which runs the
+    programs one at a time (and has no state-discharge rule for an atomic inside a loop of traced length)."""
+    if d.interpret:
+        old = cnt_ref[slot]
+        cnt_ref[slot] = old + 1
+        return old
+    return pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1))
+
+
+def _merge_splits(o, lse):
+    """Softmax-weighted sum of the splits' outputs o (SP, D) by their log2-sum-exps lse (SP, D); float32 (D,)."""
+    mx = jnp.max(lse, axis=0)  # (D,)
+    w = jnp.exp2(lse - mx[None, :])  # (SP, D)
+    return jnp.sum(o * w, axis=0) / jnp.sum(w, axis=0)
+
+
+def _merge_head(R: _Refs, b, h, splits: int, d: _Dims):
+    """Row b, head h: its splits merged, rounded to the compute dtype, into the attention output att_y."""
+    sp = jnp.arange(next_pow2(splits))
+    ok = jnp.broadcast_to((sp < splits)[:, None], (sp.shape[0], d.D))
+    o = _ld(R.att_o.at[b, h, pl.ds(0, sp.shape[0]), :], ok)  # (SP, D)
+    lse = jnp.where(ok, _ld(R.att_l.at[b, h, pl.ds(0, sp.shape[0]), :], ok), _NEG)
+    pltriton.store(R.att_y.at[b, pl.ds(h * d.D, d.D)], _merge_splits(o, lse).astype(d.dtype))
 
 
 def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -396,7 +444,9 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     rows, dc = jnp.arange(BM), jnp.arange(d.D)
     m = (rows[:, None] < d.B) & (dc[None, :] < d.D)
 
-    def x_tile(k0, bk):  # head k0 // D: merge its cache splits (online), round like a store
+    def x_tile(k0, bk):  # head k0 // D: merged by phase 2, or merge its cache splits (online), round like a store
+        if plan.merge_heads:
+            return _ld(R.att_y.at[pl.ds(0, BM), pl.ds(k0, bk)], m).astype(d.dtype)
         hh = jax.lax.div(k0, jnp.int32(d.D))
         acc = jnp.zeros((BM, d.D), jnp.float32)
         den = jnp.zeros((BM, d.D), jnp.float32)
@@ -454,7 +504,7 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     for p in range(len(PHASES)):
         if dims.fused and p:
-            _barrier(R.cnt, R.layer[0] * BARRIERS + p - 1, plan.poll_volatile)
+            _barrier(R.cnt, R.layer[0] * counter_slots(dims.B, dims.H) + p - 1, plan.poll_volatile)
         if p in phases:
             PHASES[p](R, plan, dims)
 
@@ -470,8 +520,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     ``x = r + finish(mlp_in)`` is the block's input; ``h1 = x + attn(LN1(x))`` and ``mlp_out`` the MLP's unfinished
     partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
     ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
-    (BARRIERS * n_layer,) int32, zero at the step's start, is shared by the step's blocks; ``layer`` (1,) int32
-    picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
+    (n_layer * counter_slots(B, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
+    (1,) int32 picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
     ``phases`` (for benchmarks only: the outputs are then incomplete) runs a subset of the phases 0-4; the
     one-kernel form keeps all its barriers.
     """
@@ -499,6 +549,9 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError(f"mlp_in partials {mlp_in.parts.shape} must be (P, {B}, {C})")
     if pos.shape != (B,):
         raise ValueError(f"{pos.shape=} must be ({B},)")
+    if counters.ndim != 1 or counters.shape[0] % counter_slots(B, H) or not counters.shape[0]:
+        raise ValueError(f"{counters.shape=} must be (n_layer * counter_slots(B, n_head),) = (n_layer * "
+                         f"{counter_slots(B, H)},)")
     interpret = default_interpret(interpret)
     fused = (not interpret) if fused is None else fused
     if fused and interpret:
@@ -527,6 +580,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((plan.proj[1], B, C), f32),
         jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
         jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
+        jax.ShapeDtypeStruct((B, C), dtype),  # att_y
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.decode_layer import (BARRIERS, DecodeLayerPlan, LayerWeights, decode_layer,
+from pallas_kernels.decode_layer import (BARRIERS, DecodeLayerPlan, LayerWeights, counter_slots, decode_layer,
                                          decode_layer_reference)
 from pallas_kernels.partials import SplitK, resolve
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
@@ -30,15 +30,16 @@ def _inputs(rng, B, C, H, S, dtype, parts=3):
 
 
 def _run(args, H, plan, fused, layer=0, n_layer=1):
-    counters = jnp.zeros((BARRIERS * n_layer,), jnp.int32)
+    counters = jnp.zeros((n_layer * counter_slots(args[0].shape[0], H),), jnp.int32)
     return decode_layer(*args[:5], args[5], counters, jnp.array([layer]), eps=1e-5, n_head=H, plan=plan,
                         fused=fused)
 
 
 @pytest.mark.parametrize("fused", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False}],
-                         ids=["scratch", "recompute", "reload"])
+@pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
+                                   {"merge_heads": False, "live_splits": False}],
+                         ids=["scratch", "recompute", "reload", "proj-merges"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -56,8 +57,11 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")
     check(kc, rk, dtype, C, "k cache")
     check(vc, rv, dtype, C, "v cache")
+    counters = np.asarray(counters).tolist()
     if fused:  # every program passed every barrier once
-        assert np.asarray(counters).tolist() == [programs] * BARRIERS
+        assert counters[:BARRIERS] == [programs] * BARRIERS
+    if plan.merge_heads:  # every (row, head) counted each of its splits once
+        assert counters[BARRIERS:] == [plan.att_splits] * (B * H)
 
 
 def test_plans_are_free_choices():
@@ -104,8 +108,8 @@ def test_mixed_or_int4_weights_are_refused():
                 w._replace(**{f: quantize(np.asarray(getattr(w, f)), bits=4, group=32)
                               for f in ("c_attn_w", "c_proj_w", "c_fc_w", "mlp_proj_w")})):
         with pytest.raises(ValueError, match="int8 per-channel"):
-            decode_layer(r, mlp_in, bad, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), eps=1e-5,
-                         n_head=2, interpret=True)
+            decode_layer(r, mlp_in, bad, kc, vc, pos, jnp.zeros((counter_slots(1, 2),), jnp.int32), jnp.array([0]),
+                         eps=1e-5, n_head=2, interpret=True)
 
 
 def test_chained_blocks_finish_the_previous_partials():
@@ -133,7 +137,15 @@ def test_bad_calls_are_clear_errors(bad, needle):
     r, mlp_in, w, kc, vc, pos = _inputs(rng, B, 64, 2, 16, "float32")
     kw = dict(eps=1e-5, n_head=2, interpret=True) | bad
     with pytest.raises(ValueError, match=needle):
-        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), **kw)
+        cnt = jnp.zeros((counter_slots(B, 2),), jnp.int32)
+        decode_layer(r, mlp_in, w, kc, vc, pos, cnt, jnp.array([0]), **kw)
+
+
+def test_counters_of_the_wrong_size_are_refused():
+    r, mlp_in, w, kc, vc, pos = _inputs(np.random.default_rng(0), 1, 64, 2, 16, "float32")
+    with pytest.raises(ValueError, match="counter_slots"):
+        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), eps=1e-5, n_head=2,
+                     interpret=True)
 
 
 def test_one_kernel_form_refuses_more_programs_than_sms(monkeypatch):
@@ -145,8 +157,8 @@ def test_one_kernel_form_refuses_more_programs_than_sms(monkeypatch):
     monkeypatch.setattr(dl, "default_programs", lambda: 4)
     plan = dataclasses.replace(DecodeLayerPlan.heuristic(1, 64, 2, 16, 4), programs=5)
     with pytest.raises(ValueError, match="resident"):
-        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((4,), jnp.int32), jnp.array([0]), eps=1e-5, n_head=2,
-                     plan=plan, fused=True, interpret=False)
+        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((counter_slots(1, 2),), jnp.int32), jnp.array([0]),
+                     eps=1e-5, n_head=2, plan=plan, fused=True, interpret=False)
 
 
 def test_bad_plans_are_clear_errors():
@@ -231,7 +243,7 @@ def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
                             eps=1e-5, n_head=H, plan=plan, fused=True, interpret=False)
 
     text = jax.jit(f).trace(S(1, C), S(3, 1, C, dt=jnp.float32), S(C), w, S(1, 512, H, 64), S(1, 512, H, 64),
-                            S(1, dt=jnp.int32), S(4 * 48, dt=jnp.int32),
+                            S(1, dt=jnp.int32), S(48 * counter_slots(1, H), dt=jnp.int32),
                             S(1, dt=jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls == ["__gpu$xla.gpu.triton"], calls

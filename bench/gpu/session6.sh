@@ -20,5 +20,17 @@ case $mode in
     timeout 520 python -m bench.decode_layer --model gpt2-xl --variants "$V" --out "$OUT/chain_xl.json" \
       > "$OUT/chain_xl.txt" 2>&1; echo "== gpt2-xl rc=$?"
     grep -v "five-call" "$OUT/chain_xl.txt" | cut -c1-110 ;;
+  merge)  # live-range attention splits + last-split head merge: GPU tests, the chain bench, the model's decode
+    timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      > "$OUT/merge_tests.txt" 2>&1
+    echo "== decode_layer tests rc=$?"; tail -1 "$OUT/merge_tests.txt" | cut -c1-200
+    V='[{"merge_heads": false, "live_splits": false, "att_splits": 2}, {"merge_heads": false}, {"live_splits": false},
+        {"att_splits": 3}, {"att_splits": 8}]'
+    timeout 170 python -m bench.decode_layer --model gpt2-xl --quick --variants "$V" --out "$OUT/merge_xl.json" \
+      > "$OUT/merge_xl.txt" 2>&1; echo "== gpt2-xl rc=$?"
+    grep -v "five-call" "$OUT/merge_xl.txt" | cut -c1-110
+    timeout 150 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
+      --out "$OUT/decode_merge.json" > "$OUT/decode_merge.txt" 2>&1
+    echo "== decode rc=$?"; grep -A3 "^model" "$OUT/decode_merge.txt" | cut -c1-130 ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
