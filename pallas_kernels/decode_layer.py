@@ -490,12 +490,12 @@ def _barrier(cnt_ref, slot, volatile: bool):
     pltriton.debug_barrier()  # this program's stores are done before its arrival is seen
     g = pl.num_programs(0)
     arrived = pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1)) + 1
+    poll = lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # noqa: E731 - an acquiring read
     if volatile:
         jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True), arrived)
-        pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # acquire what the others wrote before arriving
-    else:
-        jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0)),
-                           arrived)
+        arrived = poll(arrived)  # acquire what the others wrote before arriving (its value is used below: an
+        # atomic whose result is unused may become a `red`, which cannot acquire)
+    jax.lax.while_loop(lambda v: v < g, poll, arrived)
     pltriton.debug_barrier()
 
 

@@ -38,8 +38,8 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("fused", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
-                                   {"merge_heads": False, "live_splits": False}],
-                         ids=["scratch", "recompute", "reload", "proj-merges"])
+                                   {"merge_heads": False, "live_splits": False}, {"poll_volatile": False}],
+                         ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits

@@ -32,5 +32,18 @@ case $mode in
     timeout 150 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
       --out "$OUT/decode_merge.json" > "$OUT/decode_merge.txt" 2>&1
     echo "== decode rc=$?"; grep -A3 "^model" "$OUT/decode_merge.txt" | cut -c1-130 ;;
+  fix)  # the fused form's failure in call 4: every flag in both forms, the barrier's PTX, parity, decode
+    timeout 240 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py -k "not model" \
+      > "$OUT/fix_tests.txt" 2>&1
+    echo "== decode_layer tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/fix_tests.txt" | cut -c1-160 | tail -12
+    rm -rf /tmp/dump; XLA_FLAGS=--xla_dump_to=/tmp/dump timeout 60 python -m pytest -q -p no:cacheprovider \
+      tests/test_kernels_decode_layer.py -k "matches_reference and 1-128-2-40-5-scratch-float32-True" > /dev/null 2>&1
+    echo "== PTX of the fused kernel: atomics"; cat /tmp/dump/*.ptx 2>/dev/null | grep -oE "(atom|red|ld\.volatile|ld\.acquire)[.a-z0-9]*" | sort | uniq -c
+    JAXGPT_DECODE_LAYER=1 timeout 120 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py \
+      -k "full_size or decode" > "$OUT/fix_parity.txt" 2>&1
+    echo "== full-size parity + decode tests, block kernel forced rc=$?"; tail -1 "$OUT/fix_parity.txt" | cut -c1-200
+    timeout 150 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
+      --out "$OUT/decode_fix.json" > "$OUT/decode_fix.txt" 2>&1
+    echo "== decode rc=$?"; grep -A3 "^model" "$OUT/decode_fix.txt" | cut -c1-130 ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
