@@ -37,7 +37,8 @@ case $mode in
       > "$OUT/fix_tests.txt" 2>&1
     echo "== decode_layer tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/fix_tests.txt" | cut -c1-160 | tail -12
     rm -rf /tmp/dump; XLA_FLAGS=--xla_dump_to=/tmp/dump timeout 60 python -m pytest -q -p no:cacheprovider \
-      tests/test_kernels_decode_layer.py -k "matches_reference and 1-128-2-40-5-scratch-float32-True" > /dev/null 2>&1
+      "tests/test_kernels_decode_layer.py::test_decode_layer_matches_reference[1-128-2-40-5-scratch-float32-True]" \
+      > /dev/null 2>&1
     echo "== PTX of the fused kernel: atomics"; cat /tmp/dump/*.ptx 2>/dev/null | grep -oE "(atom|red|ld\.volatile|ld\.acquire)[.a-z0-9]*" | sort | uniq -c
     JAXGPT_DECODE_LAYER=1 timeout 120 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py \
       -k "full_size or decode" > "$OUT/fix_parity.txt" 2>&1
