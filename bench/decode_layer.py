@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                                                              plan=plan, fused=fused, phases=phases)
                 return r, p, kcs, vcs
             return jax.lax.fori_loop(0, REPS, body, (r, p, kcs, vcs))[:2]
-        mlp_in = SplitK(jnp.asarray(rng.standard_normal((plan.out[2], B, C), np.float32)), n(C), "none",
+        mlp_in = SplitK(jnp.asarray(rng.standard_normal((plan.parts("out", C), B, C), np.float32)), n(C), "none",
                         jnp.dtype(jnp.bfloat16))
         return jax.jit(chain), (n(B, C, s=1.0), mlp_in, kcs, vcs)
 
@@ -94,8 +94,9 @@ def main(argv=None) -> int:
     for name, count, ms in group_kernels(kernel_breakdown(f, *a)):
         print(f"  five-call form: {name:<36} {ms * 1e3 / (L * REPS):8.1f} us a block ({count // (L * REPS)} a block)")
     variants = json.loads(args.variants) if args.variants else [{"norm_scratch": False}, {"att_block": 128}]
-    for kw in variants:
-        record(f"all, {kw}", dataclasses.replace(base, **kw))
+    for kw in variants:  # (JSON lists as the plan's tuples)
+        record(f"all, {kw}", dataclasses.replace(base, **{f: tuple(v) if isinstance(v, list) else v
+                                                           for f, v in kw.items()}))
     if any("poll_volatile" in kw for kw in variants):
         record("no phase, volatile poll", dataclasses.replace(base, poll_volatile=True), phases=())
     if args.quick:

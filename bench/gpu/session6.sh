@@ -46,5 +46,18 @@ case $mode in
     timeout 150 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
       --out "$OUT/decode_fix.json" > "$OUT/decode_fix.txt" 2>&1
     echo "== decode rc=$?"; grep -A3 "^model" "$OUT/decode_fix.txt" | cut -c1-130 ;;
+  stream)  # stream-K matmul phases: GPU tests (both forms), the chain bench's variants (xl, gpt2)
+    timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "stream or free_choices or parts" > "$OUT/stream_tests.txt" 2>&1
+    echo "== stream-K tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/stream_tests.txt" | cut -c1-160 | tail -6
+    V='[{"qkv": [128, 64, 0], "fc": [128, 64, 0], "out": [128, 128, 0]},
+        {"qkv": [128, 64, 0], "fc": [128, 64, 0], "out": [128, 64, 0]},
+        {"qkv": [128, 128, 0], "fc": [128, 128, 0], "out": [128, 128, 0]},
+        {"qkv": [128, 64, 0]}, {"fc": [128, 64, 0]}, {"out": [128, 128, 0]}, {"out": [64, 128, 0]}]'
+    for m in gpt2-xl gpt2; do
+      timeout 190 python -m bench.decode_layer --model $m --quick --variants "$V" --out "$OUT/stream_$m.json" \
+        > "$OUT/stream_$m.txt" 2>&1; echo "== $m rc=$?"
+      grep -v "five-call" "$OUT/stream_$m.txt" | grep -v "^only" | cut -c1-120
+    done ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
