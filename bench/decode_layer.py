@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                                                              plan=plan, fused=fused, phases=phases)
                 return r, p, kcs, vcs
             return jax.lax.fori_loop(0, REPS, body, (r, p, kcs, vcs))[:2]
-        mlp_in = SplitK(jnp.asarray(rng.standard_normal((plan.parts("out", C), B, C), np.float32)), n(C), "none",
+        mlp_in = SplitK(jnp.asarray(rng.standard_normal((plan.out[2], B, C), np.float32)), n(C), "none",
                         jnp.dtype(jnp.bfloat16))
         return jax.jit(chain), (n(B, C, s=1.0), mlp_in, kcs, vcs)
 

@@ -77,9 +77,7 @@ class LayerWeights(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class DecodeLayerPlan:
     """Work split of one block. Matmul phases: (block_n, block_k, split) — items are (N block, K split) pairs, dealt
-    round-robin to the programs; split 0 is stream-K: the (N block, K block) tiles, N-major, cut into one even run a
-    program, each run's piece of an N block a partial (``parts``). The attention output projection steps K one head
-    at a time (block_k = head_dim).
+    round-robin to the programs; the attention output projection steps K one head at a time (block_k = head_dim).
     Attention: the cache is cut into ``att_splits`` slices of whole ``att_block``-slot blocks."""
 
     programs: int
@@ -111,22 +109,11 @@ class DecodeLayerPlan:
         for name in ("qkv", "fc", "out"):
             bn, bk, s = getattr(self, name)
             check_blocks(**{f"{name}.block_n": bn, f"{name}.block_k": bk})
-            if s < 0:
-                raise ValueError(f"{name}.split={s} must be >= 1, or 0 for stream-K")
+            if s < 1:
+                raise ValueError(f"{name}.split={s} must be >= 1")
         check_blocks(**{"proj.block_n": self.proj[0], "att_block": self.att_block})
         if self.proj[1] < 1 or self.att_splits < 1:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
-
-    def parts(self, name: str, n_embd: int) -> int:
-        """Partials phase ``name`` ("qkv", "fc", "out") writes for width ``n_embd``: its split, or stream-K's most
-        runs meeting one N block."""
-        bn, bk, split = getattr(self, name)
-        n, k = {"qkv": (3 * n_embd, n_embd), "fc": (4 * n_embd, n_embd), "out": (n_embd, 4 * n_embd)}[name]
-        if split:
-            return split
-        nb, kb = -(-n // bn), -(-k // bk)
-        first = _stream_first(nb * kb, self.programs)
-        return max(first((j + 1) * kb - 1) - first(j * kb) + 1 for j in range(nb))
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
@@ -160,11 +147,6 @@ def _fewest_splits(n: int, k: int, programs: int, bn: int, bk: int) -> tuple[int
         if -(-ks // -(-ks // split)) == split and nb * split >= 0.75 * programs:
             return bn, bk, split
     return bn, bk, ks
-
-
-def _stream_first(units: int, programs: int):
-    """Stream-K: the program whose run [p*U//G, (p+1)*U//G) holds tile u (works on ints and int32 arrays)."""
-    return lambda u: ((u + 1) * programs - 1) // units
 
 
 def default_programs() -> int:
@@ -376,42 +358,7 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
         m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
         pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
 
-    if split:
-        _items(-(-n // bn) * split, item)
-        return
-    # stream-K: this program's run of tiles, N-major; a partial for each N block it meets, in slot (pid - the
-    # block's first program); the block's first program zeroes the slots no run fills (past the block's last
-    # program, or a program with an empty run when tiles are fewer than programs), so consumers sum them all.
-    nb, kb, g = -(-n // bn), -(-k // bk), out_ref.shape[0]
-    units, programs = nb * kb, pl.num_programs(0)
-    first = _stream_first(units, programs)
-    pid = pl.program_id(0)
-    u0, u1 = pid * units // programs, (pid + 1) * units // programs
-    j0 = u0 // kb
-
-    def segment(t, carry):
-        j = j0 + t
-        cols = j * bn + jnp.arange(bn)
-
-        def step(kk, acc):
-            return acc + dot(x_tile(kk * bk, bk), _w_tile(w_ref, kk * bk, bk, j * bn, bn, k, n, d))
-
-        acc = jax.lax.fori_loop(jnp.maximum(u0, j * kb) - j * kb, jnp.minimum(u1, j * kb + kb) - j * kb, step,
-                                jnp.zeros((BM, bn), jnp.float32))
-        if d.int8:
-            acc = acc * _ld(s_ref.at[pl.ds(j * bn, bn)], cols < n)[None, :]
-        m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
-        slot = pid - first(j * kb)
-        pltriton.store(out_ref.at[slot, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
-        for z in range(1, g):  # slot z is program first + z's: zero it if that run misses block j
-            q = first(j * kb) + z
-            v0, v1 = q * units // programs, (q + 1) * units // programs
-            misses = (q >= programs) | (v1 <= v0) | (v0 >= j * kb + kb) | (v1 <= j * kb)
-            pltriton.store(out_ref.at[jnp.int32(z), pl.ds(0, BM), pl.ds(j * bn, bn)],
-                           jnp.zeros((BM, bn), jnp.float32), mask=m & (slot == 0) & misses)
-        return carry
-
-    jax.lax.fori_loop(0, jnp.where(u1 > u0, (u1 - 1) // kb - j0 + 1, 0), segment, jnp.int32(0))
+    _items(-(-n // bn) * split, item)
 
 
 def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -622,16 +569,16 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     f32 = jnp.float32
     out_shape = [
         jax.ShapeDtypeStruct((B, C), dtype),  # h1
-        jax.ShapeDtypeStruct((plan.parts("out", C), B, C), f32),  # mlp partials
+        jax.ShapeDtypeStruct((plan.out[2], B, C), f32),  # mlp partials
         jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
         jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype),
         jax.ShapeDtypeStruct(counters.shape, jnp.int32),
         jax.ShapeDtypeStruct((B, C), dtype),  # x
-        jax.ShapeDtypeStruct((plan.parts("qkv", C), B, 3 * C), f32),
+        jax.ShapeDtypeStruct((plan.qkv[2], B, 3 * C), f32),
         jax.ShapeDtypeStruct((B, H, plan.att_splits, D), f32),
         jax.ShapeDtypeStruct((B, H, plan.att_splits, D), f32),
         jax.ShapeDtypeStruct((plan.proj[1], B, C), f32),
-        jax.ShapeDtypeStruct((plan.parts("fc", C), B, 4 * C), f32),
+        jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
         jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
     ]

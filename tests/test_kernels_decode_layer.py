@@ -38,9 +38,8 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("fused", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
-                                   {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
-                                   {"qkv": (64, 64, 0), "fc": (128, 64, 0), "out": (64, 64, 0)}],
-                         ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "stream-k"])
+                                   {"merge_heads": False, "live_splits": False}, {"poll_volatile": False}],
+                         ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -75,10 +74,7 @@ def test_plans_are_free_choices():
                  DecodeLayerPlan(9, (128, 32, 1), (128, 1), (64, 32, 4), (128, 64, 1), att_splits=1,
                                  att_block=32),
                  DecodeLayerPlan(11, (64, 64, 2), (64, 2), (128, 64, 2), (64, 64, 3), att_splits=2,
-                                 norm_scratch=False),
-                 # stream-K: runs that cross N blocks, several runs a block, programs left without a run
-                 DecodeLayerPlan(5, (64, 64, 0), (64, 3), (128, 32, 0), (64, 64, 0), att_splits=3),
-                 DecodeLayerPlan(13, (128, 64, 0), (64, 2), (128, 64, 0), (128, 128, 0), att_splits=2)):
+                                 norm_scratch=False)):
         h1, mlp_out, kc, _, _ = _run(args, H, plan, fused=False)
         check(h1, want[0], "float32", C, f"h1 {plan}")
         check(h1 + resolve(mlp_out), want[1], "float32", 4 * C, f"out {plan}")
@@ -165,20 +161,11 @@ def test_one_kernel_form_refuses_more_programs_than_sms(monkeypatch):
                      eps=1e-5, n_head=2, plan=plan, fused=True, interpret=False)
 
 
-def test_stream_k_parts_count_the_runs_meeting_a_block():
-    plan = DecodeLayerPlan(5, (64, 64, 0), (64, 3), (128, 32, 0), (64, 64, 2), att_splits=3)
-    # qkv, C=128: 6 N blocks x 2 K blocks = 12 tiles over 5 programs: runs [0,2) [2,4) [4,7) [7,9) [9,12) -> block
-    # 3 (tiles 6, 7) meets two runs
-    assert plan.parts("qkv", 128) == 2
-    assert plan.parts("out", 128) == 2  # a split plan: its split
-    assert DecodeLayerPlan(2, (64, 64, 0), (64, 1), (64, 64, 1), (64, 64, 0), att_splits=1).parts("out", 64) == 2
-
-
 def test_bad_plans_are_clear_errors():
     with pytest.raises(ValueError, match="power of two"):
         DecodeLayerPlan(4, (48, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
     with pytest.raises(ValueError, match="split"):
-        DecodeLayerPlan(4, (64, 64, -1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
+        DecodeLayerPlan(4, (64, 64, 0), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
