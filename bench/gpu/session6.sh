@@ -59,5 +59,16 @@ case $mode in
         > "$OUT/stream_$m.txt" 2>&1; echo "== $m rc=$?"
       grep -v "five-call" "$OUT/stream_$m.txt" | grep -v "^only" | cut -c1-120
     done ;;
+  sweep)  # plan knobs around the merged-heads plan (xl, gpt2 B=1), and xl B=8's block
+    V='[{"num_warps": 4}, {"att_splits": 4}, {"att_splits": 6}, {"proj": [128, 4]}, {"proj": [64, 2]},
+        {"proj": [64, 8]}, {"att_block": 32}]'
+    for m in gpt2-xl gpt2; do
+      timeout 170 python -m bench.decode_layer --model $m --quick --variants "$V" --out "$OUT/sweep_$m.json" \
+        > "$OUT/sweep_$m.txt" 2>&1; echo "== $m rc=$?"
+      grep -v "five-call" "$OUT/sweep_$m.txt" | grep -v "^only" | cut -c1-120
+    done
+    timeout 120 python -m bench.decode_layer --model gpt2-xl --batch 8 --quick --variants '[]' \
+      --out "$OUT/sweep_xl_b8.json" > "$OUT/sweep_xl_b8.txt" 2>&1; echo "== xl B8 rc=$?"
+    grep -v "five-call" "$OUT/sweep_xl_b8.txt" | cut -c1-120 ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
