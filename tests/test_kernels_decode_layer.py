@@ -184,7 +184,7 @@ def test_model_decode_with_block_kernels_matches_xla(dtype, monkeypatch):
 
 
 def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch):
-    """An int8 model with JAXGPT_DECODE_LAYER_INT8=1: greedy tokens equal the XLA backend's int8 model's."""
+    """An int8 model on the block kernel (the default): greedy tokens equal the XLA backend's int8 model's."""
     from jaxgpt import GPTConfig, ops_pallas, random_state_dict
     from jaxgpt.engine import Engine
     from jaxgpt.generate import generate

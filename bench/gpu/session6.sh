@@ -70,5 +70,15 @@ case $mode in
     timeout 120 python -m bench.decode_layer --model gpt2-xl --batch 8 --quick --variants '[]' \
       --out "$OUT/sweep_xl_b8.json" > "$OUT/sweep_xl_b8.txt" 2>&1; echo "== xl B8 rc=$?"
     grep -v "five-call" "$OUT/sweep_xl_b8.txt" | cut -c1-120 ;;
+  final)  # the closing state: block-kernel tests (GPU), then issue 7's and issue 10's decode tables, one run each
+    timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "(matches_reference and scratch) or free_choices or chained or int8" > "$OUT/final_tests.txt" 2>&1
+    echo "== decode_layer tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/final_tests.txt" | cut -c1-160 | tail -4
+    timeout 250 python -m bench.decode --model gpt2,gpt2-xl --backend xla,pallas --batch 1,8 --tokens 256 --reps 3 \
+      --out "$OUT/final_decode.json" > "$OUT/final_decode.txt" 2>&1
+    echo "== decode bf16 rc=$?"; grep -A10 "^model" "$OUT/final_decode.txt" | cut -c1-130
+    timeout 150 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+      --quantize none,int8,int4 --out "$OUT/final_quant.json" > "$OUT/final_quant.txt" 2>&1
+    echo "== decode quant rc=$?"; grep -A5 "^model" "$OUT/final_quant.txt" | cut -c1-130 ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
