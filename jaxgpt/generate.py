@@ -7,6 +7,9 @@ Two compiled functions per shape bucket, both ahead of time and cached on the ``
   is chosen from the logits at each row's last real position.
 * ``decode`` (batch bucket, cache bucket): a ``lax.while_loop`` of ``GPT.decode`` steps and sampling that stops
   after ``max_new_tokens`` or when every row is done; the cache comes in donated, so XLA updates it in place.
+  The loop runs ``DECODE_CHUNK`` steps an iteration (a ``fori_loop`` of static length), then single steps for the
+  rest: on a GPU, XLA reads a ``while_loop``'s predicate back to the host every iteration, a round trip the GPU
+  idles through; a chunk pays it once (rows done mid-chunk only record -1, as they would one step at a time).
 
 Rows are right-padded, not left-padded: row ``b`` keeps its own positions ``0..len-1`` and its token ``t`` goes to
 cache slot ``len + t``; the prefill is the plain causal forward (padding sits after every real position, so it is
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -39,6 +43,8 @@ from jaxgpt.ops import get_ops
 from jaxgpt.sampling import Sampling, sample
 
 EOS_ID = tokenizer.EOT_ID
+# Steps a decode-loop iteration runs (module docstring); JAXGPT_DECODE_CHUNK=1 is one step an iteration.
+DECODE_CHUNK = max(1, int(os.environ.get("JAXGPT_DECODE_CHUNK", "16")))
 
 
 @dataclasses.dataclass
@@ -111,11 +117,7 @@ def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache
     if host is not None:
         done = done | io_callback(host, jax.ShapeDtypeStruct((B,), jnp.bool_), 0, out[:, 0], ordered=True)
 
-    def cond(c):
-        i, _, _, _, done = c
-        return (i < max_new) & ~jnp.all(done)
-
-    def body(c):
+    def step(c):
         i, tok, cache, out, done = c
         logits, cache = model.decode(tok, lengths + i - 1, cache, ops)  # token i-1 sits at slot len + i - 1
         nxt = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, rows)  # (B,)
@@ -126,7 +128,14 @@ def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache
             done = done | io_callback(host, jax.ShapeDtypeStruct((B,), jnp.bool_), i, rec, ordered=True)
         return i + 1, nxt, cache, out, done
 
-    i, _, cache, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, out, done))
+    def steps(k: int, c):  # while a whole chunk of k steps fits below max_new and some row is still going
+        return jax.lax.while_loop(lambda c: (c[0] + k <= max_new) & ~jnp.all(c[4]),
+                                  lambda c: jax.lax.fori_loop(0, k, lambda _, c: step(c), c) if k > 1 else step(c), c)
+
+    c = (jnp.int32(1), tok, cache, out, done)
+    if DECODE_CHUNK > 1:
+        c = steps(DECODE_CHUNK, c)
+    i, _, cache, out, _ = steps(1, c)
     return out, i[None], cache
 
 

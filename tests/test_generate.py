@@ -97,6 +97,24 @@ def test_stop_string_cuts_the_text_and_streaming_matches():
     assert full.ids[:len(cut.ids)] == cut.ids
 
 
+def test_chunked_decode_loop_equals_one_step_at_a_time(monkeypatch):
+    """Chunks of 4 steps (then single steps for the rest) give the tokens, texts and stops of one step an iteration,
+    including a row stopped by a stop string in the middle of a chunk while the other goes on."""
+    import importlib
+    gen = importlib.import_module("jaxgpt.generate")  # (the package's ``generate`` is the function)
+    prompts, runs = ["Dobby is", "The cat sat"], {}
+    for chunk in (1, 4):
+        monkeypatch.setattr(gen, "DECODE_CHUNK", chunk)
+        engine = Engine(TINY, random_state_dict(TINY, seed=5))  # (a fresh engine: its own compiled loop)
+        full = generate(engine, prompts, max_new_tokens=14, stop_at_eos=False)
+        stop = full[0].text[len(full[0].text) // 2:][:3]
+        cut = generate(engine, prompts, max_new_tokens=14, stop_at_eos=False, stop=[stop])
+        runs[chunk] = [(g.ids, g.text, g.finish_reason) for g in (*full, *cut)]
+        assert cut[0].finish_reason == "stop" and len(cut[0].ids) < len(full[0].ids)
+        assert all(len(g.ids) == 14 for g in full)
+    assert runs[4] == runs[1]
+
+
 def test_streamed_pieces_add_up_to_the_text():
     engine = Engine(TINY, random_state_dict(TINY, seed=6))
     seen = {0: [], 1: []}

@@ -80,5 +80,11 @@ case $mode in
     timeout 150 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
       --quantize none,int8,int4 --out "$OUT/final_quant.json" > "$OUT/final_quant.txt" 2>&1
     echo "== decode quant rc=$?"; grep -A5 "^model" "$OUT/final_quant.txt" | cut -c1-130 ;;
+  chunk)  # the decode loop: 16 steps a while-loop iteration vs one (JAXGPT_DECODE_CHUNK), gpt2 and gpt2-xl B=1
+    for c in 1 16; do
+      JAXGPT_DECODE_CHUNK=$c timeout 170 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 \
+        --tokens 256 --reps 3 --out "$OUT/chunk$c.json" > "$OUT/chunk$c.txt" 2>&1
+      echo "== JAXGPT_DECODE_CHUNK=$c rc=$?"; grep -A3 "^model" "$OUT/chunk$c.txt" | cut -c1-130
+    done ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
