@@ -7,14 +7,17 @@ the block's five phases on ``programs`` persistent programs (at most one per SM,
 1. ``c_attn``: x = r + MLP-out of the previous block (finished from its split-K partials); every program computes
    LN1(x) (one pass for the statistics, the normalised rows into its own scratch row), then split-K partial
    products of LN1(x)·W_qkv over (N block, K split) work items.
-2. attention: per (row, head, cache split), finish q/k/v from the partials (+ bias), append k/v at slot ``pos``,
-   online softmax over the split's cache slots (float32, base 2), write the split's output and log-sum-exp.
-3. ``attn.c_proj``: K runs over heads; each step merges that head's splits, then multiplies.
+2. attention: per (row, head, split of the live cache [0, pos)), finish q/k/v from the partials (+ bias), append
+   k/v at slot ``pos``, online softmax over the split's slots (float32, base 2), write the split's output and
+   log-sum-exp; the head's last split to finish (an atomic count) merges them into the rounded attention output.
+3. ``attn.c_proj``: partials of attention-out·W_o, K one head a step.
 4. ``c_fc``: h1 = x + attn-out (finished from 3's partials), LN2(h1) per program as in 1, partials of LN2·W_fc.
 5. ``mlp.c_proj``: each K step finishes c_fc's partials (bias + GELU) for its slice, partials of g·W_proj.
 
-A barrier separates the phases: every program adds one to a counter with an acquire-release atomic and waits until
-all have (the cooperative-groups grid sync, made of Triton atomics). The block's outputs are h1 and the MLP's
+A barrier separates the phases: every program adds one to a counter with an acquire-release atomic, polls it with
+volatile loads until all have, then reads it once more with an acquiring atomic (the cooperative-groups grid sync,
+made of Triton atomics; that atomic's result must be used, or it may lower to a ``red``, which cannot acquire: the
+H100 caught exactly that). The block's outputs are h1 and the MLP's
 float32 partials: the next block's phase 1 (or the final LayerNorm, ``add_layer_norm`` with ``SplitK``) finishes
 them, so no program waits for a sum it does not need. Data one phase writes is read by the next with plain loads:
 no program reads a scratch buffer before the phase that writes it (L1 starts each kernel empty, and XLA's buffers
@@ -95,12 +98,15 @@ class DecodeLayerPlan:
     # Rows that fit one tile (C <= 2048 at B=1): the statistics pass's tile is normalised as is, not loaded again.
     reuse_rows: bool = True
     # Barrier wait: poll the counter with volatile loads (then one acquiring atomic) rather than atomic reads, which
-    # queue with the arrivals on one address (H100, B=1: gpt2-xl block 48.1 -> 45.1 µs, gpt2 26.9 -> 26.3).
+    # queue with the arrivals on one address. H100, B=1, HBM-bound chain: gpt2-xl block 48.2 -> 44.7 µs before the
+    # acquiring atomic was mended (without it the reads after the barrier were unordered); the acquire costs ~2 µs
+    # of that back (session 6, bench/NOTES.md), not re-timed against atomic polling since.
     poll_volatile: bool = True
     # Attention splits cut each row's live cache [0, pos) evenly (else the whole cache S, in fixed slices).
-    live_splits: bool = True
     # The last of a head's splits to finish (an atomic count) merges them into the rounded attention output; else
-    # every K step of the output projection merges its head's splits again.
+    # every K step of the output projection merges its head's splits again. H100, gpt2-xl B=1 (chain): both 39.6 µs
+    # a block, live_splits off 41.4, merge_heads off 44.2, both off 45.5.
+    live_splits: bool = True
     merge_heads: bool = True
 
     def __post_init__(self):
