@@ -8,8 +8,9 @@ Two compiled functions per shape bucket, both ahead of time and cached on the ``
 * ``decode`` (batch bucket, cache bucket): a ``lax.while_loop`` of ``GPT.decode`` steps and sampling that stops
   after ``max_new_tokens`` or when every row is done; the cache comes in donated, so XLA updates it in place.
   The loop runs ``DECODE_CHUNK`` steps an iteration (a ``fori_loop`` of static length), then single steps for the
-  rest: on a GPU, XLA reads a ``while_loop``'s predicate back to the host every iteration, a round trip the GPU
-  idles through; a chunk pays it once (rows done mid-chunk only record -1, as they would one step at a time).
+  rest, so the ``while_loop``'s per-iteration cost on a GPU (its predicate checked between iterations) is paid once
+  a chunk: H100, B=1, ms/token, same run: gpt2 0.411 -> 0.402, gpt2-xl 2.132 -> 2.114 (and gpt2-xl compiles in 8.0 s
+  instead of 6.0). Rows done mid-chunk only record -1, as they would one step at a time.
 
 Rows are right-padded, not left-padded: row ``b`` keeps its own positions ``0..len-1`` and its token ``t`` goes to
 cache slot ``len + t``; the prefill is the plain causal forward (padding sits after every real position, so it is
@@ -43,8 +44,10 @@ from jaxgpt.ops import get_ops
 from jaxgpt.sampling import Sampling, sample
 
 EOS_ID = tokenizer.EOT_ID
-# Steps a decode-loop iteration runs (module docstring); JAXGPT_DECODE_CHUNK=1 is one step an iteration.
-DECODE_CHUNK = max(1, int(os.environ.get("JAXGPT_DECODE_CHUNK", "16")))
+# Steps a decode-loop iteration runs (module docstring); JAXGPT_DECODE_CHUNK=1 is one step an iteration (anything
+# but a positive integer keeps the default).
+_CHUNK_ENV = os.environ.get("JAXGPT_DECODE_CHUNK", "")
+DECODE_CHUNK = int(_CHUNK_ENV) if _CHUNK_ENV.isdigit() and int(_CHUNK_ENV) > 0 else 16
 
 
 @dataclasses.dataclass
