@@ -233,10 +233,11 @@ def main(argv=None):
             continue
         print(f"{r['model']:<8} {r['batch']:>2} {r['impl']:<18} {r['ms_per_token']:9.3f} {r['tokens_per_s']:8.0f} "
               f"{r.get('pct_copy_bw', float('nan')):7.1f} {r.get('weight_limit_ms', float('nan')):8.3f} "
-              f"{r.get('step_kernel_ms', float('nan')):12.3f} {r.get('kernel_count', 0):5d} {r['prefill_ms']:10.2f} "
+              f"{r.get('step_kernel_ms', float('nan')):12.3f} {r.get('kernel_count', '-'):>5} {r['prefill_ms']:10.2f} "
               f"{r['compile_s']:9.1f}")
     print("jaxgpt: wall clock of the compiled decode loop / steps (median of reps); step kern = CUPTI device time "
-          "of one jitted decode step; HF: wall clock with cuda synchronize, (generate(N) - generate(1)) / (N-1).")
+          "of one jitted decode step (#kern: its kernels, counted with --breakdown N); HF: wall clock with cuda "
+          "synchronize, (generate(N) - generate(1)) / (N-1).")
     if args.breakdown:
         for r in rows:
             if r.get("kernels"):
