@@ -7,7 +7,8 @@ Every row times a chain of ``--layers`` blocks with distinct weights (as the mod
 491 MB, ten times the H100's L2, so each block streams its weights from HBM) and reports the time per block; one
 block timed alone re-reads weights L2 keeps between repetitions and reads fast (``--layers 1`` shows it).
 Rows: the whole kernel; each phase alone inside the one-kernel form (barriers kept); no phase (the launch and the
-four barriers alone); the five-call form per phase (launch each); then variants of warps, stages and K block.
+four barriers alone); the five-call form per phase (launch each); then whole-block variants of the plan
+(``--variants``), and without ``--quick`` a per-phase tile sweep.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="skip the per-phase plan sweep")
     ap.add_argument("--variants", default=None,
-                    help='JSON list of plan-field overrides to time whole, e.g. \'[{"early_kb": 64}]\'')
+                    help='JSON list of plan-field overrides to time whole, e.g. \'[{"num_stages": 5}]\'')
     args = ap.parse_args(argv)
     require_gpu("bench.decode_layer")
     from jaxgpt import GPTConfig

@@ -136,8 +136,8 @@ def test_bad_calls_are_clear_errors(bad, needle):
     B = bad.pop("rows", 1)
     r, mlp_in, w, kc, vc, pos = _inputs(rng, B, 64, 2, 16, "float32")
     kw = dict(eps=1e-5, n_head=2, interpret=True) | bad
+    cnt = jnp.zeros((counter_slots(B, 2),), jnp.int32)
     with pytest.raises(ValueError, match=needle):
-        cnt = jnp.zeros((counter_slots(B, 2),), jnp.int32)
         decode_layer(r, mlp_in, w, kc, vc, pos, cnt, jnp.array([0]), **kw)
 
 
