@@ -53,10 +53,15 @@ BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-cor
 BARRIERS = 4  # per block: after phases 1-4
 
 
-def counter_slots(batch: int, n_head: int) -> int:
-    """int32 counters one block's step uses: its four barriers, then one per (row, head) whose attention splits'
-    last finisher merges them. A step of L blocks takes ``L * counter_slots`` counters, zero at its start."""
-    return BARRIERS + batch * n_head
+def counter_slots(batch: int, n_embd: int, n_head: int) -> int:
+    """int32 counters one block's step uses: its four barriers; one per (row, head) whose attention splits' last
+    finisher merges them; then (``DecodeLayerPlan.dataflow``) one per N block of c_attn and of c_fc (room for
+    16-wide blocks), counting the K splits done. A step of L blocks takes ``L * counter_slots``, zero at its start."""
+    return BARRIERS + batch * n_head + _cdiv(3 * n_embd, 16) + _cdiv(4 * n_embd, 16)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 class LayerWeights(NamedTuple):
@@ -108,6 +113,11 @@ class DecodeLayerPlan:
     # a block, live_splits off 41.4, merge_heads off 44.2, both off 45.5.
     live_splits: bool = True
     merge_heads: bool = True
+    # Dataflow instead of two of the four barriers: each c_attn / c_fc item counts itself done on its N block's
+    # counter (acquire-release atomic), and an attention item waits for the c_attn blocks holding its head's q, k,
+    # v, an MLP-output item for the c_fc blocks of its K range (volatile polls, then acquiring atomic reads), so no
+    # program waits for work it does not read. Built after session 6's device time ran out: CPU-verified only.
+    dataflow: bool = False
 
     def __post_init__(self):
         if self.programs < 1:
@@ -215,6 +225,7 @@ class _Dims:
     fused: bool
     interpret: bool
     int8: bool  # the four projections' weights are int8 with per-output-channel scales
+    wait: bool = False  # this phase waits on its producers' counters (plan.dataflow) instead of a barrier
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -338,11 +349,13 @@ def _w_tile(w_ref, k0, bk: int, c0, bn: int, k: int, n: int, d: _Dims):
     return pltriton.load(w_ref.at[pl.ds(k0, bk), pl.ds(c0, bn)], mask=wm, other=0 if d.int8 else 0.0)
 
 
-def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
+def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None,
+                  before=None, done=None):
     """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
     ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype. int8 weights
     (``d.int8``): tiles widened to the compute dtype in registers, the per-column scales ``s_ref`` applied to the
-    partial (they factor out of the K sum)."""
+    partial (they factor out of the K sum). ``before(lo, hi)`` runs first with the item's K range, ``done(j)`` after
+    its store (``plan.dataflow``'s wait and count)."""
     bn, bk, split = plan
 
     def dot(x, wt):
@@ -353,6 +366,8 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
         j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
         lo, steps = _k_range(k, bk, split, s)
         cols = j * bn + jnp.arange(bn)
+        if before is not None:
+            before(lo, jnp.minimum(lo + steps * bk, k))
 
         def step(kk, acc):
             k0 = lo + kk * bk
@@ -363,6 +378,8 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
             acc = acc * _ld(s_ref.at[pl.ds(j * bn, bn)], cols < n)[None, :]
         m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
         pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
+        if done is not None:
+            done(j)
 
     _items(-(-n // bn) * split, item)
 
@@ -372,7 +389,8 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan)
-    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
+    done = (lambda j: _signal(R.cnt, _qkv_ready(R, d) + j, d)) if plan.dataflow else None
+    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv, done=done)
 
 
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -384,6 +402,10 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         b = jax.lax.div(it, jnp.int32(d.H * splits))
         h = jax.lax.rem(jax.lax.div(it, jnp.int32(splits)), jnp.int32(d.H))
         sp = jax.lax.rem(it, jnp.int32(splits))
+
+        if d.wait:  # dataflow: the c_attn N blocks holding this head's q, k, v columns done
+            blk, ok = _head_blocks(h, d.C, d.D, plan.qkv[0])
+            _wait(R.cnt, _qkv_ready(R, d) + blk, ok, plan.qkv[2], d)
 
         def finished(off):  # (D,) columns [off, off + D) of the QKV projection, finished and rounded
             acc = jnp.zeros((d.D,), jnp.float32)
@@ -411,11 +433,66 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         if plan.merge_heads:
             if not d.interpret:
                 pltriton.debug_barrier()  # the split's stores are done before its arrival is seen
-            slot = R.layer[0] * counter_slots(d.B, d.H) + BARRIERS + b * d.H + h
+            slot = _slots(R, d) + BARRIERS + b * d.H + h
             done = _count(R.cnt, slot, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
     _items(d.B * d.H * splits, item)
+
+
+def _slots(R: _Refs, d: _Dims):
+    """This block's first counter: barriers at +0..3, head merges at +BARRIERS + b*H + h, c_attn's N blocks at
+    ``_qkv_ready``, c_fc's at ``_fc_ready``."""
+    return R.layer[0] * counter_slots(d.B, d.C, d.H)
+
+
+def _qkv_ready(R: _Refs, d: _Dims):
+    return _slots(R, d) + BARRIERS + d.B * d.H
+
+
+def _fc_ready(R: _Refs, d: _Dims):
+    return _qkv_ready(R, d) + _cdiv(3 * d.C, 16)
+
+
+def _signal(cnt_ref, slot, d: _Dims):
+    """Count one more K split of an N block done (release: after this program's stores to it)."""
+    if not d.interpret:
+        pltriton.debug_barrier()  # every thread's stores done before the count is seen
+    done = _count(cnt_ref, slot, d)
+    # (the count's result is used, so it stays an atomic with release semantics rather than a bare reduction)
+    pl.when(done < 0)(lambda: pltriton.store(cnt_ref.at[slot], done))
+
+
+def _head_blocks(h, C: int, D: int, bn: int):
+    """The bn-wide N blocks of c_attn's output (3C columns: q, k, v) that hold head h's q, k and v columns, as a
+    padded vector and its mask (a head's D columns meet at most D // bn + 2 blocks)."""
+    per = _cdiv(D, bn) + 1
+    t = jnp.arange(next_pow2(3 * per))
+    off = (t // per) * C + h * D  # the first column of head h's q, k or v
+    blk = off // bn + t % per
+    ok = (t < 3 * per) & (blk <= (off + D - 1) // bn)
+    return jnp.where(ok, blk, 0), ok
+
+
+def _range_blocks(lo, hi, bn: int, most: int):
+    """The bn-wide N blocks that hold columns [lo, hi) (hi - lo <= most), as a padded vector and its mask."""
+    blk = lo // bn + jnp.arange(next_pow2(_cdiv(most, bn) + 1))
+    ok = blk <= (hi - 1) // bn
+    return jnp.where(ok, blk, 0), ok
+
+
+def _wait(cnt_ref, idx, ok, target: int, d: _Dims):
+    """Until every counter idx[ok] reaches ``target``: volatile polls, then acquiring atomic reads (so this
+    program's loads after it see what the counted programs stored). No-op in interpret mode (the five-call form:
+    the producing phase finished in an earlier call)."""
+    if d.interpret:
+        return
+    short = lambda v: jnp.sum((ok & (v < target)).astype(jnp.int32)) > 0  # noqa: E731 - (no reduce_or in Triton)
+    zero = jnp.zeros(idx.shape, jnp.int32)
+    jax.lax.while_loop(short, lambda v: pltriton.load(cnt_ref.at[idx], mask=ok, other=target, volatile=True), zero)
+    acquire = lambda v: pltriton.atomic_add(cnt_ref, (idx,), zero, mask=ok)  # noqa: E731
+    jax.lax.while_loop(short, acquire, acquire(zero))
+    pltriton.debug_barrier()
 
 
 def _count(cnt_ref, slot, d: _Dims):
@@ -474,7 +551,8 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan)
-    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
+    done = (lambda j: _signal(R.cnt, _fc_ready(R, d) + j, d)) if plan.dataflow else None
+    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc, done=done)
 
 
 def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -484,7 +562,11 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
                    _ld(R.bfc.at[pl.ds(k0, bk)], cols < 4 * d.C)[None, :], "gelu_tanh", d.dtype)
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
-    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2)
+    def before(lo, hi):  # dataflow: c_fc's N blocks over K rows [lo, hi) done
+        blk, ok = _range_blocks(lo, hi, plan.fc[0], _cdiv(_cdiv(4 * d.C, plan.out[1]), plan.out[2]) * plan.out[1])
+        _wait(R.cnt, _fc_ready(R, d) + blk, ok, plan.fc[2], d)
+
+    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2, before=before if d.wait else None)
 
 
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
@@ -509,10 +591,11 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     for p in range(len(PHASES)):
-        if dims.fused and p:
-            _barrier(R.cnt, R.layer[0] * counter_slots(dims.B, dims.H) + p - 1, plan.poll_volatile)
+        flow = plan.dataflow and p in (1, 4) and p - 1 in phases  # waits on its producers instead of a barrier
+        if dims.fused and p and not flow:
+            _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile)
         if p in phases:
-            PHASES[p](R, plan, dims)
+            PHASES[p](R, plan, dataclasses.replace(dims, wait=flow))
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
@@ -526,7 +609,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     ``x = r + finish(mlp_in)`` is the block's input; ``h1 = x + attn(LN1(x))`` and ``mlp_out`` the MLP's unfinished
     partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
     ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
-    (n_layer * counter_slots(B, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
+    (n_layer * counter_slots(B, C, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
     (1,) int32 picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
     ``phases`` (for benchmarks only: the outputs are then incomplete) runs a subset of the phases 0-4; the
     one-kernel form keeps all its barriers.
@@ -555,9 +638,9 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError(f"mlp_in partials {mlp_in.parts.shape} must be (P, {B}, {C})")
     if pos.shape != (B,):
         raise ValueError(f"{pos.shape=} must be ({B},)")
-    if counters.ndim != 1 or counters.shape[0] % counter_slots(B, H) or not counters.shape[0]:
-        raise ValueError(f"{counters.shape=} must be (n_layer * counter_slots(B, n_head),) = (n_layer * "
-                         f"{counter_slots(B, H)},)")
+    if counters.ndim != 1 or counters.shape[0] % counter_slots(B, C, H) or not counters.shape[0]:
+        raise ValueError(f"{counters.shape=} must be (n_layer * counter_slots(B, n_embd, n_head),) = (n_layer * "
+                         f"{counter_slots(B, C, H)},)")
     interpret = default_interpret(interpret)
     fused = (not interpret) if fused is None else fused
     if fused and interpret:

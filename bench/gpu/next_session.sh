@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# What the GPU has not yet measured after session 6, as one command of under 10 minutes:
+# What the GPU has not yet run after session 6, as one command of under 10 minutes:
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh
-# The barrier's two polls re-timed with the mended acquire (session 6 timed volatile polling only before the fix),
-# on the HBM-bound chain of 8 gpt2-xl and gpt2 blocks, then the model's decode with each (B=1).
+# 1. DecodeLayerPlan.dataflow (built after the device time ran out; CPU-verified, lowering checked): its GPU tests
+#    (both forms, every dtype), then the HBM-bound chain bench with it, and the model's decode with it forced.
+# 2. The barrier's two polls re-timed with the mended acquire (session 6 timed volatile polling only before the fix).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py -k "dataflow" \
+  > "$OUT/dataflow_tests.txt" 2>&1
+echo "== dataflow tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/dataflow_tests.txt" | cut -c1-160 | tail -4
 for m in gpt2-xl gpt2; do
-  timeout 150 python -m bench.decode_layer --model $m --quick --variants '[{"poll_volatile": false}]' \
-    --out "$OUT/poll_$m.json" > "$OUT/poll_$m.txt" 2>&1; echo "== $m rc=$?"
-  grep -E "^all|^no phase" "$OUT/poll_$m.txt" | cut -c1-110
+  timeout 150 python -m bench.decode_layer --model $m --quick \
+    --variants '[{"dataflow": true}, {"poll_volatile": false}, {"dataflow": true, "poll_volatile": false}]' \
+    --out "$OUT/flow_$m.json" > "$OUT/flow_$m.txt" 2>&1; echo "== $m rc=$?"
+  grep -E "^all|^no phase" "$OUT/flow_$m.txt" | cut -c1-110
 done
