@@ -57,11 +57,7 @@ def counter_slots(batch: int, n_embd: int, n_head: int) -> int:
     """int32 counters one block's step uses: its four barriers; one per (row, head) whose attention splits' last
     finisher merges them; then (``DecodeLayerPlan.dataflow``) one per N block of c_attn and of c_fc (room for
     16-wide blocks), counting the K splits done. A step of L blocks takes ``L * counter_slots``, zero at its start."""
-    return BARRIERS + batch * n_head + _cdiv(3 * n_embd, 16) + _cdiv(4 * n_embd, 16)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+    return BARRIERS + batch * n_head + pl.cdiv(3 * n_embd, 16) + pl.cdiv(4 * n_embd, 16)
 
 
 class LayerWeights(NamedTuple):
@@ -451,7 +447,7 @@ def _qkv_ready(R: _Refs, d: _Dims):
 
 
 def _fc_ready(R: _Refs, d: _Dims):
-    return _qkv_ready(R, d) + _cdiv(3 * d.C, 16)
+    return _qkv_ready(R, d) + pl.cdiv(3 * d.C, 16)
 
 
 def _signal(cnt_ref, slot, d: _Dims):
@@ -466,7 +462,7 @@ def _signal(cnt_ref, slot, d: _Dims):
 def _head_blocks(h, C: int, D: int, bn: int):
     """The bn-wide N blocks of c_attn's output (3C columns: q, k, v) that hold head h's q, k and v columns, as a
     padded vector and its mask (a head's D columns meet at most D // bn + 2 blocks)."""
-    per = _cdiv(D, bn) + 1
+    per = pl.cdiv(D, bn) + 1
     t = jnp.arange(next_pow2(3 * per))
     off = (t // per) * C + h * D  # the first column of head h's q, k or v
     blk = off // bn + t % per
@@ -476,7 +472,7 @@ def _head_blocks(h, C: int, D: int, bn: int):
 
 def _range_blocks(lo, hi, bn: int, most: int):
     """The bn-wide N blocks that hold columns [lo, hi) (hi - lo <= most), as a padded vector and its mask."""
-    blk = lo // bn + jnp.arange(next_pow2(_cdiv(most, bn) + 1))
+    blk = lo // bn + jnp.arange(next_pow2(pl.cdiv(most, bn) + 1))
     ok = blk <= (hi - 1) // bn
     return jnp.where(ok, blk, 0), ok
 
@@ -563,7 +559,7 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
     def before(lo, hi):  # dataflow: c_fc's N blocks over K rows [lo, hi) done
-        blk, ok = _range_blocks(lo, hi, plan.fc[0], _cdiv(_cdiv(4 * d.C, plan.out[1]), plan.out[2]) * plan.out[1])
+        blk, ok = _range_blocks(lo, hi, plan.fc[0], pl.cdiv(pl.cdiv(4 * d.C, plan.out[1]), plan.out[2]) * plan.out[1])
         _wait(R.cnt, _fc_ready(R, d) + blk, ok, plan.fc[2], d)
 
     _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2, before=before if d.wait else None)
