@@ -427,10 +427,7 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=sp * chunk,
                       hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
         if plan.merge_heads:
-            if not d.interpret:
-                pltriton.debug_barrier()  # the split's stores are done before its arrival is seen
-            slot = _slots(R, d) + BARRIERS + b * d.H + h
-            done = _count(R.cnt, slot, d)
+            done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
     _items(d.B * d.H * splits, item)
@@ -452,8 +449,6 @@ def _fc_ready(R: _Refs, d: _Dims):
 
 def _signal(cnt_ref, slot, d: _Dims):
     """Count one more K split of an N block done (release: after this program's stores to it)."""
-    if not d.interpret:
-        pltriton.debug_barrier()  # every thread's stores done before the count is seen
     done = _count(cnt_ref, slot, d)
     # (the count's result is used, so it stays an atomic with release semantics rather than a bare reduction)
     pl.when(done < 0)(lambda: pltriton.store(cnt_ref.at[slot], done))
@@ -492,13 +487,15 @@ def _wait(cnt_ref, idx, ok, target: int, d: _Dims):
 
 
 def _count(cnt_ref, slot, d: _Dims):
-    """Add one to counter ``slot``, returning its value before: an acquire-release atomic on the GPU (so the last to
-    count sees every write the others made before counting); a load and a store in interpret mode, which runs the
-    programs one at a time (and has no state-discharge rule for an atomic inside a loop of traced length)."""
+    """Add one to counter ``slot`` once every thread of this program has stored what the count announces, returning
+    its value before: an acquire-release atomic on the GPU (so the last to count sees every write the others made
+    before counting); a load and a store in interpret mode, which runs the programs one at a time (and has no
+    state-discharge rule for an atomic inside a loop of traced length)."""
     if d.interpret:
         old = cnt_ref[slot]
         cnt_ref[slot] = old + 1
         return old
+    pltriton.debug_barrier()  # every thread's stores done before the count is seen
     return pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1))
 
 
