@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         def chain(r, p, kcs, vcs):  # REPS passes over the L blocks in one loop, caches carried (updated in place)
             def body(_, carry):
                 r, p, kcs, vcs = carry
-                kcs, vcs, cnt = list(kcs), list(vcs), jnp.zeros((L * counter_slots(B, C, H),), jnp.int32)
+                kcs, vcs, cnt = list(kcs), list(vcs), jnp.zeros((L * counter_slots(B, H),), jnp.int32)
                 for i in range(L):
                     r, p, kcs[i], vcs[i], cnt = decode_layer(r, p, ws[i], kcs[i], vcs[i], pos, cnt,
                                                              jnp.full((1,), i, jnp.int32), eps=1e-5, n_head=H,

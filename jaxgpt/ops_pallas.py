@@ -146,7 +146,7 @@ class PallasOps(XlaOps):
             return None  # the per-op path serves int4 (and int8 when opted out) and head sizes the kernel lacks
         r = x.reshape(B, C)  # (B, C)
         parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
-        counters = jnp.zeros((len(blocks) * counter_slots(B, C, n_head),), jnp.int32)
+        counters = jnp.zeros((len(blocks) * counter_slots(B, n_head),), jnp.int32)
         ks, vs = [], []
         for i, p in enumerate(blocks):
             r, parts, k, v, counters = decode_layer(r, parts, LayerWeights(*p), cache.k[i], cache.v[i], pos,

@@ -51,13 +51,15 @@ from pallas_kernels.quant_matmul import QWeight, dequantize
 
 BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-core tile
 BARRIERS = 4  # per block: after phases 1-4
+BARRIER_KINDS = ("count", "count_fence", "flags")
+FLAG_SLOTS = 256  # the "flags" barrier's per-program arrival flags: room for up to 256 programs (SMs)
 
 
-def counter_slots(batch: int, n_embd: int, n_head: int) -> int:
-    """int32 counters one block's step uses: its four barriers; one per (row, head) whose attention splits' last
-    finisher merges them; then (``DecodeLayerPlan.dataflow``) one per N block of c_attn and of c_fc (room for
-    16-wide blocks), counting the K splits done. A step of L blocks takes ``L * counter_slots``, zero at its start."""
-    return BARRIERS + batch * n_head + pl.cdiv(3 * n_embd, 16) + pl.cdiv(4 * n_embd, 16)
+def counter_slots(batch: int, n_head: int) -> int:
+    """int32 counters one block's step uses: the "flags" barrier's arrival flag per program (``FLAG_SLOTS``), the
+    "count" barrier's four counters, and one per (row, head) whose attention splits' last finisher merges them. A
+    step of L blocks takes ``L * counter_slots``, zero at its start."""
+    return FLAG_SLOTS + BARRIERS + batch * n_head
 
 
 class LayerWeights(NamedTuple):
@@ -99,21 +101,20 @@ class DecodeLayerPlan:
     # Rows that fit one tile (C <= 2048 at B=1): the statistics pass's tile is normalised as is, not loaded again.
     reuse_rows: bool = True
     # Barrier wait: poll the counter with volatile loads (then one acquiring atomic) rather than atomic reads, which
-    # queue with the arrivals on one address. H100, B=1, HBM-bound chain: gpt2-xl block 48.2 -> 44.7 µs before the
-    # acquiring atomic was mended (without it the reads after the barrier were unordered); the acquire costs ~2 µs
-    # of that back (session 6, bench/NOTES.md), not re-timed against atomic polling since.
+    # queue with the arrivals on one address. H100, B=1, HBM-bound chain (session 7): gpt2-xl block 42.5 µs either
+    # way; 132 programs doing nothing but barriers: 1.3 µs a barrier either way, 1.24 µs a launch.
     poll_volatile: bool = True
+    # How programs meet (``_barrier``): "count" - one counter, an acquire-release atomic add each, a poll, an
+    # acquiring atomic read each (132 atomics on one address, twice); "count_fence" - the same arrival, the acquire
+    # a fence after the volatile poll; "flags" - each program sets its own flag (no two atomics on one address),
+    # polls them all with one vector load, then the fence.
+    barrier: str = "count"
     # Attention splits cut each row's live cache [0, pos) evenly (else the whole cache S, in fixed slices).
     # The last of a head's splits to finish (an atomic count) merges them into the rounded attention output; else
     # every K step of the output projection merges its head's splits again. H100, gpt2-xl B=1 (chain): both 39.6 µs
     # a block, live_splits off 41.4, merge_heads off 44.2, both off 45.5.
     live_splits: bool = True
     merge_heads: bool = True
-    # Dataflow instead of two of the four barriers: each c_attn / c_fc item counts itself done on its N block's
-    # counter (acquire-release atomic), and an attention item waits for the c_attn blocks holding its head's q, k,
-    # v, an MLP-output item for the c_fc blocks of its K range (volatile polls, then acquiring atomic reads), so no
-    # program waits for work it does not read. Built after session 6's device time ran out: CPU-verified only.
-    dataflow: bool = False
 
     def __post_init__(self):
         if self.programs < 1:
@@ -126,6 +127,10 @@ class DecodeLayerPlan:
         check_blocks(**{"proj.block_n": self.proj[0], "att_block": self.att_block})
         if self.proj[1] < 1 or self.att_splits < 1:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
+        if self.barrier not in BARRIER_KINDS:
+            raise ValueError(f"barrier={self.barrier!r} must be one of {BARRIER_KINDS}")
+        if self.programs > FLAG_SLOTS:
+            raise ValueError(f"programs={self.programs} must be <= {FLAG_SLOTS} (the barrier's flag room)")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
@@ -221,7 +226,6 @@ class _Dims:
     fused: bool
     interpret: bool
     int8: bool  # the four projections' weights are int8 with per-output-channel scales
-    wait: bool = False  # this phase waits on its producers' counters (plan.dataflow) instead of a barrier
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -345,13 +349,11 @@ def _w_tile(w_ref, k0, bk: int, c0, bn: int, k: int, n: int, d: _Dims):
     return pltriton.load(w_ref.at[pl.ds(k0, bk), pl.ds(c0, bn)], mask=wm, other=0 if d.int8 else 0.0)
 
 
-def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None,
-                  before=None, done=None):
+def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
     """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
     ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype. int8 weights
     (``d.int8``): tiles widened to the compute dtype in registers, the per-column scales ``s_ref`` applied to the
-    partial (they factor out of the K sum). ``before(lo, hi)`` runs first with the item's K range, ``done(j)`` after
-    its store (``plan.dataflow``'s wait and count)."""
+    partial (they factor out of the K sum)."""
     bn, bk, split = plan
 
     def dot(x, wt):
@@ -362,8 +364,6 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
         j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
         lo, steps = _k_range(k, bk, split, s)
         cols = j * bn + jnp.arange(bn)
-        if before is not None:
-            before(lo, jnp.minimum(lo + steps * bk, k))
 
         def step(kk, acc):
             k0 = lo + kk * bk
@@ -374,8 +374,6 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
             acc = acc * _ld(s_ref.at[pl.ds(j * bn, bn)], cols < n)[None, :]
         m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
         pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
-        if done is not None:
-            done(j)
 
     _items(-(-n // bn) * split, item)
 
@@ -385,8 +383,7 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan)
-    done = (lambda j: _signal(R.cnt, _qkv_ready(R, d) + j, d)) if plan.dataflow else None
-    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv, done=done)
+    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
 
 
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -398,10 +395,6 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         b = jax.lax.div(it, jnp.int32(d.H * splits))
         h = jax.lax.rem(jax.lax.div(it, jnp.int32(splits)), jnp.int32(d.H))
         sp = jax.lax.rem(it, jnp.int32(splits))
-
-        if d.wait:  # dataflow: the c_attn N blocks holding this head's q, k, v columns done
-            blk, ok = _head_blocks(h, d.C, d.D, plan.qkv[0])
-            _wait(R.cnt, _qkv_ready(R, d) + blk, ok, plan.qkv[2], d)
 
         def finished(off):  # (D,) columns [off, off + D) of the QKV projection, finished and rounded
             acc = jnp.zeros((d.D,), jnp.float32)
@@ -427,63 +420,16 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=sp * chunk,
                       hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
         if plan.merge_heads:
-            done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
+            done = _count(R.cnt, _slots(R, d) + FLAG_SLOTS + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
     _items(d.B * d.H * splits, item)
 
 
 def _slots(R: _Refs, d: _Dims):
-    """This block's first counter: barriers at +0..3, head merges at +BARRIERS + b*H + h, c_attn's N blocks at
-    ``_qkv_ready``, c_fc's at ``_fc_ready``."""
-    return R.layer[0] * counter_slots(d.B, d.C, d.H)
-
-
-def _qkv_ready(R: _Refs, d: _Dims):
-    return _slots(R, d) + BARRIERS + d.B * d.H
-
-
-def _fc_ready(R: _Refs, d: _Dims):
-    return _qkv_ready(R, d) + pl.cdiv(3 * d.C, 16)
-
-
-def _signal(cnt_ref, slot, d: _Dims):
-    """Count one more K split of an N block done (release: after this program's stores to it)."""
-    done = _count(cnt_ref, slot, d)
-    # (the count's result is used, so it stays an atomic with release semantics rather than a bare reduction)
-    pl.when(done < 0)(lambda: pltriton.store(cnt_ref.at[slot], done))
-
-
-def _head_blocks(h, C: int, D: int, bn: int):
-    """The bn-wide N blocks of c_attn's output (3C columns: q, k, v) that hold head h's q, k and v columns, as a
-    padded vector and its mask (a head's D columns meet at most D // bn + 2 blocks)."""
-    per = pl.cdiv(D, bn) + 1
-    t = jnp.arange(next_pow2(3 * per))
-    off = (t // per) * C + h * D  # the first column of head h's q, k or v
-    blk = off // bn + t % per
-    ok = (t < 3 * per) & (blk <= (off + D - 1) // bn)
-    return jnp.where(ok, blk, 0), ok
-
-
-def _range_blocks(lo, hi, bn: int, most: int):
-    """The bn-wide N blocks that hold columns [lo, hi) (hi - lo <= most), as a padded vector and its mask."""
-    blk = lo // bn + jnp.arange(next_pow2(pl.cdiv(most, bn) + 1))
-    ok = blk <= (hi - 1) // bn
-    return jnp.where(ok, blk, 0), ok
-
-
-def _wait(cnt_ref, idx, ok, target: int, d: _Dims):
-    """Until every counter idx[ok] reaches ``target``: volatile polls, then acquiring atomic reads (so this
-    program's loads after it see what the counted programs stored). No-op in interpret mode (the five-call form:
-    the producing phase finished in an earlier call)."""
-    if d.interpret:
-        return
-    short = lambda v: jnp.sum((ok & (v < target)).astype(jnp.int32)) > 0  # noqa: E731 - (no reduce_or in Triton)
-    zero = jnp.zeros(idx.shape, jnp.int32)
-    jax.lax.while_loop(short, lambda v: pltriton.load(cnt_ref.at[idx], mask=ok, other=target, volatile=True), zero)
-    acquire = lambda v: pltriton.atomic_add(cnt_ref, (idx,), zero, mask=ok)  # noqa: E731
-    jax.lax.while_loop(short, acquire, acquire(zero))
-    pltriton.debug_barrier()
+    """This block's first counter: barrier flags at +0.., barrier counters at +FLAG_SLOTS + 0..3, head merges at
+    +FLAG_SLOTS + BARRIERS + b*H + h."""
+    return R.layer[0] * counter_slots(d.B, d.H)
 
 
 def _count(cnt_ref, slot, d: _Dims):
@@ -544,8 +490,7 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan)
-    done = (lambda j: _signal(R.cnt, _fc_ready(R, d) + j, d)) if plan.dataflow else None
-    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc, done=done)
+    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
 
 
 def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -555,28 +500,50 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
                    _ld(R.bfc.at[pl.ds(k0, bk)], cols < 4 * d.C)[None, :], "gelu_tanh", d.dtype)
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
-    def before(lo, hi):  # dataflow: c_fc's N blocks over K rows [lo, hi) done
-        blk, ok = _range_blocks(lo, hi, plan.fc[0], pl.cdiv(pl.cdiv(4 * d.C, plan.out[1]), plan.out[2]) * plan.out[1])
-        _wait(R.cnt, _fc_ready(R, d) + blk, ok, plan.fc[2], d)
-
-    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2, before=before if d.wait else None)
+    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2)
 
 
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
 
 
-def _barrier(cnt_ref, slot, volatile: bool):
-    """Every program arrives (acquire-release atomic, GPU scope) and waits until all have: polling with atomic
-    reads, or (``volatile``) with volatile loads and then one acquiring atomic."""
+def _fence_acquire(v):
+    """``fence.acq_rel.gpu`` after the volatile (relaxed) poll that saw every arrival: with that read, an acquire
+    pattern of the PTX memory model, so this thread's later loads see what the arrivals released. Returns v: the
+    caller uses it, which keeps the (side-effect-free, to the compiler) asm after the poll and before the loads."""
+    [v] = pltriton.elementwise_inline_asm("fence.acq_rel.gpu;\n\tmov.b32 $0, $1;", args=[v], constraints="=r,r",
+                                          pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, v.dtype)])
+    return v
+
+
+def _barrier(cnt_ref, base, p: int, kind: str, volatile: bool):
+    """Every program arrives and waits until all have (barrier ``p`` = 1..4 of the block whose counters start at
+    ``base``; ``DecodeLayerPlan.barrier`` names the kinds). Arrivals are acquire-release atomics (GPU scope) made
+    after this program's stores; waits end with an acquire (an atomic read whose result is used - an unused one
+    may lower to a ``red``, which cannot acquire - or a fence after the volatile poll)."""
     pltriton.debug_barrier()  # this program's stores are done before its arrival is seen
     g = pl.num_programs(0)
+    if kind == "flags":  # own flag to p; all flags >= p <=> their sum >= g * p (no flag passes p + 1 before all
+        # reach p, and the unused slots stay 0)
+        mine = pltriton.atomic_add(cnt_ref, (base + pl.program_id(0),), jnp.int32(1))
+        total = lambda v: jnp.sum(pltriton.load(cnt_ref.at[pl.ds(base, FLAG_SLOTS)], volatile=True))  # noqa: E731
+        seen = jax.lax.while_loop(lambda v: v < g * p, total, jnp.minimum(mine, 0))  # (mine used: stays an atom)
+        jax.lax.while_loop(lambda v: v < g * p, total, _fence_acquire(seen))
+        pltriton.debug_barrier()
+        return
+    slot = base + FLAG_SLOTS + p - 1
     arrived = pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1)) + 1
     poll = lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # noqa: E731 - an acquiring read
-    if volatile:
+    if kind == "count_fence":
+        look = lambda v: pltriton.load(cnt_ref.at[slot], volatile=True)  # noqa: E731
+        seen = jax.lax.while_loop(lambda v: v < g, look, arrived)
+        jax.lax.while_loop(lambda v: v < g, look, _fence_acquire(seen))
+    elif volatile:
         jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True), arrived)
         arrived = poll(arrived)  # acquire what the others wrote before arriving (its value is used below: an
         # atomic whose result is unused may become a `red`, which cannot acquire)
-    jax.lax.while_loop(lambda v: v < g, poll, arrived)
+        jax.lax.while_loop(lambda v: v < g, poll, arrived)
+    else:
+        jax.lax.while_loop(lambda v: v < g, poll, arrived)
     pltriton.debug_barrier()
 
 
@@ -584,11 +551,10 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     for p in range(len(PHASES)):
-        flow = plan.dataflow and p in (1, 4) and p - 1 in phases  # waits on its producers instead of a barrier
-        if dims.fused and p and not flow:
-            _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile)
+        if dims.fused and p:
+            _barrier(R.cnt, _slots(R, dims), p, plan.barrier, plan.poll_volatile)
         if p in phases:
-            PHASES[p](R, plan, dataclasses.replace(dims, wait=flow))
+            PHASES[p](R, plan, dims)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
@@ -602,7 +568,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     ``x = r + finish(mlp_in)`` is the block's input; ``h1 = x + attn(LN1(x))`` and ``mlp_out`` the MLP's unfinished
     partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
     ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
-    (n_layer * counter_slots(B, C, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
+    (n_layer * counter_slots(B, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
     (1,) int32 picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
     ``phases`` (for benchmarks only: the outputs are then incomplete) runs a subset of the phases 0-4; the
     one-kernel form keeps all its barriers.
@@ -631,9 +597,9 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError(f"mlp_in partials {mlp_in.parts.shape} must be (P, {B}, {C})")
     if pos.shape != (B,):
         raise ValueError(f"{pos.shape=} must be ({B},)")
-    if counters.ndim != 1 or counters.shape[0] % counter_slots(B, C, H) or not counters.shape[0]:
-        raise ValueError(f"{counters.shape=} must be (n_layer * counter_slots(B, n_embd, n_head),) = (n_layer * "
-                         f"{counter_slots(B, C, H)},)")
+    if counters.ndim != 1 or counters.shape[0] % counter_slots(B, H) or not counters.shape[0]:
+        raise ValueError(f"{counters.shape=} must be (n_layer * counter_slots(B, n_head),) = (n_layer * "
+                         f"{counter_slots(B, H)},)")
     interpret = default_interpret(interpret)
     fused = (not interpret) if fused is None else fused
     if fused and interpret:

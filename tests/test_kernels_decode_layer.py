@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.decode_layer import (BARRIERS, DecodeLayerPlan, LayerWeights, counter_slots, decode_layer,
+from pallas_kernels.decode_layer import (BARRIERS, FLAG_SLOTS, DecodeLayerPlan, LayerWeights, counter_slots, decode_layer,
                                          decode_layer_reference)
 from pallas_kernels.partials import SplitK, resolve
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
@@ -30,7 +30,7 @@ def _inputs(rng, B, C, H, S, dtype, parts=3):
 
 
 def _run(args, H, plan, fused, layer=0, n_layer=1):
-    counters = jnp.zeros((n_layer * counter_slots(*args[0].shape, H),), jnp.int32)
+    counters = jnp.zeros((n_layer * counter_slots(args[0].shape[0], H),), jnp.int32)
     return decode_layer(*args[:5], args[5], counters, jnp.array([layer]), eps=1e-5, n_head=H, plan=plan,
                         fused=fused)
 
@@ -39,8 +39,8 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
-                                   {"dataflow": True}],
-                         ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "dataflow"])
+                                   {"barrier": "count_fence"}, {"barrier": "flags"}],
+                         ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "count-fence", "flags"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -58,17 +58,13 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")
     check(kc, rk, dtype, C, "k cache")
     check(vc, rv, dtype, C, "v cache")
-    counters = np.asarray(counters).tolist()
-    if fused:  # every program passed every barrier once
-        assert counters[:BARRIERS] == [programs] * BARRIERS
-    if plan.merge_heads:  # every (row, head) counted each of its splits once
-        assert counters[BARRIERS:BARRIERS + B * H] == [plan.att_splits] * (B * H)
-    ready = counters[BARRIERS + B * H:]
-    if plan.dataflow:  # every N block of c_attn and of c_fc counted each of its K splits once
-        nq, nf = -(-3 * C // plan.qkv[0]), -(-4 * C // plan.fc[0])
-        assert ready[:nq] == [plan.qkv[2]] * nq and ready[-(-3 * C // 16):][:nf] == [plan.fc[2]] * nf
-    else:
-        assert not any(ready)
+    flags, counts, merges = np.split(np.asarray(counters), [FLAG_SLOTS, FLAG_SLOTS + BARRIERS])
+    flagged, counted = fused and plan.barrier == "flags", fused and plan.barrier != "flags"
+    # every program passed every barrier once: its flag to 4, or each barrier's counter to the programs
+    assert flags.tolist() == [BARRIERS if flagged else 0] * programs + [0] * (FLAG_SLOTS - programs)
+    assert counts.tolist() == [programs if counted else 0] * BARRIERS
+    # every (row, head) counted each of its splits once
+    assert merges.tolist() == [plan.att_splits if plan.merge_heads else 0] * (B * H)
 
 
 def test_plans_are_free_choices():
@@ -115,7 +111,7 @@ def test_mixed_or_int4_weights_are_refused():
                 w._replace(**{f: quantize(np.asarray(getattr(w, f)), bits=4, group=32)
                               for f in ("c_attn_w", "c_proj_w", "c_fc_w", "mlp_proj_w")})):
         with pytest.raises(ValueError, match="int8 per-channel"):
-            decode_layer(r, mlp_in, bad, kc, vc, pos, jnp.zeros((counter_slots(1, 128, 2),), jnp.int32), jnp.array([0]),
+            decode_layer(r, mlp_in, bad, kc, vc, pos, jnp.zeros((counter_slots(1, 2),), jnp.int32), jnp.array([0]),
                          eps=1e-5, n_head=2, interpret=True)
 
 
@@ -143,24 +139,9 @@ def test_bad_calls_are_clear_errors(bad, needle):
     B = bad.pop("rows", 1)
     r, mlp_in, w, kc, vc, pos = _inputs(rng, B, 64, 2, 16, "float32")
     kw = dict(eps=1e-5, n_head=2, interpret=True) | bad
-    cnt = jnp.zeros((counter_slots(B, 64, 2),), jnp.int32)
+    cnt = jnp.zeros((counter_slots(B, 2),), jnp.int32)
     with pytest.raises(ValueError, match=needle):
         decode_layer(r, mlp_in, w, kc, vc, pos, cnt, jnp.array([0]), **kw)
-
-
-@pytest.mark.parametrize("C,H,bn", [(1600, 25, 128), (768, 12, 64), (128, 2, 16), (80, 5, 64)])
-def test_dataflow_waits_name_exactly_the_blocks_read(C, H, bn):
-    """What an attention item and an MLP-output item wait for (on the GPU) is every N block they read, no other."""
-    from pallas_kernels.decode_layer import _head_blocks, _range_blocks
-    D = C // H
-    for h in range(H):
-        blk, ok = map(np.asarray, _head_blocks(jnp.int32(h), C, D, bn))
-        want = {c // bn for off in (h * D, C + h * D, 2 * C + h * D) for c in range(off, off + D)}
-        assert set(blk[ok].tolist()) == want
-    most = 3 * bn + 40
-    for lo, hi in ((0, most), (bn - 1, bn + 1), (5, 6), (2 * bn, 2 * bn + most)):
-        blk, ok = map(np.asarray, _range_blocks(jnp.int32(lo), jnp.int32(hi), bn, most))
-        assert set(blk[ok].tolist()) == {c // bn for c in range(lo, hi)}
 
 
 def test_counters_of_the_wrong_size_are_refused():
@@ -179,7 +160,7 @@ def test_one_kernel_form_refuses_more_programs_than_sms(monkeypatch):
     monkeypatch.setattr(dl, "default_programs", lambda: 4)
     plan = dataclasses.replace(DecodeLayerPlan.heuristic(1, 64, 2, 16, 4), programs=5)
     with pytest.raises(ValueError, match="resident"):
-        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((counter_slots(1, 64, 2),), jnp.int32), jnp.array([0]),
+        decode_layer(r, mlp_in, w, kc, vc, pos, jnp.zeros((counter_slots(1, 2),), jnp.int32), jnp.array([0]),
                      eps=1e-5, n_head=2, plan=plan, fused=True, interpret=False)
 
 
@@ -244,8 +225,8 @@ def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
 
 
 @pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"poll_volatile": False}),
-                                        (False, {"dataflow": True})],
-                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-dataflow"])
+                                        (False, {"barrier": "count_fence"}), (False, {"barrier": "flags"})],
+                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-count-fence", "bf16-flags"])
 def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
     import re
@@ -266,7 +247,7 @@ def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
                             eps=1e-5, n_head=H, plan=plan, fused=True, interpret=False)
 
     text = jax.jit(f).trace(S(1, C), S(3, 1, C, dt=jnp.float32), S(C), w, S(1, 512, H, 64), S(1, 512, H, 64),
-                            S(1, dt=jnp.int32), S(48 * counter_slots(1, C, H), dt=jnp.int32),
+                            S(1, dt=jnp.int32), S(48 * counter_slots(1, H), dt=jnp.int32),
                             S(1, dt=jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls == ["__gpu$xla.gpu.triton"], calls

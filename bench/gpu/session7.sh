@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Session 7's GPU calls, one mode a call (each under 10 minutes): source .gpu/env.sh && bash bench/gpu/session7.sh MODE
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+chain() {  # $1 model, $2 tag, $3 variants JSON: the HBM-bound chain bench of the block kernel
+  timeout 150 python -m bench.decode_layer --model "$1" --quick --variants "$3" --out "$OUT/$2_$1.json" \
+    > "$OUT/$2_$1.txt" 2>&1; echo "== chain $1 rc=$?"
+  grep -E "^all|^no phase" "$OUT/$2_$1.txt" | cut -c1-120
+}
+case "${1:-}" in
+  scalar)  # call 2: launch vs barrier cost; dataflow with scalar waits (call 1: the vector waits segfaulted
+    # Triton's compiler); the default path's tests that call 1's crash cut short
+    timeout 60 python -m bench.launch_barrier --out "$OUT/launch_barrier.json" > "$OUT/launch_barrier.txt" 2>&1
+    echo "== launch_barrier rc=$?"; cat "$OUT/launch_barrier.txt" | grep programs
+    timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py -k "dataflow" \
+      > "$OUT/dataflow_tests.txt" 2>&1
+    echo "== dataflow tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/dataflow_tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl flow '[{"dataflow": true}, {"poll_volatile": false}]'
+    timeout 260 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py -k "not model and not dataflow" \
+      > "$OUT/default_tests.txt" 2>&1
+    echo "== default-path tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/default_tests.txt" | cut -c1-160 | tail -4 ;;
+  barrier)  # call 3: the barrier kinds (count / count_fence / flags): cost alone, GPU tests, the chain bench
+    timeout 90 python -m bench.launch_barrier --out "$OUT/launch_barrier.json" > "$OUT/launch_barrier.txt" 2>&1
+    echo "== launch_barrier rc=$?"; grep programs "$OUT/launch_barrier.txt" | grep -E " (0|1|4) barriers"
+    timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py -k "fence or flags" \
+      > "$OUT/barrier_tests.txt" 2>&1
+    echo "== barrier tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/barrier_tests.txt" | cut -c1-160 | tail -4
+    for m in gpt2-xl gpt2; do chain $m barrier '[{"barrier": "count_fence"}, {"barrier": "flags"}]'; done ;;
+  *) echo "usage: session7.sh scalar|barrier"; exit 2 ;;
+esac
