@@ -506,13 +506,17 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
 
 
-def _fence_acquire(v):
-    """``fence.acq_rel.gpu`` after the volatile (relaxed) poll that saw every arrival: with that read, an acquire
-    pattern of the PTX memory model, so this thread's later loads see what the arrivals released. Returns v: the
-    caller uses it, which keeps the (side-effect-free, to the compiler) asm after the poll and before the loads."""
+def _fence_acquire(v, cnt_ref, slot):
+    """``fence.acq_rel.gpu`` after the volatile (relaxed) poll that saw every arrival (its result v): with that read,
+    an acquire pattern of the PTX memory model, so this thread's later loads see what the arrivals released.
+
+    Pallas emits inline asm as pure, so the compiler keeps it (and the poll loop feeding it) only while its result
+    feeds a side effect: a store to ``slot`` under a condition that never holds (v >= 0). Without it the H100 ran
+    the barrier as its arrival alone (session 7, call 3: fast and wrong)."""
+    v = jnp.broadcast_to(v, (1,))  # (1,): the asm's result type as a store takes it
     [v] = pltriton.elementwise_inline_asm("fence.acq_rel.gpu;\n\tmov.b32 $0, $1;", args=[v], constraints="=r,r",
                                           pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, v.dtype)])
-    return v
+    pltriton.store(cnt_ref.at[pl.ds(slot, 1)], v, mask=v < 0)
 
 
 def _barrier(cnt_ref, base, p: int, kind: str, volatile: bool):
@@ -527,7 +531,7 @@ def _barrier(cnt_ref, base, p: int, kind: str, volatile: bool):
         mine = pltriton.atomic_add(cnt_ref, (base + pl.program_id(0),), jnp.int32(1))
         total = lambda v: jnp.sum(pltriton.load(cnt_ref.at[pl.ds(base, FLAG_SLOTS)], volatile=True))  # noqa: E731
         seen = jax.lax.while_loop(lambda v: v < g * p, total, jnp.minimum(mine, 0))  # (mine used: stays an atom)
-        jax.lax.while_loop(lambda v: v < g * p, total, _fence_acquire(seen))
+        _fence_acquire(seen, cnt_ref, base + pl.program_id(0))
         pltriton.debug_barrier()
         return
     slot = base + FLAG_SLOTS + p - 1
@@ -535,8 +539,7 @@ def _barrier(cnt_ref, base, p: int, kind: str, volatile: bool):
     poll = lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # noqa: E731 - an acquiring read
     if kind == "count_fence":
         look = lambda v: pltriton.load(cnt_ref.at[slot], volatile=True)  # noqa: E731
-        seen = jax.lax.while_loop(lambda v: v < g, look, arrived)
-        jax.lax.while_loop(lambda v: v < g, look, _fence_acquire(seen))
+        _fence_acquire(jax.lax.while_loop(lambda v: v < g, look, arrived), cnt_ref, slot)
     elif volatile:
         jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True), arrived)
         arrived = poll(arrived)  # acquire what the others wrote before arriving (its value is used below: an
