@@ -3,7 +3,7 @@
     python -m bench.launch_barrier [--programs 132] [--out FILE.json]
 
 A chain of 8 dependent kernels of ``--programs`` persistent programs (as the decode block kernel launches them),
-each doing nothing but 0..4 grid barriers (``pallas_kernels.decode_layer._barrier``, every kind), timed per kernel.
+each doing nothing but 0..4 grid barriers (``pallas_kernels.decode_layer._barrier``, both polls), timed per kernel.
 The slope over barriers is a barrier's cost; the intercept a launch's. If a launch costs much more than a barrier,
 several blocks a kernel (the boundary between blocks a barrier) pays.
 """
@@ -25,17 +25,17 @@ from pallas_kernels.decode_layer import BARRIERS, _barrier, counter_slots, defau
 CHAIN, REPS = 8, 4
 
 
-def _kernel(x_ref, cnt_ref, o_ref, cnt_out, *, barriers: int, link: int, kind: str, volatile: bool):
+def _kernel(x_ref, cnt_ref, o_ref, cnt_out, *, barriers: int, link: int, volatile: bool):
     del cnt_out  # (aliased to cnt_ref)
-    for p in range(1, barriers + 1):
-        _barrier(cnt_ref, link * counter_slots(1, 1), p, kind, volatile)
+    for p in range(barriers):
+        _barrier(cnt_ref, link * counter_slots(1, 1) + p, volatile)
     pl.when(pl.program_id(0) == 0)(lambda: o_ref.__setitem__(0, x_ref[0] + 1.0))
 
 
-def _chain(programs: int, barriers: int, kind: str, volatile: bool):
+def _chain(programs: int, barriers: int, volatile: bool):
     def one(x, cnt, link):
         return pl.pallas_call(
-            functools.partial(_kernel, barriers=barriers, link=link, kind=kind, volatile=volatile),
+            functools.partial(_kernel, barriers=barriers, link=link, volatile=volatile),
             out_shape=[jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct(cnt.shape, jnp.int32)],
             grid=(programs,), in_specs=[pl.no_block_spec] * 2, out_specs=[pl.no_block_spec] * 2,
             input_output_aliases={1: 1}, compiler_params=compiler_params(8, 1), name="jaxgpt_launch_barrier",
@@ -59,11 +59,11 @@ def main(argv=None) -> int:
     programs = args.programs or default_programs()
     rows = []
     x = jnp.zeros((1,), jnp.float32)
-    for kind, volatile in (("count", True), ("count", False), ("count_fence", True), ("flags", True)):
+    for volatile in (True, False):
         for barriers in range(BARRIERS + 1):
-            t = device_time_ms(_chain(programs, barriers, kind, volatile), x)["median_ms"] * 1e3 / (CHAIN * REPS)
-            rows.append({"programs": programs, "barriers": barriers, "kind": kind, "volatile": volatile, "us": t})
-            print(f"{programs} programs, {barriers} barriers ({kind}, {'volatile' if volatile else 'atomic'} poll): "
+            t = device_time_ms(_chain(programs, barriers, volatile), x)["median_ms"] * 1e3 / (CHAIN * REPS)
+            rows.append({"programs": programs, "barriers": barriers, "volatile": volatile, "us": t})
+            print(f"{programs} programs, {barriers} barriers ({'volatile' if volatile else 'atomic'} poll): "
                   f"{t:6.2f} us a kernel", flush=True)
     if args.out:
         json.dump({"device": jax.devices()[0].device_kind, "rows": rows}, open(args.out, "w"), indent=1)

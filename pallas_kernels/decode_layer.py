@@ -51,15 +51,12 @@ from pallas_kernels.quant_matmul import QWeight, dequantize
 
 BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-core tile
 BARRIERS = 4  # per block: after phases 1-4
-BARRIER_KINDS = ("count", "count_fence", "flags")
-FLAG_SLOTS = 256  # the "flags" barrier's per-program arrival flags: room for up to 256 programs (SMs)
 
 
 def counter_slots(batch: int, n_head: int) -> int:
-    """int32 counters one block's step uses: the "flags" barrier's arrival flag per program (``FLAG_SLOTS``), the
-    "count" barrier's four counters, and one per (row, head) whose attention splits' last finisher merges them. A
-    step of L blocks takes ``L * counter_slots``, zero at its start."""
-    return FLAG_SLOTS + BARRIERS + batch * n_head
+    """int32 counters one block's step uses: its four barriers, and one per (row, head) whose attention splits' last
+    finisher merges them. A step of L blocks takes ``L * counter_slots``, zero at its start."""
+    return BARRIERS + batch * n_head
 
 
 class LayerWeights(NamedTuple):
@@ -102,19 +99,19 @@ class DecodeLayerPlan:
     reuse_rows: bool = True
     # Barrier wait: poll the counter with volatile loads (then one acquiring atomic) rather than atomic reads, which
     # queue with the arrivals on one address. H100, B=1, HBM-bound chain (session 7): gpt2-xl block 42.5 µs either
-    # way; 132 programs doing nothing but barriers: 1.3 µs a barrier either way, 1.24 µs a launch.
+    # way; 132 programs doing nothing but barriers: 1.3 µs a barrier either way, 1.24 µs a launch. (A fence after
+    # the poll instead of the acquiring atomic, or a flag per program polled with one vector load: 1.6 µs.)
     poll_volatile: bool = True
-    # How programs meet (``_barrier``): "count" - one counter, an acquire-release atomic add each, a poll, an
-    # acquiring atomic read each (132 atomics on one address, twice); "count_fence" - the same arrival, the acquire
-    # a fence after the volatile poll; "flags" - each program sets its own flag (no two atomics on one address),
-    # polls them all with one vector load, then the fence.
-    barrier: str = "count"
     # Attention splits cut each row's live cache [0, pos) evenly (else the whole cache S, in fixed slices).
     # The last of a head's splits to finish (an atomic count) merges them into the rounded attention output; else
     # every K step of the output projection merges its head's splits again. H100, gpt2-xl B=1 (chain): both 39.6 µs
     # a block, live_splits off 41.4, merge_heads off 44.2, both off 45.5.
     live_splits: bool = True
     merge_heads: bool = True
+    # K rows of each program's first item of a matmul phase to pull into L2 while DRAM would idle: issued (one
+    # element a 32-byte sector) between a barrier's arrival and its wait, or before c_attn's LayerNorm prologue;
+    # 0 = off. A power of two.
+    prefetch_rows: int = 0
 
     def __post_init__(self):
         if self.programs < 1:
@@ -127,10 +124,8 @@ class DecodeLayerPlan:
         check_blocks(**{"proj.block_n": self.proj[0], "att_block": self.att_block})
         if self.proj[1] < 1 or self.att_splits < 1:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
-        if self.barrier not in BARRIER_KINDS:
-            raise ValueError(f"barrier={self.barrier!r} must be one of {BARRIER_KINDS}")
-        if self.programs > FLAG_SLOTS:
-            raise ValueError(f"programs={self.programs} must be <= {FLAG_SLOTS} (the barrier's flag room)")
+        if self.prefetch_rows < 0 or self.prefetch_rows & (self.prefetch_rows - 1):
+            raise ValueError(f"prefetch_rows={self.prefetch_rows} must be 0 or a power of two")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
@@ -208,10 +203,11 @@ class _Refs(NamedTuple):
     fc_p: object  # (P4, B, 4C) f32
     xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
     att_y: object  # (B, C) scratch: the attention output, heads merged from their splits, rounded (plan.merge_heads)
+    sink: object  # (max(prefetch_rows, 1), 16) f32: where prefetched weights would go if one exceeded 3e38 (never)
 
 
 N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors
-N_OUT = 13
+N_OUT = 14
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,6 +345,33 @@ def _w_tile(w_ref, k0, bk: int, c0, bn: int, k: int, n: int, d: _Dims):
     return pltriton.load(w_ref.at[pl.ds(k0, bk), pl.ds(c0, bn)], mask=wm, other=0 if d.int8 else 0.0)
 
 
+def _prefetch(w_ref, n: int, k: int, plan: tuple[int, int, int], rows: int, interpret: bool):
+    """Loads one element per 32-byte sector of the first ``rows`` K rows of this program's first item of a matmul
+    phase (``_matmul_items``' items), so DRAM streams those sectors into L2 now; returns the loaded (rows, bn/e)
+    tile, which stays in registers (in flight) until ``_sink``. (The interpreter has no strided loads: it reads the
+    first bn/e columns instead; the values are never used.)"""
+    bn, bk, split = plan
+    it = pl.program_id(0)
+    j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
+    lo, steps = _k_range(k, bk, split, s)
+    e = max(1, 32 // w_ref.dtype.itemsize)  # elements a sector
+    ks, cols = lo + jnp.arange(rows), j * bn + e * jnp.arange(max(1, bn // e))
+    m = (ks[:, None] < jnp.minimum(lo + steps * bk, k)) & (cols[None, :] < n) & (it < pl.cdiv(n, bn) * split)
+    wide = pl.ds(j * bn, cols.shape[0], stride=None if interpret else e)
+    return pltriton.load(w_ref.at[pl.ds(lo, rows), wide], mask=m,
+                         other=0 if w_ref.dtype == jnp.int8 else 0.0)
+
+
+def _sink(early, sink_ref, layer):
+    """Consumes a prefetched tile (if any) without cost: a store to ``sink_ref`` where a value exceeds 3e38 (weights
+    never do, but the compiler cannot know, so the loads stay)."""
+    if early is None:
+        return
+    v = early.astype(jnp.float32)  # (rows, w)
+    hit = v > layer.astype(jnp.float32) + 3e38
+    pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
+
+
 def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
     """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
     ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype. int8 weights
@@ -378,15 +401,16 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
     _items(-(-n // bn) * split, item)
 
 
-def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def chunk(c0, width, rows=BM):  # x = r + MLP-out of the previous block (float32, not yet rounded)
         return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan)
+    _sink(early, R.sink, R.layer[0])
     _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
 
 
-def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits, bk = plan.att_splits, plan.att_block
     S = R.kc.shape[1]
     scale = 1.0 / math.sqrt(d.D)
@@ -420,15 +444,14 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=sp * chunk,
                       hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
         if plan.merge_heads:
-            done = _count(R.cnt, _slots(R, d) + FLAG_SLOTS + BARRIERS + b * d.H + h, d)
+            done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
     _items(d.B * d.H * splits, item)
 
 
 def _slots(R: _Refs, d: _Dims):
-    """This block's first counter: barrier flags at +0.., barrier counters at +FLAG_SLOTS + 0..3, head merges at
-    +FLAG_SLOTS + BARRIERS + b*H + h."""
+    """This block's first counter: barriers at +0..3, head merges at +BARRIERS + b*H + h."""
     return R.layer[0] * counter_slots(d.B, d.H)
 
 
@@ -461,7 +484,7 @@ def _merge_head(R: _Refs, b, h, splits: int, d: _Dims):
     pltriton.store(R.att_y.at[b, pl.ds(h * d.D, d.D)], _merge_splits(o, lse).astype(d.dtype))
 
 
-def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits = plan.att_splits
     rows, dc = jnp.arange(BM), jnp.arange(d.D)
     m = (rows[:, None] < d.B) & (dc[None, :] < d.D)
@@ -482,82 +505,67 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
         return jnp.where(m, acc / den, 0.0).astype(d.dtype)
 
     bn, split = plan.proj
+    _sink(early, R.sink, R.layer[0])
     _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so)
 
 
-def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def chunk(c0, width, rows=BM):  # h1 = x + attention out (float32, not yet rounded)
         return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
     x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan)
+    _sink(early, R.sink, R.layer[0])
     _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
 
 
-def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def x_tile(k0, bk):  # GELU(c_fc) over columns [k0, k0+bk), finished from its partials
         m, cols = _tile_mask(k0, bk, d.B, 4 * d.C)
         g = finish(_sum_parts(R.fc_p, k0, bk, m),
                    _ld(R.bfc.at[pl.ds(k0, bk)], cols < 4 * d.C)[None, :], "gelu_tanh", d.dtype)
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
+    _sink(early, R.sink, R.layer[0])
     _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2)
 
 
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
 
 
-def _fence_acquire(v, cnt_ref, slot):
-    """``fence.acq_rel.gpu`` after the volatile (relaxed) poll that saw every arrival (its result v): with that read,
-    an acquire pattern of the PTX memory model, so this thread's later loads see what the arrivals released.
-
-    Pallas emits inline asm as pure, so the compiler keeps it (and the poll loop feeding it) only while its result
-    feeds a side effect: a store to ``slot`` under a condition that never holds (v >= 0). Without it the H100 ran
-    the barrier as its arrival alone (session 7, call 3: fast and wrong)."""
-    v = jnp.broadcast_to(v, (1,))  # (1,): the asm's result type as a store takes it
-    [v] = pltriton.elementwise_inline_asm("fence.acq_rel.gpu;\n\tmov.b32 $0, $1;", args=[v], constraints="=r,r",
-                                          pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, v.dtype)])
-    pltriton.store(cnt_ref.at[pl.ds(slot, 1)], v, mask=v < 0)
-
-
-def _barrier(cnt_ref, base, p: int, kind: str, volatile: bool):
-    """Every program arrives and waits until all have (barrier ``p`` = 1..4 of the block whose counters start at
-    ``base``; ``DecodeLayerPlan.barrier`` names the kinds). Arrivals are acquire-release atomics (GPU scope) made
-    after this program's stores; waits end with an acquire (an atomic read whose result is used - an unused one
-    may lower to a ``red``, which cannot acquire - or a fence after the volatile poll)."""
+def _barrier(cnt_ref, slot, volatile: bool, during=None):
+    """Every program arrives (acquire-release atomic, GPU scope) and waits until all have: polling with atomic
+    reads, or (``volatile``) with volatile loads and then one acquiring atomic. ``during()``, if given, runs between
+    arrival and wait (loads issued there are in flight while the program waits); its result is returned."""
     pltriton.debug_barrier()  # this program's stores are done before its arrival is seen
     g = pl.num_programs(0)
-    if kind == "flags":  # own flag to p; all flags >= p <=> their sum >= g * p (no flag passes p + 1 before all
-        # reach p, and the unused slots stay 0)
-        mine = pltriton.atomic_add(cnt_ref, (base + pl.program_id(0),), jnp.int32(1))
-        total = lambda v: jnp.sum(pltriton.load(cnt_ref.at[pl.ds(base, FLAG_SLOTS)], volatile=True))  # noqa: E731
-        seen = jax.lax.while_loop(lambda v: v < g * p, total, jnp.minimum(mine, 0))  # (mine used: stays an atom)
-        _fence_acquire(seen, cnt_ref, base + pl.program_id(0))
-        pltriton.debug_barrier()
-        return
-    slot = base + FLAG_SLOTS + p - 1
     arrived = pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1)) + 1
+    early = during() if during is not None else None
     poll = lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # noqa: E731 - an acquiring read
-    if kind == "count_fence":
-        look = lambda v: pltriton.load(cnt_ref.at[slot], volatile=True)  # noqa: E731
-        _fence_acquire(jax.lax.while_loop(lambda v: v < g, look, arrived), cnt_ref, slot)
-    elif volatile:
+    if volatile:
         jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True), arrived)
         arrived = poll(arrived)  # acquire what the others wrote before arriving (its value is used below: an
         # atomic whose result is unused may become a `red`, which cannot acquire)
-        jax.lax.while_loop(lambda v: v < g, poll, arrived)
-    else:
-        jax.lax.while_loop(lambda v: v < g, poll, arrived)
+    jax.lax.while_loop(lambda v: v < g, poll, arrived)
     pltriton.debug_barrier()
+    return early
 
 
 def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims):
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
+    D = dims.D
+    ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, (plan.proj[0], D, plan.proj[1])),
+             3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
     for p in range(len(PHASES)):
+        fetch = None
+        if plan.prefetch_rows and p in phases and p in ahead:
+            fetch = functools.partial(_prefetch, *ahead[p], plan.prefetch_rows, dims.interpret)
         if dims.fused and p:
-            _barrier(R.cnt, _slots(R, dims), p, plan.barrier, plan.poll_volatile)
+            early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=fetch)
+        else:
+            early = fetch() if fetch else None
         if p in phases:
-            PHASES[p](R, plan, dims)
+            PHASES[p](R, plan, dims, early)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
@@ -632,6 +640,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
         jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
+        jax.ShapeDtypeStruct((max(plan.prefetch_rows, 1), 16), f32),  # sink
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.decode_layer import (BARRIERS, FLAG_SLOTS, DecodeLayerPlan, LayerWeights, counter_slots, decode_layer,
+from pallas_kernels.decode_layer import (BARRIERS, DecodeLayerPlan, LayerWeights, counter_slots, decode_layer,
                                          decode_layer_reference)
 from pallas_kernels.partials import SplitK, resolve
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
@@ -39,8 +39,8 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
-                                   {"barrier": "count_fence"}, {"barrier": "flags"}],
-                         ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "count-fence", "flags"])
+                                   {"prefetch_rows": 64}],
+                         ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "prefetch"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -58,11 +58,8 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")
     check(kc, rk, dtype, C, "k cache")
     check(vc, rv, dtype, C, "v cache")
-    flags, counts, merges = np.split(np.asarray(counters), [FLAG_SLOTS, FLAG_SLOTS + BARRIERS])
-    flagged, counted = fused and plan.barrier == "flags", fused and plan.barrier != "flags"
-    # every program passed every barrier once: its flag to 4, or each barrier's counter to the programs
-    assert flags.tolist() == [BARRIERS if flagged else 0] * programs + [0] * (FLAG_SLOTS - programs)
-    assert counts.tolist() == [programs if counted else 0] * BARRIERS
+    counts, merges = np.split(np.asarray(counters), [BARRIERS])
+    assert counts.tolist() == [programs if fused else 0] * BARRIERS  # every program passed every barrier once
     # every (row, head) counted each of its splits once
     assert merges.tolist() == [plan.att_splits if plan.merge_heads else 0] * (B * H)
 
@@ -225,8 +222,8 @@ def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
 
 
 @pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"poll_volatile": False}),
-                                        (False, {"barrier": "count_fence"}), (False, {"barrier": "flags"})],
-                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-count-fence", "bf16-flags"])
+                                        (False, {"prefetch_rows": 128}), (True, {"prefetch_rows": 128})],
+                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-prefetch", "int8-prefetch"])
 def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
     import re

@@ -26,5 +26,11 @@ case "${1:-}" in
       > "$OUT/barrier_tests.txt" 2>&1
     echo "== barrier tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/barrier_tests.txt" | cut -c1-160 | tail -4
     for m in gpt2-xl gpt2; do chain $m barrier '[{"barrier": "count_fence"}, {"barrier": "flags"}]'; done ;;
-  *) echo "usage: session7.sh scalar|barrier"; exit 2 ;;
+  prefetch)  # call 5: each program's first item of the next matmul phase pulled into L2 during the barrier wait
+    timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py -k "prefetch" \
+      > "$OUT/prefetch_tests.txt" 2>&1
+    echo "== prefetch tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/prefetch_tests.txt" | cut -c1-160 | tail -4
+    V='[{"prefetch_rows": 32}, {"prefetch_rows": 64}, {"prefetch_rows": 128}, {"prefetch_rows": 256}, {"prefetch_rows": 512}]'
+    for m in gpt2-xl gpt2; do chain $m prefetch "$V"; done ;;
+  *) echo "usage: session7.sh scalar|barrier|prefetch"; exit 2 ;;
 esac
