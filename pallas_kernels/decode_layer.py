@@ -108,10 +108,13 @@ class DecodeLayerPlan:
     # a block, live_splits off 41.4, merge_heads off 44.2, both off 45.5.
     live_splits: bool = True
     merge_heads: bool = True
-    # K rows of each program's first item of a matmul phase to pull into L2 while DRAM would idle: issued (one
-    # element a 32-byte sector) between a barrier's arrival and its wait, or before c_attn's LayerNorm prologue;
-    # 0 = off. A power of two.
-    prefetch_rows: int = 0
+    # K rows of each program's first item of a matmul phase (those in ``prefetch_phases``: 0 c_attn, 2 attn.c_proj,
+    # 3 c_fc, 4 mlp.c_proj) to pull into L2 while DRAM would idle: issued (one element a 32-byte sector) between a
+    # barrier's arrival and its wait, or before c_attn's LayerNorm prologue; 0 = off. A power of two. H100, B=1,
+    # chain (session 7): 64 rows, gpt2-xl 42.1 -> 41.5 µs a block, gpt2 27.4 -> 26.1; 128 rows 43.7 / 28.0, 512
+    # rows 59.1 / 30.9 (each program then waits for its prefetch before its first tile).
+    prefetch_rows: int = 64
+    prefetch_phases: tuple[int, ...] = (0, 2, 3, 4)
 
     def __post_init__(self):
         if self.programs < 1:
@@ -558,7 +561,7 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
     for p in range(len(PHASES)):
         fetch = None
-        if plan.prefetch_rows and p in phases and p in ahead:
+        if plan.prefetch_rows and p in phases and p in ahead and p in plan.prefetch_phases:
             fetch = functools.partial(_prefetch, *ahead[p], plan.prefetch_rows, dims.interpret)
         if dims.fused and p:
             early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=fetch)

@@ -32,5 +32,22 @@ case "${1:-}" in
     echo "== prefetch tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/prefetch_tests.txt" | cut -c1-160 | tail -4
     V='[{"prefetch_rows": 32}, {"prefetch_rows": 64}, {"prefetch_rows": 128}, {"prefetch_rows": 256}, {"prefetch_rows": 512}]'
     for m in gpt2-xl gpt2; do chain $m prefetch "$V"; done ;;
-  *) echo "usage: session7.sh scalar|barrier|prefetch"; exit 2 ;;
+  final)  # call 6: prefetch per phase (chain, xl); the model's decode with prefetch_rows=64 the default
+    V='[{"prefetch_rows": 0}, {"prefetch_phases": [3, 4]}, {"prefetch_phases": [0]}, {"prefetch_phases": [2, 3, 4]},
+        {"prefetch_rows": 128, "prefetch_phases": [3, 4]}, {"prefetch_rows": 32, "prefetch_phases": [0, 2]}]'
+    chain gpt2-xl phases "$V"
+    timeout 200 python -m bench.decode --model gpt2,gpt2-xl --backend xla,pallas --batch 1 --tokens 256 --reps 3 \
+      --out "$OUT/final_decode.json" > "$OUT/final_decode.txt" 2>&1
+    echo "== decode rc=$?"; grep -A5 "^model" "$OUT/final_decode.txt" | cut -c1-130
+    timeout 120 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+      --quantize none,int8,int4 --out "$OUT/final_quant.json" > "$OUT/final_quant.txt" 2>&1
+    echo "== quant rc=$?"; grep -A4 "^model" "$OUT/final_quant.txt" | cut -c1-130 ;;
+  tests)  # call 7: every block-kernel test on the GPU, full-size parity with the block kernel forced
+    timeout 300 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py -k "not model" \
+      > "$OUT/tests.txt" 2>&1
+    echo "== decode_layer tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/tests.txt" | cut -c1-160 | tail -6
+    JAXGPT_DECODE_LAYER=1 timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py \
+      -k "full_size or decode" > "$OUT/parity.txt" 2>&1
+    echo "== full-size parity + decode tests, block kernel forced rc=$?"; tail -1 "$OUT/parity.txt" | cut -c1-200 ;;
+  *) echo "usage: session7.sh scalar|barrier|prefetch|final|tests"; exit 2 ;;
 esac
