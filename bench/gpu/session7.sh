@@ -49,5 +49,9 @@ case "${1:-}" in
     JAXGPT_DECODE_LAYER=1 timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py \
       -k "full_size or decode" > "$OUT/parity.txt" 2>&1
     echo "== full-size parity + decode tests, block kernel forced rc=$?"; tail -1 "$OUT/parity.txt" | cut -c1-200 ;;
-  *) echo "usage: session7.sh scalar|barrier|prefetch|final|tests"; exit 2 ;;
+  outsplit)  # call 8: fewer MLP-output partials (the next block's prologue reads every one) on the HBM chain
+    V='[{"out": [64, 128, 4]}, {"out": [64, 128, 5]}, {"out": [64, 128, 6]}, {"out": [128, 128, 5]},
+        {"out": [128, 128, 6]}, {"out": [64, 64, 4]}]'
+    for m in gpt2-xl gpt2; do chain $m outsplit "$V"; done ;;
+  *) echo "usage: session7.sh scalar|barrier|prefetch|final|tests|outsplit"; exit 2 ;;
 esac
