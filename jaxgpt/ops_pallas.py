@@ -14,9 +14,10 @@ instead of sixteen. The other decode step finishes the split-K matmuls in XLA ep
 kernel after an XLA scatter into the cache. Which one runs is chosen by shape from H100 measurements (``_fused``);
 ``JAXGPT_FUSED_DECODE=1`` or ``0`` forces one. Quantized projections (``QWeight``) go to the int8/int4 matmul
 kernel (``JAXGPT_FUSED_QUANT=1``: fused like the float step). On Hopper GPUs prefill attention runs the Mosaic GPU
-kernel (wgmma, TMA, warp specialisation) and the prefill projections the Mosaic GPU matmul where its tiles beat the
-Triton one (``matmul_mgpu.plan``); elsewhere the Triton kernels. ``JAXGPT_ATTENTION`` / ``JAXGPT_MATMUL`` =
-``mosaic|triton`` force one.
+kernel (wgmma, TMA, warp specialisation); the prefill projections take cuBLAS from ``CUBLAS_ROWS`` rows up (faster
+than both of ours at every GPT-2 shape measured), below that the Mosaic GPU matmul where its tiles beat the Triton
+one (``matmul_mgpu.plan``); elsewhere the Triton kernels. ``JAXGPT_ATTENTION=mosaic|triton`` and
+``JAXGPT_MATMUL=xla|mosaic|triton`` force one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.ops import BACKENDS, XlaOps, append_kv
+from jaxgpt.ops import BACKENDS, XlaOps, append_kv, gelu_tanh
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
 from pallas_kernels.decode_layer import LayerWeights, counter_slots, decode_layer
 from pallas_kernels.flash_attention import flash_attention
@@ -50,9 +51,21 @@ def _hopper() -> bool:
     return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
 
 
-# JAXGPT_MATMUL=mosaic|triton forces the prefill projections' kernel; unset: the Mosaic GPU matmul on Hopper GPUs
-# where its tiling fits the shape (bf16/f16), else the Triton one.
+# JAXGPT_MATMUL=xla|mosaic|triton forces the prefill projections' kernel; unset: on Hopper GPUs, cuBLAS (XLA's dot,
+# the XLA backend's own numerics) from CUBLAS_ROWS rows up, else the Mosaic GPU matmul where its tiling fits the
+# shape (bf16/f16), else the Triton one. H100, M = 8192, µs, cuBLAS vs our best (bench/NOTES.md session 4): 768->2304
+# 42.9 vs 55.5, 768->3072 57.8 vs 68.9, 3072->768 50.9 vs 66.5, 1600->4800 170.8 vs 216.9, 1600->6400 224.0 vs
+# 261.6, 6400->1600 228.6 vs 290.7: at prefill sizes our matmuls lose at every GPT-2 shape, so the backend takes
+# cuBLAS there and keeps its own kernels for attention, LayerNorm and decode, where they win.
 MATMUL = os.environ.get("JAXGPT_MATMUL", "")
+CUBLAS_ROWS = 4096  # measured at 8192 rows (B8 T1024); below 4096 not measured, so our kernels keep those
+
+
+def _cublas_matmul(x, w) -> bool:
+    """Whether a prefill projection of x (..., K) by w runs on cuBLAS (XLA's dot) rather than one of our kernels."""
+    if MATMUL in ("mosaic", "triton") or isinstance(w, QWeight):
+        return False
+    return MATMUL == "xla" or (_hopper() and math.prod(x.shape[:-1]) >= CUBLAS_ROWS)
 
 
 def _mosaic_matmul(x, w) -> bool:
@@ -67,7 +80,11 @@ def _mosaic_matmul(x, w) -> bool:
 
 
 def _projection(x, w, b, activation: str = "none"):
-    """``act(x @ w + b)`` at prefill sizes: the Mosaic GPU matmul where it applies, else the Triton one."""
+    """``act(x @ w + b)`` at prefill sizes: cuBLAS where it wins (``_cublas_matmul``), the Mosaic GPU matmul where it
+    applies, else the Triton one."""
+    if _cublas_matmul(x, w):  # exactly the XLA backend's ops, rounding included
+        y = XlaOps.linear(x, w, b)
+        return gelu_tanh(y) if activation == "gelu_tanh" else y
     if _mosaic_matmul(x, w):
         from pallas_kernels.matmul_mgpu import matmul_mgpu
         return matmul_mgpu(x, w, b, activation=activation)
@@ -217,7 +234,8 @@ class PallasOps(XlaOps):
             h = matmul_split_k(x.reshape(x.shape[0], -1), w_fc, b_fc, activation="gelu_tanh")
             return matmul_split_k(h, w_proj, b_proj)
         h_spec = jax.ShapeDtypeStruct(x.shape[:-1] + w_proj.shape[:1], x.dtype)  # (B, T, 4C)
-        if _mosaic_matmul(x, w_fc) or _mosaic_matmul(h_spec, w_proj):  # two matmuls, each on its faster kernel
+        if any(_cublas_matmul(a, w) or _mosaic_matmul(a, w) for a, w in ((x, w_fc), (h_spec, w_proj))):
+            # two matmuls, each on its faster kernel
             return _projection(_projection(x, w_fc, b_fc, "gelu_tanh"), w_proj, b_proj)
         return mlp(x, w_fc, b_fc, w_proj, b_proj)
 

@@ -130,6 +130,46 @@ def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
     assert np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 0.01  # measured 1.4e-3; XLA vs Triton: 3e-3
 
 
+@pytest.mark.parametrize("env,hopper,rows,want", [
+    ("", True, 8192, True), ("", True, 128, False), ("", False, 8192, False), ("xla", False, 8, True),
+    ("mosaic", True, 8192, False), ("triton", True, 8192, False)])
+def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, monkeypatch):
+    """cuBLAS (XLA's dot) for prefill-sized projections on Hopper, JAXGPT_MATMUL=xla|mosaic|triton forcing; never for
+    quantized weights (their matmul is ours)."""
+    import jax.numpy as jnp
+
+    from jaxgpt import ops_pallas
+    from pallas_kernels.quant_matmul import quantize
+    monkeypatch.setattr(ops_pallas, "MATMUL", env)
+    monkeypatch.setattr(ops_pallas, "_hopper", lambda: hopper)
+    w = jnp.ones((64, 128), jnp.bfloat16)
+    assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), w) is want
+    assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), quantize(w, bits=8)) is False
+
+
+def jax_spec(shape):
+    import jax
+    import jax.numpy as jnp
+    return jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+
+
+def test_cublas_projections_are_the_xla_backends_ops(monkeypatch):
+    """Where the Pallas backend takes cuBLAS, its projections and MLP are the XLA backend's, bit for bit."""
+    import jax.numpy as jnp
+
+    from jaxgpt import ops_pallas
+    from jaxgpt.ops import XlaOps
+    monkeypatch.setattr(ops_pallas, "MATMUL", "xla")
+    rng = np.random.default_rng(3)
+    n = lambda *s: jnp.asarray(rng.standard_normal(s) * 0.1, jnp.bfloat16)  # noqa: E731
+    x, w_fc, b_fc, w_proj, b_proj = n(2, 40, 96), n(96, 384), n(384), n(384, 96), n(96)
+    got, want = ops_pallas.PallasOps.linear(x, w_fc, b_fc), XlaOps.linear(x, w_fc, b_fc)
+    assert got.dtype == want.dtype and np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    got, want = ops_pallas.PallasOps.mlp(x, w_fc, b_fc, w_proj, b_proj), XlaOps.mlp(x, w_fc, b_fc, w_proj, b_proj)
+    assert np.isfinite(np.asarray(got, np.float32)).all()
+    assert np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
 @pytest.mark.parametrize("env,hopper,dtype,d,want", [
     ("", True, "bfloat16", 64, True), ("", False, "bfloat16", 64, False), ("triton", True, "bfloat16", 64, False),
     ("mosaic", False, "float16", 64, True), ("", True, "float32", 64, False), ("mosaic", True, "bfloat16", 32, False)])

@@ -53,5 +53,15 @@ case "${1:-}" in
     V='[{"out": [64, 128, 4]}, {"out": [64, 128, 5]}, {"out": [64, 128, 6]}, {"out": [128, 128, 5]},
         {"out": [128, 128, 6]}, {"out": [64, 64, 4]}]'
     for m in gpt2-xl gpt2; do chain $m outsplit "$V"; done ;;
-  *) echo "usage: session7.sh scalar|barrier|prefetch|final|tests|outsplit"; exit 2 ;;
+  cublas)  # call 9: prefill projections on cuBLAS from 4096 rows (the new default) vs our Mosaic/Triton matmuls
+    timeout 200 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --breakdown 6 \
+      --out "$OUT/prefill_cublas.json" > "$OUT/prefill_cublas.txt" 2>&1
+    echo "== prefill, default (cuBLAS projections) rc=$?"; grep -A5 "^model" "$OUT/prefill_cublas.txt" | cut -c1-150
+    JAXGPT_MATMUL=mosaic timeout 150 python -m bench.prefill --model gpt2,gpt2-xl --backend pallas \
+      --out "$OUT/prefill_ours.json" > "$OUT/prefill_ours.txt" 2>&1
+    echo "== prefill, JAXGPT_MATMUL=mosaic (session 6's default) rc=$?"; grep -A3 "^model" "$OUT/prefill_ours.txt" | cut -c1-150
+    JAXGPT_MATMUL=xla timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py \
+      -k "full_size or cublas" > "$OUT/parity_cublas.txt" 2>&1
+    echo "== full-size parity, JAXGPT_MATMUL=xla rc=$?"; tail -1 "$OUT/parity_cublas.txt" | cut -c1-200 ;;
+  *) echo "usage: session7.sh scalar|barrier|prefetch|final|tests|outsplit|cublas"; exit 2 ;;
 esac
