@@ -56,16 +56,19 @@ def _hopper() -> bool:
 # shape (bf16/f16), else the Triton one. H100, M = 8192, µs, cuBLAS vs our best (bench/NOTES.md session 4): 768->2304
 # 42.9 vs 55.5, 768->3072 57.8 vs 68.9, 3072->768 50.9 vs 66.5, 1600->4800 170.8 vs 216.9, 1600->6400 224.0 vs
 # 261.6, 6400->1600 228.6 vs 290.7: at prefill sizes our matmuls lose at every GPT-2 shape, so the backend takes
-# cuBLAS there and keeps its own kernels for attention, LayerNorm and decode, where they win.
+# cuBLAS there and keeps its own kernels for attention, LayerNorm and decode, where they win. Except c_fc: cuBLAS
+# fuses the bias but not GPT-2's GELU, which then costs an XLA pass over the (M, 4C) output (83 µs a gpt2-xl layer,
+# session 7 call 9), while our matmuls apply it in their epilogue; so GELU projections stay on ours.
 MATMUL = os.environ.get("JAXGPT_MATMUL", "")
 CUBLAS_ROWS = 4096  # measured at 8192 rows (B8 T1024); below 4096 not measured, so our kernels keep those
 
 
-def _cublas_matmul(x, w) -> bool:
-    """Whether a prefill projection of x (..., K) by w runs on cuBLAS (XLA's dot) rather than one of our kernels."""
+def _cublas_matmul(x, w, activation: str = "none") -> bool:
+    """Whether a prefill projection ``act(x (..., K) @ w + b)`` runs on cuBLAS (XLA's dot) rather than one of our
+    kernels."""
     if MATMUL in ("mosaic", "triton") or isinstance(w, QWeight):
         return False
-    return MATMUL == "xla" or (_hopper() and math.prod(x.shape[:-1]) >= CUBLAS_ROWS)
+    return MATMUL == "xla" or (_hopper() and activation == "none" and math.prod(x.shape[:-1]) >= CUBLAS_ROWS)
 
 
 def _mosaic_matmul(x, w) -> bool:
@@ -82,7 +85,7 @@ def _mosaic_matmul(x, w) -> bool:
 def _projection(x, w, b, activation: str = "none"):
     """``act(x @ w + b)`` at prefill sizes: cuBLAS where it wins (``_cublas_matmul``), the Mosaic GPU matmul where it
     applies, else the Triton one."""
-    if _cublas_matmul(x, w):  # exactly the XLA backend's ops, rounding included
+    if _cublas_matmul(x, w, activation):  # exactly the XLA backend's ops, rounding included
         y = XlaOps.linear(x, w, b)
         return gelu_tanh(y) if activation == "gelu_tanh" else y
     if _mosaic_matmul(x, w):
@@ -234,7 +237,8 @@ class PallasOps(XlaOps):
             h = matmul_split_k(x.reshape(x.shape[0], -1), w_fc, b_fc, activation="gelu_tanh")
             return matmul_split_k(h, w_proj, b_proj)
         h_spec = jax.ShapeDtypeStruct(x.shape[:-1] + w_proj.shape[:1], x.dtype)  # (B, T, 4C)
-        if any(_cublas_matmul(a, w) or _mosaic_matmul(a, w) for a, w in ((x, w_fc), (h_spec, w_proj))):
+        if any(_cublas_matmul(a, w, act) or _mosaic_matmul(a, w)
+               for a, w, act in ((x, w_fc, "gelu_tanh"), (h_spec, w_proj, "none"))):
             # two matmuls, each on its faster kernel
             return _projection(_projection(x, w_fc, b_fc, "gelu_tanh"), w_proj, b_proj)
         return mlp(x, w_fc, b_fc, w_proj, b_proj)

@@ -134,8 +134,8 @@ def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
     ("", True, 8192, True), ("", True, 128, False), ("", False, 8192, False), ("xla", False, 8, True),
     ("mosaic", True, 8192, False), ("triton", True, 8192, False)])
 def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, monkeypatch):
-    """cuBLAS (XLA's dot) for prefill-sized projections on Hopper, JAXGPT_MATMUL=xla|mosaic|triton forcing; never for
-    quantized weights (their matmul is ours)."""
+    """cuBLAS (XLA's dot) for prefill-sized projections without GELU on Hopper, JAXGPT_MATMUL=xla|mosaic|triton
+    forcing; never for quantized weights (their matmul is ours)."""
     import jax.numpy as jnp
 
     from jaxgpt import ops_pallas
@@ -145,6 +145,8 @@ def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, 
     w = jnp.ones((64, 128), jnp.bfloat16)
     assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), w) is want
     assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), quantize(w, bits=8)) is False
+    # a GELU projection (c_fc) stays on ours unless forced: cuBLAS would leave the GELU to a pass of its own
+    assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), w, "gelu_tanh") is (env == "xla")
 
 
 def jax_spec(shape):

@@ -63,5 +63,12 @@ case "${1:-}" in
     JAXGPT_MATMUL=xla timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py \
       -k "full_size or cublas" > "$OUT/parity_cublas.txt" 2>&1
     echo "== full-size parity, JAXGPT_MATMUL=xla rc=$?"; tail -1 "$OUT/parity_cublas.txt" | cut -c1-200 ;;
-  *) echo "usage: session7.sh scalar|barrier|prefetch|final|tests|outsplit|cublas"; exit 2 ;;
+  cublas2)  # call 10: c_fc (GELU) back on our Mosaic matmul, the other projections on cuBLAS; vs all cuBLAS, XLA
+    timeout 200 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --breakdown 6 \
+      --out "$OUT/prefill_mixed.json" > "$OUT/prefill_mixed.txt" 2>&1
+    echo "== prefill, default rc=$?"; grep -A5 "^model" "$OUT/prefill_mixed.txt" | cut -c1-150
+    JAXGPT_MATMUL=xla timeout 150 python -m bench.prefill --model gpt2,gpt2-xl --backend pallas \
+      --out "$OUT/prefill_allcublas.json" > "$OUT/prefill_allcublas.txt" 2>&1
+    echo "== prefill, JAXGPT_MATMUL=xla rc=$?"; grep -A3 "^model" "$OUT/prefill_allcublas.txt" | cut -c1-150 ;;
+  *) echo "usage: session7.sh scalar|barrier|prefetch|final|tests|outsplit|cublas|cublas2"; exit 2 ;;
 esac
