@@ -17,7 +17,8 @@ the block's five phases on ``programs`` persistent programs (at most one per SM,
 A barrier separates the phases: every program adds one to a counter with an acquire-release atomic, polls it with
 volatile loads until all have, then reads it once more with an acquiring atomic (the cooperative-groups grid sync,
 made of Triton atomics; that atomic's result must be used, or it may lower to a ``red``, which cannot acquire: the
-H100 caught exactly that). The block's outputs are h1 and the MLP's
+H100 caught exactly that). Between its arrival and its wait a program loads a few sectors of its next matmul
+item's weights (``DecodeLayerPlan.prefetch_rows``), so DRAM works while the programs wait. The block's outputs are h1 and the MLP's
 float32 partials: the next block's phase 1 (or the final LayerNorm, ``add_layer_norm`` with ``SplitK``) finishes
 them, so no program waits for a sum it does not need. Data one phase writes is read by the next with plain loads:
 no program reads a scratch buffer before the phase that writes it (L1 starts each kernel empty, and XLA's buffers
@@ -129,6 +130,8 @@ class DecodeLayerPlan:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
         if self.prefetch_rows < 0 or self.prefetch_rows & (self.prefetch_rows - 1):
             raise ValueError(f"prefetch_rows={self.prefetch_rows} must be 0 or a power of two")
+        if not set(self.prefetch_phases) <= {0, 2, 3, 4}:
+            raise ValueError(f"prefetch_phases={self.prefetch_phases} must name matmul phases (0, 2, 3, 4)")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,

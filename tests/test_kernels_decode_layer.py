@@ -167,6 +167,10 @@ def test_bad_plans_are_clear_errors():
         DecodeLayerPlan(4, (48, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
     with pytest.raises(ValueError, match="split"):
         DecodeLayerPlan(4, (64, 64, 0), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
+    with pytest.raises(ValueError, match="prefetch_rows"):
+        DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_rows=48)
+    with pytest.raises(ValueError, match="matmul phases"):
+        DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_phases=(1,))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
