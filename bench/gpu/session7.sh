@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Session 7's GPU calls, one mode a call (each under 10 minutes): source .gpu/env.sh && bash bench/gpu/session7.sh MODE
+# Modes scalar and barrier ran code since removed (the dataflow plan, the fence/flag barriers: commits a2bc0a9 and
+# 57d5918 have it); they stay as the record of calls 2-4 and do nothing useful on later trees.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 chain() {  # $1 model, $2 tag, $3 variants JSON: the HBM-bound chain bench of the block kernel
