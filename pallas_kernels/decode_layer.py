@@ -18,11 +18,11 @@ A barrier separates the phases: every program adds one to a counter with an acqu
 volatile loads until all have, then reads it once more with an acquiring atomic (the cooperative-groups grid sync,
 made of Triton atomics; that atomic's result must be used, or it may lower to a ``red``, which cannot acquire: the
 H100 caught exactly that). Between its arrival and its wait a program loads a few sectors of its next matmul
-item's weights (``DecodeLayerPlan.prefetch_rows``), so DRAM works while the programs wait. The block's outputs are h1 and the MLP's
-float32 partials: the next block's phase 1 (or the final LayerNorm, ``add_layer_norm`` with ``SplitK``) finishes
-them, so no program waits for a sum it does not need. Data one phase writes is read by the next with plain loads:
-no program reads a scratch buffer before the phase that writes it (L1 starts each kernel empty, and XLA's buffers
-do not share a 32-byte sector), so no L1 line can be stale; the atomics order the writes (release) before the reads
+item's weights (``DecodeLayerPlan.prefetch_rows``), so DRAM works while the programs wait. The block's outputs are
+h1 and the MLP's float32 partials: the next block's phase 1 (or the final LayerNorm, ``add_layer_norm`` with
+``SplitK``) finishes them, so no program waits for a sum it does not need. Data one phase writes is read by the
+next with plain loads: no program reads a scratch buffer before the phase that writes it (L1 starts each kernel
+empty, and XLA's buffers do not share a 32-byte sector), so no L1 line can be stale; the atomics order the writes (release) before the reads
 (acquire). (jax 0.10.2's Triton lowering also rejects ``cache_modifier=".cg"``: it looks the name up with the dot.)
 
 Rounding follows the per-op path exactly: every matmul output is rounded to the compute dtype as a store would be,

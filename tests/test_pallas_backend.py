@@ -136,23 +136,18 @@ def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
 def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, monkeypatch):
     """cuBLAS (XLA's dot) for prefill-sized projections without GELU on Hopper, JAXGPT_MATMUL=xla|mosaic|triton
     forcing; never for quantized weights (their matmul is ours)."""
+    import jax
     import jax.numpy as jnp
 
     from jaxgpt import ops_pallas
     from pallas_kernels.quant_matmul import quantize
     monkeypatch.setattr(ops_pallas, "MATMUL", env)
     monkeypatch.setattr(ops_pallas, "_hopper", lambda: hopper)
-    w = jnp.ones((64, 128), jnp.bfloat16)
-    assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), w) is want
-    assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), quantize(w, bits=8)) is False
+    x, w = jax.ShapeDtypeStruct((rows, 64), jnp.bfloat16), jnp.ones((64, 128), jnp.bfloat16)
+    assert ops_pallas._cublas_matmul(x, w) is want
+    assert ops_pallas._cublas_matmul(x, quantize(w, bits=8)) is False
     # a GELU projection (c_fc) stays on ours unless forced: cuBLAS would leave the GELU to a pass of its own
-    assert ops_pallas._cublas_matmul(jax_spec((rows, 64)), w, "gelu_tanh") is (env == "xla")
-
-
-def jax_spec(shape):
-    import jax
-    import jax.numpy as jnp
-    return jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    assert ops_pallas._cublas_matmul(x, w, "gelu_tanh") is (env == "xla")
 
 
 def test_cublas_projections_are_the_xla_backends_ops(monkeypatch):
