@@ -98,8 +98,9 @@ def main(argv=None) -> int:
     for kw in variants:  # (JSON lists as the plan's tuples)
         record(f"all, {kw}", dataclasses.replace(base, **{f: tuple(v) if isinstance(v, list) else v
                                                            for f, v in kw.items()}))
-    if any("poll_volatile" in kw for kw in variants):
-        record("no phase, volatile poll", dataclasses.replace(base, poll_volatile=True), phases=())
+    if any("poll_volatile" in kw for kw in variants):  # the launch and barriers with the other poll than the plan's
+        other = dataclasses.replace(base, poll_volatile=not base.poll_volatile)
+        record(f"no phase, {'volatile' if other.poll_volatile else 'atomic'} poll", other, phases=())
     if args.quick:
         return 0
     # Each matmul phase alone (barriers kept) over (block_n, block_k, split) choices that give 0.75-2.2 items a
