@@ -1,10 +1,11 @@
 """The Mosaic GPU attention's launch configs at issue 6's shapes, against cuDNN and tokamax's Mosaic kernel (GPU).
 
-    python -m bench.attention_sweep --out attention_sweep.json [--table T.json]
+    python -m bench.attention_sweep --out attention_sweep.json [--table T.json] [--variants JSON] [--shapes ...]
 
-Every config of ``flash_attention_mgpu`` (KV block, pipeline stages, launch order) is compiled (in threads) and
-timed in CUPTI device time, median of 20, with the peers in the same process; ``--table`` records each shape's
-winner as ``MosaicAttentionConfig`` for ``pallas_kernels.tuning.lookup``. Results are written after every shape.
+Every config of ``flash_attention_mgpu`` (KV block, pipeline stages, launch order), under each of ``--variants`` (a
+JSON list of keyword sets, e.g. ``[{}, {"pingpong": true}]``), is compiled (in threads) and timed in CUPTI device
+time, median of 20, with the peers in the same process; ``--table`` records each shape's winner as
+``MosaicAttentionConfig`` for ``pallas_kernels.tuning.lookup``. Results are written after every shape.
 """
 
 from __future__ import annotations
@@ -32,25 +33,39 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.attention_sweep")
     ap.add_argument("--out", default="attention_sweep.json")
     ap.add_argument("--table", default=None)
+    ap.add_argument("--variants", default="[{}]", help="JSON list of flash_attention_mgpu keyword sets")
+    ap.add_argument("--configs", default=None, help="comma list like kv128s2,kv256s3 (batch_outer); default: all")
+    ap.add_argument("--shapes", default=None, help="comma list like 8x1024x12,1x1024x12; default: issue 6's")
+    ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args(argv)
+    variants = json.loads(args.variants)
+    shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in c.split("x")) for c in args.shapes.split(",")]
+    configs = CONFIGS if args.configs is None else [
+        (int(c[2:].split("s")[0]), int(c.split("s")[1]), "batch_outer") for c in args.configs.split(",")]
     require_gpu("bench.attention_sweep")
     rng = np.random.default_rng(0)
-    peers = peers_attention()
+    peers = {} if args.no_peers else peers_attention()
     results = []
-    for B, T, H in SHAPES:
+    for B, T, H in shapes:
         qkv = jnp.asarray(rng.standard_normal((B, T, 3, H, 64), dtype=np.float32), jnp.bfloat16)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         ref = flash_attention_reference(qkv.astype(jnp.float32))
         flops = 2 * B * H * T * T * 64
-        cfgs = [c for c in CONFIGS if c[0] <= max(128, T)]
+        cfgs = [(*c, vi) for vi in range(len(variants)) for c in configs if c[0] <= max(128, T)]
 
         def build(c):
             try:
-                f = jax.jit(lambda x, c=c: flash_attention_mgpu(x, block_kv=c[0], stages=c[1], order=c[2]))
+                f = jax.jit(lambda x, c=c: flash_attention_mgpu(x, block_kv=c[0], stages=c[1], order=c[2],
+                                                                **variants[c[3]]))
                 return f.lower(qkv).compile()
             except Exception as e:  # noqa: BLE001
                 print(f"  mosaic {c} B{B} T{T} H{H}: failed ({type(e).__name__}: {str(e)[:120]})", flush=True)
                 return None
+
+        def label(c):
+            v = variants[c[3]]
+            tag = "+".join(k if val is True else f"{k}={val}" for k, val in sorted(v.items()))
+            return f"mosaic kv{c[0]} s{c[1]} {c[2]}" + (f" {tag}" if tag else "")
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             built = list(pool.map(build, cfgs))
@@ -66,8 +81,9 @@ def main(argv=None):
 
         for c, f in zip(cfgs, built):
             if f is not None:
-                add(f"mosaic kv{c[0]} s{c[1]} {c[2]}", f, qkv)
-        add("triton (ours)", jax.jit(flash_attention), qkv)
+                add(label(c), f, qkv)
+        if not args.no_peers:
+            add("triton (ours)", jax.jit(flash_attention), qkv)
         for name, pfn in peers.items():
             add(name, jax.jit(pfn), q, k, v)
         results.append(row)
@@ -77,7 +93,7 @@ def main(argv=None):
         print(f"{row['case']}: {line}", flush=True)
         with open(args.out, "w") as fh:
             json.dump({"device": jax.devices()[0].device_kind, "rows": results}, fh, indent=1)
-        if args.table and best:
+        if args.table and best and len(best.split()) == 4:  # tables record configs of the default variant only
             kv_, st, order = best.split()[1:]
             key = tuning.shape_key(seq=T, heads=H, head_dim=64, batch=B, dtype=jnp.bfloat16)
             tuning.merge_into_table(args.table, {"MosaicAttentionConfig": {

@@ -195,9 +195,190 @@ def _kernel(qkv_ref, out_ref, scoped, *, seq: int, block_kv: int, stages: int, d
             plgpu.barrier_wait(v_consumed.at[slot])
 
 
-@functools.partial(jax.jit, static_argnames=("block_kv", "stages", "order", "interpret"))
+NAMED_BASE = 4  # Mosaic GPU keeps the lower hardware barrier IDs (0: the block, 1-3: one per warpgroup)
+
+
+def _named_barrier(op: str, barrier_id, num_threads: int):
+    """``bar.sync`` / ``bar.arrive`` on a hardware named barrier (inline PTX: the GPU only, no interpreter rule)."""
+    from jaxlib.mlir import ir
+    from jaxlib.mlir.dialects import llvm
+
+    if isinstance(barrier_id, int):
+        @plgpu.inline_mgpu()
+        def _(_ctx):
+            llvm.inline_asm(ir.Type.parse("!llvm.void"), [], f"bar.{op} {barrier_id}, {num_threads};", "",
+                            has_side_effects=True)
+        return _()
+
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
+    def _(_ctx, bid):
+        llvm.inline_asm(ir.Type.parse("!llvm.void"), [bid.registers[()]], f"bar.{op} $0, {num_threads};", "r",
+                        has_side_effects=True)
+    return _(barrier_id)
+
+
+def _kernel_pingpong(qkv_ref, out_ref, scoped, *, seq: int, block_kv: int, stages: int, dtype, interpret: bool,
+                     named: bool, acc_in_place: bool):
+    """FA3's ping-pong: each compute warpgroup runs its softmax while the other's products hold the tensor cores.
+
+    Per KV step a warpgroup issues Q·Kᵀ, lets the other warpgroup go ("arrive other"), finishes its softmax, then
+    waits for its turn ("sync own") before P·V. Both warpgroups of a block run the block's KV steps (the lower one's
+    last step may be wholly masked), so every barrier sees both every step. ``named``: the schedule and the
+    "consumed" signals are hardware named barriers (``bar.sync``/``bar.arrive``, as tokamax), else mbarriers (what
+    the interpreter runs). ``acc_in_place``: P·V accumulates into the running accumulator (``pl.run_state``).
+    """
+    named = named and not interpret
+    acc_in_place = acc_in_place and not interpret
+
+    def cast(x, layout):
+        return x if interpret else plgpu.layout_cast(x, layout)
+
+    def iota(shape, dim):
+        if interpret:
+            return lax.broadcasted_iota(jnp.int32, shape, dim)
+        return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=plgpu.Layout.WGMMA)
+
+    b, h = lax.axis_index("batch"), lax.axis_index("heads")
+    n_tiles = seq // (COMPUTE_WGS * BLOCK_Q)
+    tile = n_tiles - 1 - lax.axis_index("q_seq")  # longest (last) query tiles first
+    (qo_smem2, k_smem, v_smem), (k_landed, v_landed, q_landed), (k_consumed, v_consumed), schedule = scoped
+    wg = lax.axis_index("wg")
+    kv_steps = pl.cdiv((tile + 1) * (COMPUTE_WGS * BLOCK_Q), jnp.array(block_kv, jnp.int32))  # causal
+    scale_log2 = (1.0 / math.sqrt(qkv_ref.shape[-1])) * math.log2(math.e)
+    D = qkv_ref.shape[-1]
+    all_threads = (COMPUTE_WGS + 1) * 128
+    k_cons_id, v_cons_id = NAMED_BASE + 2, NAMED_BASE + 2 + stages
+
+    def slot_of(kv):
+        return lax.rem(kv, jnp.array(stages, kv.dtype))
+
+    def arrive_other():  # the other warpgroup may take the tensor cores
+        if named:
+            _named_barrier("arrive", NAMED_BASE + 1 - wg, 2 * 128)
+        else:
+            plgpu.barrier_arrive(schedule.at[1 - wg])
+
+    def sync_own():  # wait until the other warpgroup let us
+        if named:
+            _named_barrier("sync", NAMED_BASE + wg, 2 * 128)
+        else:
+            plgpu.barrier_wait(schedule.at[wg])
+
+    def consumed(which: str, slot):  # compute side: this slot's K (or V) may be overwritten
+        if named:
+            _named_barrier("arrive", (k_cons_id if which == "k" else v_cons_id) + slot, all_threads)
+        else:
+            plgpu.barrier_arrive((k_consumed if which == "k" else v_consumed).at[slot])
+
+    @pl.when(wg < COMPUTE_WGS)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        qo_smem = qo_smem2.at[wg]
+        q_base = tile * (COMPUTE_WGS * BLOCK_Q) + wg * BLOCK_Q
+        plgpu.copy_gmem_to_smem(qkv_ref.at[b, pl.ds(q_base, BLOCK_Q), 0, h], qo_smem, q_landed.at[wg])
+        if named:  # the ring starts empty: the first `stages` loads need no consumer
+            for i in range(stages):
+                consumed("k", i)
+                consumed("v", i)
+        m = cast(jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+        l = cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+        acc = cast(jnp.full((BLOCK_Q, D), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+        plgpu.barrier_wait(k_landed.at[0])
+        plgpu.barrier_wait(q_landed.at[wg])
+        pl.when(wg == 1)(sync_own)
+
+        def step(kv, carry, masked: bool = False):
+            acc, m, l = carry
+            slot = slot_of(kv)
+
+            def qk(s_ref):
+                plgpu.wgmma(s_ref, qo_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+                arrive_other()
+                return s_ref[...]
+
+            if interpret:  # 0.10.2's interpreter has no transposed-SMEM wgmma operand: the same product in jnp
+                s = jnp.dot(qo_smem[...], k_smem.at[slot][...].T, preferred_element_type=jnp.float32)
+                arrive_other()
+            else:
+                s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))  # (BQ, BKV) f32
+            consumed("k", slot)
+            if masked:
+                rows, cols = iota((BLOCK_Q, block_kv), 0), iota((BLOCK_Q, block_kv), 1)
+                s = jnp.where(rows + q_base >= cols + kv * block_kv, s, -jnp.inf)
+            m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)  # m in the log2 domain
+            alpha = jnp.exp2(m - m_new)
+            p = jnp.exp2(s * scale_log2 - lax.broadcast_in_dim(m_new, s.shape, [0]))
+            l = l * alpha + p.sum(axis=1)
+            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+            p_lo = p.astype(dtype)
+            acc, p_lo = lax.optimization_barrier((acc, p_lo))
+            l, m_new = lax.optimization_barrier((l, m_new))
+            plgpu.barrier_wait(v_landed.at[slot])
+            sync_own()  # the tensor cores are ours
+
+            def wait_next_k():  # inside the P·V scope on the GPU, so the next K's wait overlaps the MMA
+                @pl.when(kv + 1 < kv_steps)
+                def _():
+                    plgpu.barrier_wait(k_landed.at[slot_of(kv + 1)])
+
+            if interpret:
+                acc = acc + jnp.dot(p_lo, v_smem.at[slot][...], preferred_element_type=jnp.float32)
+                wait_next_k()
+            elif acc_in_place:
+                def pv_into(acc_ref):
+                    plgpu.wgmma(acc_ref, p_lo, v_smem.at[slot])
+                    wait_next_k()
+                acc = pl.run_state(pv_into)(plgpu.ACC.init(acc))
+            else:
+                def pv(o_ref):
+                    plgpu.wgmma(o_ref, p_lo, v_smem.at[slot])
+                    wait_next_k()
+                    return o_ref[...]
+                acc = acc + pl.run_scoped(pv, plgpu.ACC((BLOCK_Q, D), jnp.float32))
+            consumed("v", slot)
+            return acc, m_new, l
+
+        full = lax.div(q_base, jnp.array(block_kv, jnp.int32))  # blocks wholly below the diagonal
+        carry = lax.fori_loop(0, full, step, (acc, m, l))
+        acc, m, l = lax.fori_loop(full, kv_steps, functools.partial(step, masked=True), carry)
+        pl.when(wg == 0)(arrive_other)  # matches warpgroup 1's first sync
+        acc = acc * lax.broadcast_in_dim(1.0 / l, (BLOCK_Q, D), [0])
+        qo_smem[...] = acc.astype(dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[b, pl.ds(q_base, BLOCK_Q), h])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == COMPUTE_WGS)
+    def _memory():
+        plgpu.set_max_registers(40, action="decrease")
+
+        @pl.loop(0, kv_steps)
+        def _(kv):
+            slot = slot_of(kv)
+            rows = pl.ds(kv * block_kv, block_kv)
+            if named:
+                _named_barrier("sync", k_cons_id + slot, all_threads)
+            else:
+                pl.when(kv >= stages)(lambda: plgpu.barrier_wait(k_consumed.at[slot]))
+            plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 1, h], k_smem.at[slot], k_landed.at[slot])
+            if named:
+                _named_barrier("sync", v_cons_id + slot, all_threads)
+            else:
+                pl.when(kv >= stages)(lambda: plgpu.barrier_wait(v_consumed.at[slot]))
+            plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 2, h], v_smem.at[slot], v_landed.at[slot])
+
+        if not named:
+            @pl.loop(jnp.maximum(kv_steps - stages, 0), kv_steps)
+            def _(kv):  # drain: observe the last steps' consumed phases too
+                plgpu.barrier_wait(k_consumed.at[slot_of(kv)])
+                plgpu.barrier_wait(v_consumed.at[slot_of(kv)])
+
+
+@functools.partial(jax.jit, static_argnames=("block_kv", "stages", "order", "interpret", "pingpong", "named_barriers",
+                                             "acc_in_place", "auto_barriers"))
 def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2, order: str = "batch_outer",
-                         interpret: bool | None = None) -> jax.Array:
+                         interpret: bool | None = None, pingpong: bool = False, named_barriers: bool = False,
+                         acc_in_place: bool = False, auto_barriers: bool = True) -> jax.Array:
     """Causal self-attention of packed qkv (B, T, 3, H, D) -> (B, T, H, D) on Mosaic GPU (Hopper).
 
     Any T: it is padded at the end to a multiple of 128 (two 64-row query tiles a block) and of ``block_kv``,
@@ -224,7 +405,9 @@ def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2
     tp = -(-T // max(block_kv, COMPUTE_WGS * BLOCK_Q)) * max(block_kv, COMPUTE_WGS * BLOCK_Q)
     if tp != T:  # pad the end: causal rows < T never attend to the padding, and its rows are sliced off
         out = flash_attention_mgpu(jnp.pad(qkv, ((0, 0), (0, tp - T), (0, 0), (0, 0), (0, 0))), block_kv=block_kv,
-                                   stages=stages, order=order, interpret=interpret)
+                                   stages=stages, order=order, interpret=interpret, pingpong=pingpong,
+                                   named_barriers=named_barriers, acc_in_place=acc_in_place,
+                                   auto_barriers=auto_barriers)
         return out[:, :T]
     stages = max(1, min(stages, T // block_kv))
     if interpret is None:
@@ -237,14 +420,20 @@ def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2
         scratch = (plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, D), dtype, transforms=(tiling, swizzle)),
                    plgpu.SMEM((stages, block_kv, D), dtype, transforms=(tiling, swizzle)),
                    plgpu.SMEM((stages, block_kv, D), dtype, transforms=(tiling, swizzle)))
+        if pingpong:
+            body = functools.partial(_kernel_pingpong, named=named_barriers, acc_in_place=acc_in_place)
+            schedule = plgpu.Barrier(num_arrivals=1, num_barriers=COMPUTE_WGS)  # one per warpgroup: its turn
+        else:
+            body = _kernel
+            schedule = plgpu.Barrier(num_arrivals=COMPUTE_WGS)
         pl.run_scoped(
-            lambda *s: _kernel(qkv_ref, out_ref, s, seq=T, block_kv=block_kv, stages=stages, dtype=dtype,
-                               interpret=interpret),
+            lambda *s: body(qkv_ref, out_ref, s, seq=T, block_kv=block_kv, stages=stages, dtype=dtype,
+                            interpret=interpret),
             scratch,
             (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
              plgpu.Barrier(num_barriers=COMPUTE_WGS)),
             (plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),) * 2,
-            plgpu.Barrier(num_arrivals=COMPUTE_WGS),
+            schedule,
             collective_axes="wg",
         )
 
@@ -261,6 +450,6 @@ def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2
         grid_names=names,
         num_threads=COMPUTE_WGS + 1,
         thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        compiler_params=plgpu.CompilerParams(approx_math=True, unsafe_no_auto_barriers=not auto_barriers),
         **kw,
     )(qkv)
