@@ -92,13 +92,13 @@ def test_lowers_to_triton_for_cuda(name):
     assert calls and all("triton" in c for c in calls), calls
 
 
-@pytest.mark.parametrize("block_kv", [64, 128])
+@pytest.mark.parametrize("block_kv,stages", [(64, 2), (128, 2), (256, 3)])
 @pytest.mark.parametrize("shape", [(2, 256, 25), (1, 1024, 12)])
-def test_mosaic_attention_lowers_for_cuda(shape, block_kv):
-    """The experimental Mosaic GPU attention (wgmma, TMA, three warpgroups) lowers with jax's Mosaic rules."""
+def test_mosaic_attention_lowers_for_cuda(shape, block_kv, stages):
+    """The Mosaic GPU attention (wgmma, TMA, three warpgroups, named barriers) lowers with jax's Mosaic rules."""
     from pallas_kernels.flash_attention_mgpu import flash_attention_mgpu
     B, T, H = shape
-    fn = functools.partial(flash_attention_mgpu, block_kv=block_kv, interpret=False)
+    fn = functools.partial(flash_attention_mgpu, block_kv=block_kv, stages=stages, interpret=False)
     text = jax.jit(fn).trace(S(B, T, 3, H, 64)).lower(lowering_platforms=("cuda",)).as_text()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls and all("mosaic" in c for c in calls), calls

@@ -4,7 +4,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 case "${1:-}" in
   attn1)  # call 1: the ping-pong attention protocol (mbarrier / named barriers, P·V in place, no auto barriers)
-    # against the session-4 kernel and the peers, every issue-6 shape; the xl decode step's kernel breakdown
+    # against the session-4 kernel and the peers, every issue-6 shape; the xl decode step's kernel breakdown.
+    # Ran knobs since folded into the kernel (commit 709c120 has them); on later trees the variants fail to build.
     timeout 280 python -m bench.attention_sweep --configs kv128s2,kv256s2,kv64s2,kv128s3,kv256s3 \
       --variants '[{}, {"pingpong": true}, {"pingpong": true, "acc_in_place": true},
                    {"pingpong": true, "acc_in_place": true, "auto_barriers": false}]' \
@@ -19,5 +20,19 @@ case "${1:-}" in
       --breakdown 14 --out "$OUT/decode_xl_breakdown.json" > "$OUT/decode_xl_breakdown.txt" 2>&1
     echo "== decode breakdown rc=$?"; tail -18 "$OUT/decode_xl_breakdown.txt" | cut -c1-140
     python -m bench.attention_table "$OUT"/attn_*.json ;;
-  *) echo "usage: bash bench/gpu/session8.sh attn1"; exit 2 ;;
+  attn2)  # call 2: the ping-pong kernel as the default (named barriers, P·V in place, no auto barriers; tuned
+    # configs): its GPU tests, full-size parity through the Pallas backend, issue 6's table from one run
+    # (bench.kernels: every column), whole-model prefill against XLA in the same run
+    timeout 170 python -m pytest -q -p no:cacheprovider tests/test_kernels_attention_mgpu.py > "$OUT/attn_tests.txt" 2>&1
+    echo "== attention tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/attn_tests.txt" | cut -c1-160 | tail -4
+    timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py -k "full_size" \
+      > "$OUT/parity.txt" 2>&1
+    echo "== full-size parity rc=$?"; tail -1 "$OUT/parity.txt" | cut -c1-200
+    timeout 120 python -m bench.kernels --mode attention --out "$OUT/kernels_attention.json" \
+      > "$OUT/kernels_attention.txt" 2>&1
+    echo "== kernels attention rc=$?"; grep -E "attention" "$OUT/kernels_attention.txt" | cut -c1-150
+    timeout 150 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas \
+      --out "$OUT/prefill.json" > "$OUT/prefill.txt" 2>&1
+    echo "== prefill rc=$?"; grep -A5 "^model" "$OUT/prefill.txt" | cut -c1-150 ;;
+  *) echo "usage: bash bench/gpu/session8.sh attn1|attn2"; exit 2 ;;
 esac
