@@ -34,5 +34,20 @@ case "${1:-}" in
     timeout 150 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas \
       --out "$OUT/prefill.json" > "$OUT/prefill.txt" 2>&1
     echo "== prefill rc=$?"; grep -A5 "^model" "$OUT/prefill.txt" | cut -c1-150 ;;
-  *) echo "usage: bash bench/gpu/session8.sh attn1|attn2"; exit 2 ;;
+  small)  # call 3: B1 T128 prefill (issue 6: launch count and latency) with kernel breakdowns; decode loop knobs
+    # outside the block kernel: chunk of 64 steps an iteration, XLA command buffers (CUDA graphs) for every kind
+    timeout 150 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --batch 1 --seq 128 --breakdown 10 \
+      --out "$OUT/prefill_b1t128.json" > "$OUT/prefill_b1t128.txt" 2>&1
+    echo "== prefill B1 T128 rc=$?"; grep -A5 "^model" "$OUT/prefill_b1t128.txt" | cut -c1-150
+    dec() {  # $1 tag; the environment carries the knob
+      timeout 100 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+        --out "$OUT/decode_$1.json" > "$OUT/decode_$1.txt" 2>&1
+      echo "== decode $1 rc=$?"; grep -E "^gpt2" "$OUT/decode_$1.txt" | cut -c1-100
+    }
+    dec default
+    JAXGPT_DECODE_CHUNK=64 dec chunk64
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1" \
+      dec cmdbuf
+    dec default2 ;;
+  *) echo "usage: bash bench/gpu/session8.sh attn1|attn2|small"; exit 2 ;;
 esac
