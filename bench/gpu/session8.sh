@@ -49,5 +49,16 @@ case "${1:-}" in
     XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1" \
       dec cmdbuf
     dec default2 ;;
-  *) echo "usage: bash bench/gpu/session8.sh attn1|attn2|small"; exit 2 ;;
+  sink)  # call 4: the prefetch consumed after the phase (sink_late) with more rows, on the HBM-bound chain;
+    # B1 T128 prefill again (call 3's files did not come back), its table rows printed
+    for m in gpt2-xl gpt2; do
+      timeout 170 python -m bench.decode_layer --model $m --quick --variants '[{"prefetch_rows": 128},
+        {"sink_late": true}, {"sink_late": true, "prefetch_rows": 128}, {"sink_late": true, "prefetch_rows": 256},
+        {"sink_late": true, "prefetch_rows": 512}, {"prefetch_rows": 64}]' --out "$OUT/sink_$m.json" > "$OUT/sink_$m.txt" 2>&1
+      echo "== chain $m rc=$?"; grep -E "^all|^no phase|^only|prefetch|sink" "$OUT/sink_$m.txt" | cut -c1-120
+    done
+    timeout 120 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --batch 1 --seq 128 --breakdown 12 \
+      --out "$OUT/prefill_b1t128.json" > "$OUT/prefill_b1t128.txt" 2>&1
+    echo "== prefill B1 T128 rc=$?"; grep -E "^gpt2" "$OUT/prefill_b1t128.txt" | cut -c1-150 ;;
+  *) echo "usage: bash bench/gpu/session8.sh attn1|attn2|small|sink"; exit 2 ;;
 esac
