@@ -14,9 +14,9 @@ instead of sixteen. The other decode step finishes the split-K matmuls in XLA ep
 kernel after an XLA scatter into the cache. Which one runs is chosen by shape from H100 measurements (``_fused``);
 ``JAXGPT_FUSED_DECODE=1`` or ``0`` forces one. Quantized projections (``QWeight``) go to the int8/int4 matmul
 kernel (``JAXGPT_FUSED_QUANT=1``: fused like the float step). On Hopper GPUs prefill attention runs the Mosaic GPU
-kernel (wgmma, TMA, warp specialisation); the prefill projections take cuBLAS from ``CUBLAS_ROWS`` rows up (faster
-than both of ours at every GPT-2 shape measured), below that the Mosaic GPU matmul where its tiles beat the Triton
-one (``matmul_mgpu.plan``); elsewhere the Triton kernels. ``JAXGPT_ATTENTION=mosaic|triton`` and
+kernel (wgmma, TMA, warp specialisation); the prefill projections take cuBLAS (faster than both of ours at every
+GPT-2 shape measured), except c_fc from ``OURS_GELU_ROWS`` rows up, whose GELU epilogue the Mosaic GPU matmul fuses
+where its tiles fit (``matmul_mgpu.plan``); elsewhere the Triton kernels. ``JAXGPT_ATTENTION=mosaic|triton`` and
 ``JAXGPT_MATMUL=xla|mosaic|triton`` force one.
 """
 
@@ -52,15 +52,18 @@ def _hopper() -> bool:
 
 
 # JAXGPT_MATMUL=xla|mosaic|triton forces the prefill projections' kernel; unset: on Hopper GPUs, cuBLAS (XLA's dot,
-# the XLA backend's own numerics) from CUBLAS_ROWS rows up, else the Mosaic GPU matmul where its tiling fits the
+# the XLA backend's own numerics), except big c_fc (below); else the Mosaic GPU matmul where its tiling fits the
 # shape (bf16/f16), else the Triton one. H100, M = 8192, µs, cuBLAS vs our best (bench/NOTES.md session 4): 768->2304
 # 42.9 vs 55.5, 768->3072 57.8 vs 68.9, 3072->768 50.9 vs 66.5, 1600->4800 170.8 vs 216.9, 1600->6400 224.0 vs
 # 261.6, 6400->1600 228.6 vs 290.7: at prefill sizes our matmuls lose at every GPT-2 shape, so the backend takes
 # cuBLAS there and keeps its own kernels for attention, LayerNorm and decode, where they win. Except c_fc: cuBLAS
 # fuses the bias but not GPT-2's GELU, which then costs an XLA pass over the (M, 4C) output (83 µs a gpt2-xl layer,
-# session 7 call 9), while our matmuls apply it in their epilogue; so GELU projections stay on ours.
+# session 7 call 9), while our matmuls apply it in their epilogue; so GELU projections stay on ours from
+# OURS_GELU_ROWS rows up. Below that the GELU pass is small and our matmuls' few M tiles leave most SMs idle: at
+# B1 T128 (128 rows, weight-bound) the Pallas backend took 0.898 ms (gpt2) / 5.310 (gpt2-xl) with our matmuls
+# against XLA's 0.557 / 3.311 (session 8, call 4), so every projection of a small prefill takes cuBLAS.
 MATMUL = os.environ.get("JAXGPT_MATMUL", "")
-CUBLAS_ROWS = 4096  # measured at 8192 rows (B8 T1024); below 4096 not measured, so our kernels keep those
+OURS_GELU_ROWS = 4096  # measured at 8192 (ours win) and 128 rows (cuBLAS wins); between them not measured
 
 
 def _cublas_matmul(x, w, activation: str = "none") -> bool:
@@ -68,7 +71,8 @@ def _cublas_matmul(x, w, activation: str = "none") -> bool:
     kernels."""
     if MATMUL in ("mosaic", "triton") or isinstance(w, QWeight):
         return False
-    return MATMUL == "xla" or (_hopper() and activation == "none" and math.prod(x.shape[:-1]) >= CUBLAS_ROWS)
+    small = math.prod(x.shape[:-1]) < OURS_GELU_ROWS
+    return MATMUL == "xla" or (_hopper() and (activation == "none" or small))
 
 
 def _mosaic_matmul(x, w) -> bool:

@@ -116,9 +116,6 @@ class DecodeLayerPlan:
     # rows 59.1 / 30.9 (each program then waits for its prefetch before its first tile).
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 2, 3, 4)
-    # Consume the prefetched tile after the phase's matmul items rather than before them: the program then never
-    # waits for its prefetch (the loads stay in flight through the phase), so more rows can be pulled into L2.
-    sink_late: bool = False
 
     def __post_init__(self):
         if self.programs < 1:
@@ -574,9 +571,7 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
         else:
             early = fetch() if fetch else None
         if p in phases:
-            PHASES[p](R, plan, dims, None if plan.sink_late else early)
-            if plan.sink_late:
-                _sink(early, R.sink, R.layer[0])
+            PHASES[p](R, plan, dims, early)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))

@@ -39,10 +39,9 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
-                                   {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (3, 4)},
-                                   {"sink_late": True, "prefetch_rows": 32}],
+                                   {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (3, 4)}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "sink-late"])
+                              "prefetch-mlp"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -228,8 +227,8 @@ def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
 
 
 @pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"poll_volatile": False}),
-                                        (False, {"prefetch_rows": 0}), (False, {"sink_late": True, "prefetch_rows": 256})],
-                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-no-prefetch", "bf16-sink-late"])
+                                        (False, {"prefetch_rows": 0})],
+                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-no-prefetch"])
 def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
     import re

@@ -130,12 +130,13 @@ def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
     assert np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 0.01  # measured 1.4e-3; XLA vs Triton: 3e-3
 
 
-@pytest.mark.parametrize("env,hopper,rows,want", [
-    ("", True, 8192, True), ("", True, 128, False), ("", False, 8192, False), ("xla", False, 8, True),
-    ("mosaic", True, 8192, False), ("triton", True, 8192, False)])
-def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, monkeypatch):
-    """cuBLAS (XLA's dot) for prefill-sized projections without GELU on Hopper, JAXGPT_MATMUL=xla|mosaic|triton
-    forcing; never for quantized weights (their matmul is ours)."""
+@pytest.mark.parametrize("env,hopper,rows,want,want_gelu", [
+    ("", True, 8192, True, False), ("", True, 128, True, True), ("", False, 8192, False, False),
+    ("", False, 128, False, False), ("xla", False, 8, True, True), ("mosaic", True, 128, False, False),
+    ("triton", True, 8192, False, False)])
+def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, want_gelu, monkeypatch):
+    """cuBLAS (XLA's dot) for prefill projections on Hopper, except GELU ones (c_fc) from OURS_GELU_ROWS rows up;
+    JAXGPT_MATMUL=xla|mosaic|triton forcing; never for quantized weights (their matmul is ours)."""
     import jax
     import jax.numpy as jnp
 
@@ -146,8 +147,8 @@ def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, 
     x, w = jax.ShapeDtypeStruct((rows, 64), jnp.bfloat16), jnp.ones((64, 128), jnp.bfloat16)
     assert ops_pallas._cublas_matmul(x, w) is want
     assert ops_pallas._cublas_matmul(x, quantize(w, bits=8)) is False
-    # a GELU projection (c_fc) stays on ours unless forced: cuBLAS would leave the GELU to a pass of its own
-    assert ops_pallas._cublas_matmul(x, w, "gelu_tanh") is (env == "xla")
+    # a big GELU projection (c_fc) stays on ours unless forced: cuBLAS would leave the GELU to a pass of its own
+    assert ops_pallas._cublas_matmul(x, w, "gelu_tanh") is want_gelu
 
 
 def test_cublas_projections_are_the_xla_backends_ops(monkeypatch):

@@ -49,7 +49,8 @@ case "${1:-}" in
     XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1" \
       dec cmdbuf
     dec default2 ;;
-  sink)  # call 4: the prefetch consumed after the phase (sink_late) with more rows, on the HBM-bound chain;
+  sink)  # call 4: the prefetch consumed after the phase (sink_late) with more rows, on the HBM-bound chain
+    # (sink_late removed after this call: no gain; commit f5d0d64 has it);
     # B1 T128 prefill again (call 3's files did not come back), its table rows printed
     for m in gpt2-xl gpt2; do
       timeout 170 python -m bench.decode_layer --model $m --quick --variants '[{"prefetch_rows": 128},
@@ -60,5 +61,13 @@ case "${1:-}" in
     timeout 120 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --batch 1 --seq 128 --breakdown 12 \
       --out "$OUT/prefill_b1t128.json" > "$OUT/prefill_b1t128.txt" 2>&1
     echo "== prefill B1 T128 rc=$?"; grep -E "^gpt2" "$OUT/prefill_b1t128.txt" | cut -c1-150 ;;
-  *) echo "usage: bash bench/gpu/session8.sh attn1|attn2|small|sink"; exit 2 ;;
+  small2)  # call 5: every projection of a small prefill on cuBLAS (B1 T128: our matmuls lost to XLA in call 4);
+    # full-size parity, whose short prompts now take that path
+    timeout 120 python -m bench.prefill --model gpt2,gpt2-xl --backend xla,pallas --batch 1 --seq 128 \
+      --out "$OUT/prefill_b1t128.json" > "$OUT/prefill_b1t128.txt" 2>&1
+    echo "== prefill B1 T128 rc=$?"; grep -E "^gpt2" "$OUT/prefill_b1t128.txt" | cut -c1-150
+    timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py -k "full_size" \
+      > "$OUT/parity.txt" 2>&1
+    echo "== full-size parity rc=$?"; tail -1 "$OUT/parity.txt" | cut -c1-200 ;;
+  *) echo "usage: bash bench/gpu/session8.sh attn1|attn2|small|sink|small2"; exit 2 ;;
 esac
