@@ -57,6 +57,7 @@ def interpret_params():
 
 
 NAMED_BASE = 4  # Mosaic GPU keeps the lower hardware barrier IDs (0: the block, 1-3: one per warpgroup)
+MAX_STAGES = (16 - NAMED_BASE - 2) // 2  # IDs: the schedule (2), then K and V "consumed" (one per stage each)
 
 
 def _named_barrier(op: str, barrier_id, num_threads: int):
@@ -247,6 +248,8 @@ def flash_attention_mgpu(qkv: jax.Array, *, block_kv: int = 128, stages: int = 2
         raise ValueError(f"dtype {qkv.dtype} must be bfloat16 or float16")
     if block_kv not in (64, 128, 256):
         raise ValueError(f"{block_kv=} must be 64, 128 or 256")
+    if not 1 <= stages <= MAX_STAGES:
+        raise ValueError(f"{stages=} must be 1..{MAX_STAGES} (two named barriers a stage, 16 in all)")
     if order not in ORDERS:
         raise ValueError(f"{order=} must be one of {ORDERS}")
     if T < 1:

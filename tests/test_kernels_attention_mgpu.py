@@ -46,6 +46,7 @@ def test_float16():
     ((1, 128, 3, 2, 64), "bfloat16", {"order": "random"}, "order"),
     ((1, 128, 3, 2, 64), "float32", {}, "bfloat16 or float16"),
     ((1, 128, 3, 2, 64), "bfloat16", {"block_kv": 96}, "block_kv"),
+    ((1, 128, 3, 2, 64), "bfloat16", {"stages": 7}, "stages"),
     ((1, 128, 2, 2, 64), "bfloat16", {}, "(B, T, 3, H, D)"),
 ])
 def test_bad_input_is_a_clear_error(shape, dtype, kw, needle):
