@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A baseline for the next session, as one command of under 10 minutes (everything in the tree has run on the H100
-# as of session 7's calls 6-7; re-run this first to have same-machine numbers before changing the block kernel):
+# as of session 8: the block kernel since session 7, the attention and projections in session 8 calls 2 and 5;
+# re-run this first to have same-machine numbers before changing the block kernel):
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
