@@ -3,9 +3,10 @@
     python -m bench.attention_sweep --out attention_sweep.json [--table T.json] [--variants JSON] [--shapes ...]
 
 Every config of ``flash_attention_mgpu`` (KV block, pipeline stages, launch order), under each of ``--variants`` (a
-JSON list of keyword sets, e.g. ``[{}, {"pingpong": true}]``), is compiled (in threads) and timed in CUPTI device
-time, median of 20, with the peers in the same process; ``--table`` records each shape's winner as
-``MosaicAttentionConfig`` for ``pallas_kernels.tuning.lookup``. Results are written after every shape.
+JSON list of extra keyword sets for experimental knobs while they exist; default ``[{}]``), is compiled (in threads)
+and timed in CUPTI device time, median of 20, with the peers in the same process; ``--table`` records each shape's
+winner as ``MosaicAttentionConfig`` for ``pallas_kernels.tuning.lookup``. Results are written after every shape;
+``python -m bench.attention_table`` summarises them.
 """
 
 from __future__ import annotations
