@@ -106,3 +106,27 @@ def test_gpu_only_sweeps_refuse_a_cpu_with_one_line(tool):
     import sys
     r = subprocess.run([sys.executable, "-m", tool], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "needs a GPU" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_attention_table_ranks_each_variant_and_flags_wrong_outputs(tmp_path):
+    """bench.attention_table: a variant's best config is its fastest correct one; wrong or failed configs are flagged,
+    never ranked; rows from several sweep files merge by case."""
+    from bench.attention_table import summarise
+    flops = 2 * 8 * 12 * 1024 * 1024 * 64
+    a = {"rows": [{"case": "B8 T1024 H12", "flops": flops, "impls": {
+        "mosaic kv128 s2 batch_outer": {"us": 56.0, "max_err": 0.01},
+        "mosaic kv256 s2 batch_outer": {"us": 50.0, "max_err": 0.9},  # fast but wrong: never the best
+        "mosaic kv128 s2 batch_outer knob": {"us": 52.0, "max_err": 0.01},
+        "mosaic kv256 s3 batch_outer knob": {"us": 51.0, "max_err": 0.02},
+        "cudnn": {"us": 45.0, "max_err": 0.01}}}]}
+    b = {"rows": [{"case": "B8 T1024 H12", "flops": flops, "impls": {"tokamax_mosaic": {"error": "ValueError: x"}}}]}
+    paths = []
+    for name, d in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(d))
+        paths.append(str(tmp_path / name))
+    (row,) = summarise(paths)
+    assert row["best"]["mosaic"] == (56.0, "kv128 s2")
+    assert row["best"]["mosaic knob"] == (51.0, "kv256 s3")
+    assert row["best"]["cudnn"] == (45.0, "")
+    assert any("kv256 s2" in b and "max_err" in b for b in row["bad"])
+    assert any(b.startswith("tokamax_mosaic") for b in row["bad"])
