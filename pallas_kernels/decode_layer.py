@@ -344,6 +344,12 @@ def _k_range(k: int, bk: int, split: int, s):
     return lo, jax.lax.div(jnp.minimum(chunk, k - lo) + bk - 1, jnp.int32(bk))
 
 
+def _item_range(it, k: int, bk: int, split: int):
+    """Matmul item ``it``'s N block j, K split s, and that split's (start, steps) (``_k_range``)."""
+    j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
+    return (j, s, *_k_range(k, bk, split, s))
+
+
 def _w_tile(w_ref, k0, bk: int, c0, bn: int, k: int, n: int, d: _Dims):
     """The (bk, bn) weight tile at rows [k0, k0+bk) below k, columns [c0, c0+bn) below n; zero elsewhere."""
     ks, cols = k0 + jnp.arange(bk), c0 + jnp.arange(bn)
@@ -358,8 +364,7 @@ def _prefetch(w_ref, n: int, k: int, plan: tuple[int, int, int], rows: int, inte
     first bn/e columns instead; the values are never used.)"""
     bn, bk, split = plan
     it = pl.program_id(0)
-    j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
-    lo, steps = _k_range(k, bk, split, s)
+    j, _, lo, steps = _item_range(it, k, bk, split)
     e = max(1, 32 // w_ref.dtype.itemsize)  # elements a sector
     ks, cols = lo + jnp.arange(rows), j * bn + e * jnp.arange(max(1, bn // e))
     m = (ks[:, None] < jnp.minimum(lo + steps * bk, k)) & (cols[None, :] < n) & (it < pl.cdiv(n, bn) * split)
@@ -390,8 +395,7 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
                        precision=d.precision)
 
     def item(it):
-        j, s = jax.lax.div(it, jnp.int32(split)), jax.lax.rem(it, jnp.int32(split))
-        lo, steps = _k_range(k, bk, split, s)
+        j, s, lo, steps = _item_range(it, k, bk, split)
         cols = j * bn + jnp.arange(bn)
 
         def step(kk, acc):
