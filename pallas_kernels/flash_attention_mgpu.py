@@ -127,6 +127,12 @@ def _kernel(qkv_ref, out_ref, scoped, *, seq: int, block_kv: int, stages: int, d
         else:
             plgpu.barrier_arrive((k_consumed if which == "k" else v_consumed).at[slot])
 
+    def await_consumed(which: str, kv, slot):  # TMA side: before step kv's load overwrites the slot
+        if named:  # (the compute side's prologue arrived once for each slot's first load)
+            _named_barrier("sync", (k_cons_id if which == "k" else v_cons_id) + slot, all_threads)
+        else:
+            pl.when(kv >= stages)(lambda: plgpu.barrier_wait((k_consumed if which == "k" else v_consumed).at[slot]))
+
     @pl.when(wg < COMPUTE_WGS)
     def _compute():
         plgpu.set_max_registers(232, action="increase")
@@ -208,15 +214,9 @@ def _kernel(qkv_ref, out_ref, scoped, *, seq: int, block_kv: int, stages: int, d
         def _(kv):
             slot = slot_of(kv)
             rows = pl.ds(kv * block_kv, block_kv)
-            if named:
-                _named_barrier("sync", k_cons_id + slot, all_threads)
-            else:
-                pl.when(kv >= stages)(lambda: plgpu.barrier_wait(k_consumed.at[slot]))
+            await_consumed("k", kv, slot)
             plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 1, h], k_smem.at[slot], k_landed.at[slot])
-            if named:
-                _named_barrier("sync", v_cons_id + slot, all_threads)
-            else:
-                pl.when(kv >= stages)(lambda: plgpu.barrier_wait(v_consumed.at[slot]))
+            await_consumed("v", kv, slot)
             plgpu.copy_gmem_to_smem(qkv_ref.at[b, rows, 2, h], v_smem.at[slot], v_landed.at[slot])
 
         if not named:
