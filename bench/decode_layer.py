@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=int, default=512)
     ap.add_argument("--layers", type=int, default=8, help="blocks with distinct weights, chained")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--format", default="bf16", choices=("bf16", "int8"),
+                    help="the four projections' weights: bf16, or int8 per-channel (jaxgpt.quantize's format)")
     ap.add_argument("--quick", action="store_true", help="skip the per-phase plan sweep")
     ap.add_argument("--variants", default=None,
                     help='JSON list of plan-field overrides to time whole, e.g. \'[{"num_stages": 5}]\'')
@@ -48,7 +50,13 @@ def main(argv=None) -> int:
     L = args.layers
     ws = [LayerWeights(1 + n(C), n(C), n(C, 3 * C), n(3 * C), n(C, C), n(C), 1 + n(C), n(C), n(C, 4 * C), n(4 * C),
                        n(4 * C, C), n(C)) for _ in range(L)]
-    base = DecodeLayerPlan.heuristic(B, C, H, S, default_programs())
+    if args.format == "int8":
+        from pallas_kernels.quant_matmul import quantize
+        q8 = lambda a: quantize(np.asarray(a.astype(jnp.float32)), bits=8)  # noqa: E731
+        ws = [w._replace(c_attn_w=q8(w.c_attn_w), c_proj_w=q8(w.c_proj_w), c_fc_w=q8(w.c_fc_w),
+                         mlp_proj_w=q8(w.mlp_proj_w)) for w in ws]
+        ws = [jax.tree.map(jnp.asarray, w) for w in ws]
+    base = DecodeLayerPlan.heuristic(B, C, H, S, default_programs(), 2, 1 if args.format == "int8" else None)
     kcs, vcs = [n(B, S, H, C // H, s=1.0) for _ in range(L)], [n(B, S, H, C // H, s=1.0) for _ in range(L)]
     pos = jnp.full((B,), S // 2, jnp.int32)
     w = ws[0]
@@ -82,10 +90,11 @@ def main(argv=None) -> int:
             rows.append({"case": name, "error": repr(e)[:300]})
             print(f"{name:<40} failed: {repr(e)[:200]}", flush=True)
         if args.out:
-            json.dump({"device": jax.devices()[0].device_kind, "model": args.model, "batch": B, "cache": S,
+            json.dump({"device": jax.devices()[0].device_kind, "model": args.model, "format": args.format,
+                       "batch": B, "cache": S,
                        "layers": L, "rows": rows}, open(args.out, "w"), indent=1)
 
-    print(f"{args.model} B={B} cache={S} layers={L} (times per block) {base}")
+    print(f"{args.model} {args.format} B={B} cache={S} layers={L} (times per block) {base}")
     record("warm-up (the first timing of a run reads ~10% high)", base)
     record("all phases (one kernel)", base)
     record("no phase (launch + barriers)", base, phases=())

@@ -116,6 +116,9 @@ class DecodeLayerPlan:
     # rows 59.1 / 30.9 (each program then waits for its prefetch before its first tile).
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 2, 3, 4)
+    # Heads per K step of attn.c_proj (its block_k = proj_heads * head_dim): more than one needs merge_heads (the
+    # K steps then load merged heads, not merge one).
+    proj_heads: int = 1
 
     def __post_init__(self):
         if self.programs < 1:
@@ -130,12 +133,15 @@ class DecodeLayerPlan:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
         if self.prefetch_rows < 0 or self.prefetch_rows & (self.prefetch_rows - 1):
             raise ValueError(f"prefetch_rows={self.prefetch_rows} must be 0 or a power of two")
+        if self.proj_heads < 1 or self.proj_heads & (self.proj_heads - 1) or (self.proj_heads > 1
+                                                                           and not self.merge_heads):
+            raise ValueError(f"proj_heads={self.proj_heads} must be a power of two, and 1 without merge_heads")
         if not set(self.prefetch_phases) <= {0, 2, 3, 4}:
             raise ValueError(f"prefetch_phases={self.prefetch_phases} must name matmul phases (0, 2, 3, 4)")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
-                  itemsize: int = 2) -> "DecodeLayerPlan":
+                  itemsize: int = 2, weight_itemsize: int | None = None) -> "DecodeLayerPlan":
         # Measured on the H100 (bench.decode_layer, each phase alone, gpt2 and gpt2-xl at B=1): 128-wide N tiles
         # win every matmul phase, with 64-deep K steps where the LayerNorm prologue builds the activation tile
         # (c_attn, c_fc: 128-deep ones overflow shared memory there) and 128-deep in the MLP's output projection;
@@ -145,17 +151,21 @@ class DecodeLayerPlan:
         # with these, 55.0 with the first plan. Attention: rows x heads x splits up to the programs, each split a
         # slice of the live cache (a head's last split merges them). float32 (4-byte) weights: 64-deep tiles
         # and 2 stages, or the pipeline overflows shared memory (255 KB asked for 128x128 tiles, 4 stages).
+        # int8 weights (``weight_itemsize`` 1) with 2-byte activations: K tiles twice as deep, so a tile (and each
+        # program's bytes in flight) is as large as a float one's, and c_proj steps two heads at a time.
         c, d = n_embd, n_embd // n_head
         wide = itemsize <= 2
+        deep = 2 if wide and weight_itemsize == 1 else 1
         att_block = 64
         splits = max(1, min(programs // max(batch * n_head, 1), -(-cache // att_block)))
-        proj_bn, _, proj_split = _fewest_splits(c, c, programs, 64, d)  # K steps one head each
+        heads = deep if deep * d <= c else 1
+        proj_bn, _, proj_split = _fewest_splits(c, c, programs, 64, heads * d)  # K steps of `heads` heads
         return DecodeLayerPlan(
-            programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64),
-            proj=(proj_bn, proj_split), fc=_fewest_splits(4 * c, c, programs, 128, 64),
-            out=next((t for bn, bk in (((128, 128), (64, 128)) if wide else ()) + ((64, 64),)
+            programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64 * deep),
+            proj=(proj_bn, proj_split), fc=_fewest_splits(4 * c, c, programs, 128, 64 * deep),
+            out=next((t for bn, bk in (((128, 128 * deep), (64, 128 * deep)) if wide else ()) + ((64, 64),)
                       if (t := _fewest_splits(c, 4 * c, programs, bn, bk))[2] <= 10), (64, 64, 10)),
-            att_splits=splits, att_block=att_block, num_stages=4 if wide else 2)
+            att_splits=splits, att_block=att_block, num_stages=4 if wide else 2, proj_heads=heads)
 
 
 def _fewest_splits(n: int, k: int, programs: int, bn: int, bk: int) -> tuple[int, int, int]:
@@ -499,9 +509,9 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     rows, dc = jnp.arange(BM), jnp.arange(d.D)
     m = (rows[:, None] < d.B) & (dc[None, :] < d.D)
 
-    def x_tile(k0, bk):  # head k0 // D: merged by phase 2, or merge its cache splits (online), round like a store
+    def x_tile(k0, bk):  # heads merged by phase 2, or head k0 // D's cache splits merged here (online), rounded
         if plan.merge_heads:
-            return _ld(R.att_y.at[pl.ds(0, BM), pl.ds(k0, bk)], m).astype(d.dtype)
+            return _ld(R.att_y.at[pl.ds(0, BM), pl.ds(k0, bk)], _tile_mask(k0, bk, d.B, d.C)[0]).astype(d.dtype)
         hh = jax.lax.div(k0, jnp.int32(d.D))
         acc = jnp.zeros((BM, d.D), jnp.float32)
         den = jnp.zeros((BM, d.D), jnp.float32)
@@ -516,7 +526,7 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     bn, split = plan.proj
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so)
+    _matmul_items(d.C, d.C, (bn, d.D * plan.proj_heads, split), x_tile, R.wo, R.proj_p, d, R.so)
 
 
 def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -564,7 +574,8 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     D = dims.D
-    ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, (plan.proj[0], D, plan.proj[1])),
+    proj = (plan.proj[0], D * plan.proj_heads, plan.proj[1])
+    ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, proj),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
     for p in range(len(PHASES)):
         fetch = None
@@ -631,7 +642,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError(f"plan.programs={plan.programs} exceeds the {default_programs()} SMs: the one-kernel form "
                          f"needs every program resident at once (its barriers would wait forever)")
     plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs(),
-                                             jnp.dtype(r.dtype if int8 else w.c_attn_w.dtype).itemsize)
+                                             jnp.dtype(r.dtype if int8 else w.c_attn_w.dtype).itemsize,
+                                             1 if int8 else None)
     dtype = r.dtype
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
                  jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Session 9's GPU calls, one mode a call (each under 10 minutes): source .gpu/env.sh && bash bench/gpu/session9.sh MODE
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+chain() {  # $1 model, $2 format, $3 variants JSON, $4 tag
+  timeout 230 python -m bench.decode_layer --model $1 --format $2 --quick --variants "$3" \
+    --out "$OUT/chain_$4.json" > "$OUT/chain_$4.txt" 2>&1
+  echo "== chain $4 rc=$?"; grep -E "^all|^no phase|^only|failed" "$OUT/chain_$4.txt" | cut -c1-150
+}
+case "${1:-}" in
+  deep)  # call 1: int8 block kernel with K tiles twice as deep (as many bytes a tile as bf16) and two heads a
+    # c_proj step, against the old int8 plan; bf16 with deeper tiles / more stages; GPU tests of the new plans
+    timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "int8_weights or two-heads" > "$OUT/tests.txt" 2>&1
+    echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl int8 '[{"qkv": [128, 64, 3], "fc": [128, 64, 2], "out": [128, 128, 8], "proj_heads": 1},
+      {"out": [128, 128, 8]}, {"out": [64, 256, 4]}, {"proj_heads": 1}, {"num_stages": 3}, {"num_stages": 5}]' xl_int8
+    chain gpt2-xl bf16 '[{"proj_heads": 2}, {"qkv": [128, 128, 3], "num_stages": 3},
+      {"fc": [128, 128, 2], "num_stages": 3}, {"out": [128, 256, 9]}, {"num_stages": 5}]' xl_bf16 ;;
+  *) echo "unknown mode ${1:-}"; exit 2 ;;
+esac
