@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--format", default="bf16", choices=("bf16", "int8"),
                     help="the four projections' weights: bf16, or int8 per-channel (jaxgpt.quantize's format)")
+    ap.add_argument("--base", default=None, help="JSON plan-field overrides applied to every row's plan")
+    ap.add_argument("--no-five-call", action="store_true", help="skip the five-call form's kernel breakdown")
     ap.add_argument("--quick", action="store_true", help="skip the per-phase plan sweep")
     ap.add_argument("--variants", default=None,
                     help='JSON list of plan-field overrides to time whole, e.g. \'[{"num_stages": 5}]\'')
@@ -57,6 +59,9 @@ def main(argv=None) -> int:
                          mlp_proj_w=q8(w.mlp_proj_w)) for w in ws]
         ws = [jax.tree.map(jnp.asarray, w) for w in ws]
     base = DecodeLayerPlan.heuristic(B, C, H, S, default_programs(), 2, 1 if args.format == "int8" else None)
+    if args.base:
+        base = dataclasses.replace(base, **{f: tuple(v) if isinstance(v, list) else v
+                                            for f, v in json.loads(args.base).items()})
     kcs, vcs = [n(B, S, H, C // H, s=1.0) for _ in range(L)], [n(B, S, H, C // H, s=1.0) for _ in range(L)]
     pos = jnp.full((B,), S // 2, jnp.int32)
     w = ws[0]
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
     for p, name in enumerate(("c_attn", "attention", "attn.c_proj", "c_fc", "mlp.c_proj")):
         record(f"only {name}", base, phases=(p,))
     f, a = timed(base, fused=False)
-    for name, count, ms in group_kernels(kernel_breakdown(f, *a)):
+    for name, count, ms in [] if args.no_five_call else group_kernels(kernel_breakdown(f, *a)):
         print(f"  five-call form: {name:<36} {ms * 1e3 / (L * REPS):8.1f} us a block ({count // (L * REPS)} a block)")
     variants = json.loads(args.variants) if args.variants else [{"norm_scratch": False}, {"att_block": 128}]
     for kw in variants:  # (JSON lists as the plan's tuples)

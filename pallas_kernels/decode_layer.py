@@ -119,6 +119,9 @@ class DecodeLayerPlan:
     # Heads per K step of attn.c_proj (its block_k = proj_heads * head_dim): more than one needs merge_heads (the
     # K steps then load merged heads, not merge one).
     proj_heads: int = 1
+    # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
+    # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
+    probe: str = ""
 
     def __post_init__(self):
         if self.programs < 1:
@@ -238,6 +241,7 @@ class _Dims:
     fused: bool
     interpret: bool
     int8: bool  # the four projections' weights are int8 with per-output-channel scales
+    probe: str = ""  # DecodeLayerPlan.probe
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -410,7 +414,10 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
 
         def step(kk, acc):
             k0 = lo + kk * bk
-            return acc + dot(x_tile(k0, bk), _w_tile(w_ref, k0, bk, j * bn, bn, k, n, d))
+            x = jnp.full((BM, bk), 0.01, d.dtype) if "x" in d.probe else x_tile(k0, bk)
+            wt = (jnp.full((bk, bn), 1, w_ref.dtype) if "w" in d.probe
+                  else _w_tile(w_ref, k0, bk, j * bn, bn, k, n, d))
+            return acc + dot(x, wt)
 
         acc = jax.lax.fori_loop(0, steps, step, jnp.zeros((BM, bn), jnp.float32))
         if d.int8:
@@ -646,7 +653,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
                                              1 if int8 else None)
     dtype = r.dtype
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
-                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8)
+                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8, plan.probe)
     f32 = jnp.float32
     out_shape = [
         jax.ShapeDtypeStruct((B, C), dtype),  # h1

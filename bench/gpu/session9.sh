@@ -17,5 +17,11 @@ case "${1:-}" in
       {"out": [128, 128, 8]}, {"out": [64, 256, 4]}, {"proj_heads": 1}, {"num_stages": 3}, {"num_stages": 5}]' xl_int8
     chain gpt2-xl bf16 '[{"proj_heads": 2}, {"qkv": [128, 128, 3], "num_stages": 3},
       {"fc": [128, 128, 2], "num_stages": 3}, {"out": [128, 256, 9]}, {"num_stages": 5}]' xl_bf16 ;;
+  probe)  # call 2: what bounds a matmul phase: weight tiles, activation tiles or both replaced by constants
+    for pr in "" w x xw; do
+      timeout 130 python -m bench.decode_layer --model gpt2-xl --quick --no-five-call --variants '[]' \
+        --base "{\"probe\": \"$pr\"}" --out "$OUT/probe_$pr.json" > "$OUT/probe_$pr.txt" 2>&1
+      echo "== probe '$pr' rc=$?"; grep -E "^all|^no phase|^only|failed" "$OUT/probe_$pr.txt" | cut -c1-150
+    done ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
