@@ -197,8 +197,13 @@ def main(argv=None):
     ap.add_argument("--hf-tokens", type=int, default=64, help="tokens for the HF peers (eager is slow)")
     ap.add_argument("--breakdown", type=int, default=0)
     ap.add_argument("--quantize", default="none", help="comma list of none,int8,int4: weight formats to run")
+    ap.add_argument("--command-buffers", choices=("on", "off"), default="on",
+                    help="XLA command buffers (CUDA graphs) as the CLI sets them (jaxgpt.xla_flags); off: XLA's default")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.command_buffers == "on":
+        from jaxgpt.xla_flags import use_command_buffers
+        use_command_buffers()  # (before the backend starts, below)
     on_gpu = jax.default_backend() == "gpu"
     bw = copy_bandwidth_gbs() if on_gpu else None
     rows = []

@@ -18,6 +18,7 @@ from jaxgpt.quantize import Scheme, agreement, quantize_state_dict, save_quantiz
 from jaxgpt.sharding import initialize_distributed, make_mesh, pmap_last_logits, shard
 from jaxgpt.tokenizer import decode, encode
 from jaxgpt.weights import WeightsError, build_model, load_checkpoint, random_state_dict, save_safetensors
+from jaxgpt.xla_flags import use_command_buffers
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,4 @@ __all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights"
            "GenerateResult", "shard", "make_mesh", "pmap_last_logits", "initialize_distributed",
            "Candidate", "encode", "decode", "build_model", "load_checkpoint", "random_state_dict",
            "save_safetensors", "JaxGPTError", "UsageError", "WeightsError", "Scheme", "quantize_state_dict",
-           "save_quantized", "agreement"]
+           "save_quantized", "agreement", "use_command_buffers"]

@@ -341,6 +341,8 @@ def cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    from jaxgpt.xla_flags import use_command_buffers
+    use_command_buffers()  # before anything starts jax's backend (CUDA graphs: fewer launches a decode step)
     from jaxgpt.errors import JaxGPTError
     if getattr(args, "distributed", False):
         _quiet_native_stdout()

@@ -113,9 +113,10 @@ class DecodeLayerPlan:
     # 3 c_fc, 4 mlp.c_proj) to pull into L2 while DRAM would idle: issued (one element a 32-byte sector) between a
     # barrier's arrival and its wait, or before c_attn's LayerNorm prologue; 0 = off. A power of two. H100, B=1,
     # chain (session 7): 64 rows, gpt2-xl 42.1 -> 41.5 µs a block, gpt2 27.4 -> 26.1; 128 rows 43.7 / 28.0, 512
-    # rows 59.1 / 30.9 (each program then waits for its prefetch before its first tile).
+    # rows 59.1 / 30.9 (each program then waits for its prefetch before its first tile). Phase 1 (attention): the
+    # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
-    prefetch_phases: tuple[int, ...] = (0, 2, 3, 4)
+    prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
     # Heads per K step of attn.c_proj (its block_k = proj_heads * head_dim): more than one needs merge_heads (the
     # K steps then load merged heads, not merge one).
     proj_heads: int = 1
@@ -139,8 +140,8 @@ class DecodeLayerPlan:
         if self.proj_heads < 1 or self.proj_heads & (self.proj_heads - 1) or (self.proj_heads > 1
                                                                            and not self.merge_heads):
             raise ValueError(f"proj_heads={self.proj_heads} must be a power of two, and 1 without merge_heads")
-        if not set(self.prefetch_phases) <= {0, 2, 3, 4}:
-            raise ValueError(f"prefetch_phases={self.prefetch_phases} must name matmul phases (0, 2, 3, 4)")
+        if not set(self.prefetch_phases) <= {0, 1, 2, 3, 4}:
+            raise ValueError(f"prefetch_phases={self.prefetch_phases} must name phases 0-4")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
@@ -222,7 +223,7 @@ class _Refs(NamedTuple):
     fc_p: object  # (P4, B, 4C) f32
     xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
     att_y: object  # (B, C) scratch: the attention output, heads merged from their splits, rounded (plan.merge_heads)
-    sink: object  # (max(prefetch_rows, 1), 16) f32: where prefetched weights would go if one exceeded 3e38 (never)
+    sink: object  # (max(prefetch_rows, att_block), max(16, D)) f32: where prefetched weights would go if one exceeded 3e38 (never)
 
 
 N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors
@@ -279,23 +280,24 @@ def _row_tile(d: _Dims) -> tuple[int, int]:
 
 def _row_stats(chunk, d: _Dims, store_ref):
     """Mean and 1/std of each row over C columns as (br,) vectors (``_row_tile``), and the first chunk's (x, mask);
-    program 0 also stores the rows, rounded, to ``store_ref``. One pass, shifted by the first chunk's mean (exact
-    enough in float32 for residual streams whose mean is far from zero)."""
+    program 0 also stores the rows, rounded, to ``store_ref``. One pass: Σx and Σx² side by side, independent
+    reductions whose latencies overlap (a shift by the first chunk's mean cost a reduction before them: H100, see
+    bench/NOTES.md session 9). float32's E[x²] - E[x]² loses ~(1 + mean²/var) ulps of the variance: nothing for
+    residual rows, whose mean is a fraction of their spread."""
     br, cb = _row_tile(d)
     first = pl.program_id(0) == 0
     x0, m0 = chunk(jnp.int32(0), cb, br)
-    shift = jnp.sum(x0, axis=1) / jnp.maximum(jnp.sum(m0.astype(jnp.float32), axis=1), 1.0)  # (br,)
     s = jnp.zeros((br,), jnp.float32)
     ss = jnp.zeros((br,), jnp.float32)
     for c0 in range(0, d.C, cb):  # (a traced start: the last chunk may overhang C, which the masks handle)
         x, m = (x0, m0) if c0 == 0 else chunk(jnp.int32(c0), cb, br)
         pltriton.store(store_ref.at[pl.ds(0, br), pl.ds(jnp.int32(c0), cb)], x.astype(store_ref.dtype),
                        mask=m & first)
-        xs = jnp.where(m, x - shift[:, None], 0.0)
+        xs = jnp.where(m, x, 0.0)
         s += jnp.sum(xs, axis=1)
         ss += jnp.sum(xs * xs, axis=1)
-    mean_s = s / d.C
-    return shift + mean_s, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean_s * mean_s, 0.0) + d.eps), x0, m0  # (br,) x2
+    mean = s / d.C
+    return mean, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean * mean, 0.0) + d.eps), x0, m0  # (br,) x2
 
 
 def _to_tile_rows(v):
@@ -392,6 +394,10 @@ def _sink(early, sink_ref, layer):
     never do, but the compiler cannot know, so the loads stay)."""
     if early is None:
         return
+    if isinstance(early, tuple):
+        for e in early:
+            _sink(e, sink_ref, layer)
+        return
     v = early.astype(jnp.float32)  # (rows, w)
     hit = v > layer.astype(jnp.float32) + 3e38
     pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
@@ -437,15 +443,43 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
 
 
+def _att_item(it, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    """Attention item ``it``'s row b, head h, cache split sp, the row's position, and the split's slots [lo, hi)
+    (before pos only: the new token counts in split 0's carry)."""
+    splits, bk = plan.att_splits, plan.att_block
+    b = jax.lax.div(it, jnp.int32(d.H * splits))
+    h = jax.lax.rem(jax.lax.div(it, jnp.int32(splits)), jnp.int32(d.H))
+    sp = jax.lax.rem(it, jnp.int32(splits))
+    pos = R.pos[b]
+    if plan.live_splits:  # whole blocks, as even as they allow
+        chunk = pl.cdiv(pl.cdiv(pos, jnp.int32(splits)), jnp.int32(bk)) * bk
+    else:
+        chunk = -(-(-(-R.kc.shape[1] // splits)) // bk) * bk
+    return b, h, sp, pos, sp * chunk, jnp.minimum(sp * chunk + chunk, pos)
+
+
+def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
+    """``_prefetch`` for the attention phase: one element a 32-byte sector of the first ``att_block`` key and value
+    slots of this program's first attention item (they do not depend on c_attn, so DRAM can fetch them during the
+    barrier before it). Returns the two loaded tiles."""
+    it = pl.program_id(0)
+    b, h, _, _, lo, hi = _att_item(jnp.minimum(it, d.B * d.H * plan.att_splits - 1), R, plan, d)
+    e = max(1, 32 // R.kc.dtype.itemsize)
+    w = max(1, d.D // e)
+    m = ((lo + jnp.arange(plan.att_block) < hi) & (it < d.B * d.H * plan.att_splits))[:, None]
+    m = m & (jnp.arange(w) < w)[None, :]
+    cols = pl.ds(0, w, stride=None if d.interpret else e)
+    return tuple(pltriton.load(ref.at[b, pl.ds(lo, plan.att_block), h, cols], mask=m, other=0.0)
+                 for ref in (R.kc, R.vc))
+
+
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits, bk = plan.att_splits, plan.att_block
-    S = R.kc.shape[1]
     scale = 1.0 / math.sqrt(d.D)
+    _sink(early, R.sink, R.layer[0])
 
     def item(it):
-        b = jax.lax.div(it, jnp.int32(d.H * splits))
-        h = jax.lax.rem(jax.lax.div(it, jnp.int32(splits)), jnp.int32(d.H))
-        sp = jax.lax.rem(it, jnp.int32(splits))
+        b, h, sp, pos, lo, hi = _att_item(it, R, plan, d)
 
         def finished(off):  # (D,) columns [off, off + D) of the QKV projection, finished and rounded
             acc = jnp.zeros((d.D,), jnp.float32)
@@ -455,7 +489,6 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
         q = finished(h * d.D).astype(jnp.float32) * (scale * LOG2E)  # (D,)
         k_new, v_new = finished(d.C + h * d.D), finished(2 * d.C + h * d.D)  # (D,) each
-        pos = R.pos[b]
         first = sp == 0
         pltriton.store(R.kc.at[b, pos, h, :], k_new.astype(R.kc.dtype), mask=jnp.broadcast_to(first, (d.D,)))
         pltriton.store(R.vc.at[b, pos, h, :], v_new.astype(R.vc.dtype), mask=jnp.broadcast_to(first, (d.D,)))
@@ -463,13 +496,8 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
         is_first = first.astype(jnp.float32)
         carry = (v_new.astype(jnp.float32) * is_first, jnp.where(first, s_new, jnp.full_like(s_new, _NEG)),
                  is_first)
-        # Slots before pos only: the new token counts in split 0's carry (no program reads the slot written here).
-        if plan.live_splits:  # whole blocks, as even as they allow
-            chunk = pl.cdiv(pl.cdiv(pos, jnp.int32(splits)), jnp.int32(bk)) * bk
-        else:
-            chunk = -(-(-(-S // splits)) // bk) * bk
-        _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=sp * chunk,
-                      hi=jnp.minimum(sp * chunk + chunk, pos), bk=bk)
+        # no program reads the slot written here
+        _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=lo, hi=hi, bk=bk)
         if plan.merge_heads:
             done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
@@ -586,8 +614,9 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
     for p in range(len(PHASES)):
         fetch = None
-        if plan.prefetch_rows and p in phases and p in ahead and p in plan.prefetch_phases:
-            fetch = functools.partial(_prefetch, *ahead[p], plan.prefetch_rows, dims.interpret)
+        if plan.prefetch_rows and p in phases and p in plan.prefetch_phases:
+            fetch = (functools.partial(_prefetch, *ahead[p], plan.prefetch_rows, dims.interpret) if p in ahead
+                     else functools.partial(_prefetch_cache, R, plan, dims))
         if dims.fused and p:
             early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=fetch)
         else:
@@ -669,7 +698,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
         jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
-        jax.ShapeDtypeStruct((max(plan.prefetch_rows, 1), 16), f32),  # sink
+        jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block), max(16, D)), f32),  # sink
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)

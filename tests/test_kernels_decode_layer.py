@@ -39,7 +39,7 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
-                                   {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (3, 4)},
+                                   {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
                                    {"proj_heads": 2}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
                               "prefetch-mlp", "proj-two-heads"])
@@ -176,8 +176,11 @@ def test_bad_plans_are_clear_errors():
         DecodeLayerPlan(4, (64, 64, 0), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1)
     with pytest.raises(ValueError, match="prefetch_rows"):
         DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_rows=48)
-    with pytest.raises(ValueError, match="matmul phases"):
-        DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_phases=(1,))
+    with pytest.raises(ValueError, match="phases 0-4"):
+        DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_phases=(5,))
+    with pytest.raises(ValueError, match="proj_heads"):
+        DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, proj_heads=2,
+                        merge_heads=False)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -23,5 +23,20 @@ case "${1:-}" in
         --base "{\"probe\": \"$pr\"}" --out "$OUT/probe_$pr.json" > "$OUT/probe_$pr.txt" 2>&1
       echo "== probe '$pr' rc=$?"; grep -E "^all|^no phase|^only|failed" "$OUT/probe_$pr.txt" | cut -c1-150
     done ;;
+  lnkv)  # call 3: LayerNorm statistics in one reduction pass; the attention phase's first K/V slots prefetched
+    # during the barrier before it; XLA command buffers as the CLI now sets them (decode with and without)
+    timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "matches_reference or chained or int8_weights or model_decode" > "$OUT/tests.txt" 2>&1
+    echo "== block tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    for m in gpt2-xl gpt2; do
+      timeout 110 python -m bench.decode_layer --model $m --quick --no-five-call \
+        --variants '[{"prefetch_phases": [0, 2, 3, 4]}]' --out "$OUT/chain_$m.json" > "$OUT/chain_$m.txt" 2>&1
+      echo "== chain $m rc=$?"; grep -E "^all|^no phase|^only|failed" "$OUT/chain_$m.txt" | cut -c1-150
+    done
+    for cb in off on; do
+      timeout 100 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+        --command-buffers $cb --out "$OUT/decode_cb$cb.json" > "$OUT/decode_cb$cb.txt" 2>&1
+      echo "== decode command buffers $cb rc=$?"; grep -E "^gpt2" "$OUT/decode_cb$cb.txt" | cut -c1-110
+    done ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
