@@ -223,7 +223,8 @@ class _Refs(NamedTuple):
     fc_p: object  # (P4, B, 4C) f32
     xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
     att_y: object  # (B, C) scratch: the attention output, heads merged from their splits, rounded (plan.merge_heads)
-    sink: object  # (max(prefetch_rows, att_block), max(16, D)) f32: where prefetched weights would go if one exceeded 3e38 (never)
+    sink: object  # (max(prefetch_rows, att_block), W) f32, W: the widest prefetched tile or touched vector; where
+    # prefetched values would go if one exceeded 3e38 (never)
 
 
 N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors
@@ -310,14 +311,15 @@ def _to_tile_rows(v):
 
 def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, plan: DecodeLayerPlan):
     """The LayerNorm'd activation tile function ``x_tile(k0, bk)`` of a phase whose rows ``chunk`` gives."""
-    mean, rstd, x0, m0 = _row_stats(chunk, d, store_ref)  # (br,) each; the first (br, cb) chunk
     if plan.norm_scratch:  # this program's rows, normalised once, then plain loads per K step
         br, cb = _row_tile(d)
+        starts = list(map(jnp.int32, range(0, d.C, cb)))
+        wb = [_ln_params(w_ref, b_ref, c0, cb, d) for c0 in starts]  # issued now: in flight during the statistics
+        mean, rstd, x0, m0 = _row_stats(chunk, d, store_ref)  # (br,) each; the first (br, cb) chunk
         pid = pl.program_id(0)
-        for c0 in map(jnp.int32, range(0, d.C, cb)):
+        for c0, (w, b) in zip(starts, wb):
             x, m = (x0, m0) if plan.reuse_rows and d.C <= cb else chunk(c0, cb, br)
-            pltriton.store(xn_ref.at[pid, pl.ds(0, br), pl.ds(c0, cb)],
-                           _normed(x, m, c0, cb, mean, rstd, w_ref, b_ref, d), mask=m)
+            pltriton.store(xn_ref.at[pid, pl.ds(0, br), pl.ds(c0, cb)], _normed(x, m, mean, rstd, w, b, d), mask=m)
         if not d.interpret:  # (the interpreter runs a program as one thread)
             pltriton.debug_barrier()  # the program's own stores, visible to all its threads
 
@@ -325,19 +327,24 @@ def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, plan: DecodeLaye
             m, _ = _tile_mask(k0, bk, d.B, d.C)
             return _ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], m).astype(d.dtype)
         return x_tile
+    mean, rstd, _, _ = _row_stats(chunk, d, store_ref)
     mean, rstd = _to_tile_rows(mean), _to_tile_rows(rstd)
 
     def x_tile(k0, bk):
         x, m = chunk(k0, bk)
-        return _normed(x, m, k0, bk, mean, rstd, w_ref, b_ref, d)
+        return _normed(x, m, mean, rstd, *_ln_params(w_ref, b_ref, k0, bk, d), d)
     return x_tile
 
 
-def _normed(x, m, k0, width: int, mean, rstd, w_ref, b_ref, d: _Dims):
-    """LayerNorm of the (BM, width) tile x of columns [k0, k0+width), rounded to the compute dtype."""
-    cols = k0 + jnp.arange(width)
-    w = _ld(w_ref.at[pl.ds(k0, width)], cols < d.C).astype(jnp.float32)
-    b = _ld(b_ref.at[pl.ds(k0, width)], cols < d.C).astype(jnp.float32)
+def _ln_params(w_ref, b_ref, k0, width: int, d: _Dims):
+    """LayerNorm weight and bias over columns [k0, k0+width) as float32 (width,) vectors (zero past C)."""
+    ok = k0 + jnp.arange(width) < d.C
+    return (_ld(w_ref.at[pl.ds(k0, width)], ok).astype(jnp.float32),
+            _ld(b_ref.at[pl.ds(k0, width)], ok).astype(jnp.float32))
+
+
+def _normed(x, m, mean, rstd, w, b, d: _Dims):
+    """LayerNorm of the (rows, width) tile x with its columns' weight w and bias b, rounded to the compute dtype."""
     y = (x - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
     return jnp.where(m, y, 0.0).astype(d.dtype)
 
@@ -398,9 +405,29 @@ def _sink(early, sink_ref, layer):
         for e in early:
             _sink(e, sink_ref, layer)
         return
-    v = early.astype(jnp.float32)  # (rows, w)
+    v = early.astype(jnp.float32)  # (rows, w) or (w,)
     hit = v > layer.astype(jnp.float32) + 3e38
-    pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
+    if v.ndim == 1:
+        pltriton.store(sink_ref.at[jnp.int32(0), pl.ds(0, v.shape[0])], v, mask=hit)
+    else:
+        pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
+
+
+def _touch_width(n: int, itemsize: int) -> int:
+    """Elements ``_touch`` loads for n values of ``itemsize`` bytes: one a 32-byte sector, a power of two."""
+    return next_pow2(-(-n // max(1, 32 // itemsize)))
+
+
+def _touch(ref, start, n: int, interpret: bool, active=None):
+    """One element a 32-byte sector of the 1-D ``ref[start:start+n]`` (none unless ``active``), so DRAM brings
+    those sectors into L2 now (a bias or LayerNorm vector the next phase loads right after the barrier); the
+    loaded (w,) vector goes to ``_sink``. (The interpreter has no strided loads: it reads the first w values.)"""
+    e = max(1, 32 // ref.dtype.itemsize)
+    w = _touch_width(n, ref.dtype.itemsize)
+    at = start + jnp.arange(w) * e
+    m = (at < start + n) & (at < ref.shape[0])
+    return pltriton.load(ref.at[pl.ds(start, w, stride=None if interpret else e)],
+                         mask=m if active is None else m & active, other=0.0)
 
 
 def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
@@ -461,7 +488,7 @@ def _att_item(it, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     """``_prefetch`` for the attention phase: one element a 32-byte sector of the first ``att_block`` key and value
     slots of this program's first attention item (they do not depend on c_attn, so DRAM can fetch them during the
-    barrier before it). Returns the two loaded tiles."""
+    barrier before it), and of its head's q, k, v bias. Returns the loaded tiles."""
     it = pl.program_id(0)
     b, h, _, _, lo, hi = _att_item(jnp.minimum(it, d.B * d.H * plan.att_splits - 1), R, plan, d)
     e = max(1, 32 // R.kc.dtype.itemsize)
@@ -469,8 +496,9 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     m = ((lo + jnp.arange(plan.att_block) < hi) & (it < d.B * d.H * plan.att_splits))[:, None]
     m = m & (jnp.arange(w) < w)[None, :]
     cols = pl.ds(0, w, stride=None if d.interpret else e)
-    return tuple(pltriton.load(ref.at[b, pl.ds(lo, plan.att_block), h, cols], mask=m, other=0.0)
-                 for ref in (R.kc, R.vc))
+    kv = tuple(pltriton.load(ref.at[b, pl.ds(lo, plan.att_block), h, cols], mask=m, other=0.0)
+               for ref in (R.kc, R.vc))
+    return kv + tuple(_touch(R.bqkv, off + h * d.D, d.D, d.interpret) for off in (0, d.C, 2 * d.C))
 
 
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -612,15 +640,30 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     proj = (plan.proj[0], D * plan.proj_heads, plan.proj[1])
     ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, proj),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
+    C, it = dims.C, pl.program_id(0)
+
+    def small(p):  # the bias / LayerNorm vectors phase p loads first (c_attn's own are loaded before its statistics)
+        if p == 3:  # c_fc's prologue: attn.c_proj's bias, LN2
+            return tuple(_touch(ref, jnp.int32(0), C, dims.interpret) for ref in (R.bo, R.ln2w, R.ln2b))
+        if p == 4:  # the MLP output's first item: c_fc's bias over its K range
+            _, _, lo, _ = _item_range(it, 4 * C, plan.out[1], plan.out[2])
+            span = -(-(-(-4 * C // plan.out[1])) // plan.out[2]) * plan.out[1]  # K per split
+            return (_touch(R.bfc, lo, span, dims.interpret, active=it < -(-C // plan.out[0]) * plan.out[2]),)
+        return ()
+
+    def fetch(p):
+        if p == 1:
+            return _prefetch_cache(R, plan, dims)
+        return (_prefetch(*ahead[p], plan.prefetch_rows, dims.interpret),) + small(p)
+
     for p in range(len(PHASES)):
-        fetch = None
+        during = None
         if plan.prefetch_rows and p in phases and p in plan.prefetch_phases:
-            fetch = (functools.partial(_prefetch, *ahead[p], plan.prefetch_rows, dims.interpret) if p in ahead
-                     else functools.partial(_prefetch_cache, R, plan, dims))
+            during = functools.partial(fetch, p)
         if dims.fused and p:
-            early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=fetch)
+            early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=during)
         else:
-            early = fetch() if fetch else None
+            early = during() if during else None
         if p in phases:
             PHASES[p](R, plan, dims, early)
 
@@ -698,7 +741,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
         jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
-        jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block), max(16, D)), f32),  # sink
+        jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block),
+                              max(16, D, _touch_width(4 * C, jnp.dtype(w.c_fc_b.dtype).itemsize))), f32),  # sink
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)

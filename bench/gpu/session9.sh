@@ -38,5 +38,21 @@ case "${1:-}" in
         --command-buffers $cb --out "$OUT/decode_cb$cb.json" > "$OUT/decode_cb$cb.txt" 2>&1
       echo "== decode command buffers $cb rc=$?"; grep -E "^gpt2" "$OUT/decode_cb$cb.txt" | cut -c1-110
     done ;;
+  final)  # call 4: LayerNorm weights loaded with the statistics' inputs; bias / LN vectors and the MLP output's
+    # first c_fc bias touched into L2 during the barriers; block tests (one-kernel form), full-size parity with the
+    # command buffers on, decode, the chain
+    timeout 170 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "(matches_reference or int8_weights) and True or chained or model_decode" > "$OUT/tests.txt" 2>&1
+    echo "== block tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1" \
+      timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_pallas_backend.py -k "full_size" \
+      > "$OUT/parity.txt" 2>&1
+    echo "== full-size parity, command buffers on, rc=$?"; tail -1 "$OUT/parity.txt" | cut -c1-200
+    timeout 100 python -m bench.decode --model gpt2,gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+      --out "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
+    echo "== decode rc=$?"; grep -E "^gpt2" "$OUT/decode.txt" | cut -c1-110
+    timeout 90 python -m bench.decode_layer --model gpt2-xl --quick --no-five-call --variants '[]' \
+      --out "$OUT/chain.json" > "$OUT/chain.txt" 2>&1
+    echo "== chain rc=$?"; grep -E "^all|^no phase|^only|failed" "$OUT/chain.txt" | cut -c1-150 ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
