@@ -54,5 +54,13 @@ case "${1:-}" in
     timeout 90 python -m bench.decode_layer --model gpt2-xl --quick --no-five-call --variants '[]' \
       --out "$OUT/chain.json" > "$OUT/chain.txt" 2>&1
     echo "== chain rc=$?"; grep -E "^all|^no phase|^only|failed" "$OUT/chain.txt" | cut -c1-150 ;;
+  last)  # call 5: the block tests call 4 did not reach (int8, chained blocks, the model on block kernels), and
+    # issue 10's one-run table: gpt2-xl B=1 decode in bf16, int8 and int4
+    timeout 110 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "int8_weights and True or chained or model_decode" > "$OUT/tests.txt" 2>&1
+    echo "== block tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    timeout 240 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+      --quantize none,int8,int4 --out "$OUT/decode_quant.json" > "$OUT/decode_quant.txt" 2>&1
+    echo "== decode quant rc=$?"; grep -E "^gpt2" "$OUT/decode_quant.txt" | cut -c1-110 ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
