@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         ws = [w._replace(c_attn_w=q8(w.c_attn_w), c_proj_w=q8(w.c_proj_w), c_fc_w=q8(w.c_fc_w),
                          mlp_proj_w=q8(w.mlp_proj_w)) for w in ws]
         ws = [jax.tree.map(jnp.asarray, w) for w in ws]
-    base = DecodeLayerPlan.heuristic(B, C, H, S, default_programs(), 2, 1 if args.format == "int8" else None)
+    base = DecodeLayerPlan.heuristic(B, C, H, S, default_programs())
     if args.base:
         base = dataclasses.replace(base, **{f: tuple(v) if isinstance(v, list) else v
                                             for f, v in json.loads(args.base).items()})

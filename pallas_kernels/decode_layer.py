@@ -145,7 +145,7 @@ class DecodeLayerPlan:
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
-                  itemsize: int = 2, weight_itemsize: int | None = None) -> "DecodeLayerPlan":
+                  itemsize: int = 2) -> "DecodeLayerPlan":
         # Measured on the H100 (bench.decode_layer, each phase alone, gpt2 and gpt2-xl at B=1): 128-wide N tiles
         # win every matmul phase, with 64-deep K steps where the LayerNorm prologue builds the activation tile
         # (c_attn, c_fc: 128-deep ones overflow shared memory there) and 128-deep in the MLP's output projection;
@@ -155,21 +155,19 @@ class DecodeLayerPlan:
         # with these, 55.0 with the first plan. Attention: rows x heads x splits up to the programs, each split a
         # slice of the live cache (a head's last split merges them). float32 (4-byte) weights: 64-deep tiles
         # and 2 stages, or the pipeline overflows shared memory (255 KB asked for 128x128 tiles, 4 stages).
-        # int8 weights (``weight_itemsize`` 1) with 2-byte activations: K tiles twice as deep, so a tile (and each
-        # program's bytes in flight) is as large as a float one's, and c_proj steps two heads at a time.
+        # int8 weights take the same plan: K tiles twice as deep (as many bytes a tile as a float one's) and two
+        # heads a c_proj step lost (session 9: gpt2-xl block 48.0 µs against 41.2, decode 2.371 ms/token).
         c, d = n_embd, n_embd // n_head
         wide = itemsize <= 2
-        deep = 2 if wide and weight_itemsize == 1 else 1
         att_block = 64
         splits = max(1, min(programs // max(batch * n_head, 1), -(-cache // att_block)))
-        heads = deep if deep * d <= c else 1
-        proj_bn, _, proj_split = _fewest_splits(c, c, programs, 64, heads * d)  # K steps of `heads` heads
+        proj_bn, _, proj_split = _fewest_splits(c, c, programs, 64, d)  # K steps one head each
         return DecodeLayerPlan(
-            programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64 * deep),
-            proj=(proj_bn, proj_split), fc=_fewest_splits(4 * c, c, programs, 128, 64 * deep),
-            out=next((t for bn, bk in (((128, 128 * deep), (64, 128 * deep)) if wide else ()) + ((64, 64),)
+            programs=programs, qkv=_fewest_splits(3 * c, c, programs, 128, 64),
+            proj=(proj_bn, proj_split), fc=_fewest_splits(4 * c, c, programs, 128, 64),
+            out=next((t for bn, bk in (((128, 128), (64, 128)) if wide else ()) + ((64, 64),)
                       if (t := _fewest_splits(c, 4 * c, programs, bn, bk))[2] <= 10), (64, 64, 10)),
-            att_splits=splits, att_block=att_block, num_stages=4 if wide else 2, proj_heads=heads)
+            att_splits=splits, att_block=att_block, num_stages=4 if wide else 2)
 
 
 def _fewest_splits(n: int, k: int, programs: int, bn: int, bk: int) -> tuple[int, int, int]:
@@ -721,8 +719,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         raise ValueError(f"plan.programs={plan.programs} exceeds the {default_programs()} SMs: the one-kernel form "
                          f"needs every program resident at once (its barriers would wait forever)")
     plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs(),
-                                             jnp.dtype(r.dtype if int8 else w.c_attn_w.dtype).itemsize,
-                                             1 if int8 else None)
+                                             jnp.dtype(r.dtype if int8 else w.c_attn_w.dtype).itemsize)
     dtype = r.dtype
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
                  jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8, plan.probe)
