@@ -117,9 +117,10 @@ class DecodeLayerPlan:
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Heads per K step of attn.c_proj (its block_k = proj_heads * head_dim): more than one needs merge_heads (the
-    # K steps then load merged heads, not merge one).
-    proj_heads: int = 1
+    # Bias and LayerNorm vectors the next phase loads first (c_fc's prologue: attn.c_proj's bias and LN2; the MLP
+    # output: c_fc's bias over its first item's K range; attention: its head's q/k/v bias) touched into L2 during
+    # the barrier, one element a sector, with the prefetch (session 9: no gain measured, see bench/NOTES.md).
+    touch_vectors: bool = True
     # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
     # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
     probe: str = ""
@@ -137,9 +138,6 @@ class DecodeLayerPlan:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
         if self.prefetch_rows < 0 or self.prefetch_rows & (self.prefetch_rows - 1):
             raise ValueError(f"prefetch_rows={self.prefetch_rows} must be 0 or a power of two")
-        if self.proj_heads < 1 or self.proj_heads & (self.proj_heads - 1) or (self.proj_heads > 1
-                                                                           and not self.merge_heads):
-            raise ValueError(f"proj_heads={self.proj_heads} must be a power of two, and 1 without merge_heads")
         if not set(self.prefetch_phases) <= {0, 1, 2, 3, 4}:
             raise ValueError(f"prefetch_phases={self.prefetch_phases} must name phases 0-4")
 
@@ -496,6 +494,8 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     cols = pl.ds(0, w, stride=None if d.interpret else e)
     kv = tuple(pltriton.load(ref.at[b, pl.ds(lo, plan.att_block), h, cols], mask=m, other=0.0)
                for ref in (R.kc, R.vc))
+    if not plan.touch_vectors:
+        return kv
     return kv + tuple(_touch(R.bqkv, off + h * d.D, d.D, d.interpret) for off in (0, d.C, 2 * d.C))
 
 
@@ -587,7 +587,7 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     bn, split = plan.proj
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(d.C, d.C, (bn, d.D * plan.proj_heads, split), x_tile, R.wo, R.proj_p, d, R.so)
+    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so)
 
 
 def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -635,12 +635,14 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     D = dims.D
-    proj = (plan.proj[0], D * plan.proj_heads, plan.proj[1])
+    proj = (plan.proj[0], D, plan.proj[1])
     ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, proj),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
     C, it = dims.C, pl.program_id(0)
 
     def small(p):  # the bias / LayerNorm vectors phase p loads first (c_attn's own are loaded before its statistics)
+        if not plan.touch_vectors:
+            return ()
         if p == 3:  # c_fc's prologue: attn.c_proj's bias, LN2
             return tuple(_touch(ref, jnp.int32(0), C, dims.interpret) for ref in (R.bo, R.ln2w, R.ln2b))
         if p == 4:  # the MLP output's first item: c_fc's bias over its K range

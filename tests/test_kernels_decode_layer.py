@@ -40,9 +40,9 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
                                    {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
-                                   {"proj_heads": 2}],
+                                   {"touch_vectors": False}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "proj-two-heads"])
+                              "prefetch-mlp", "no-touch"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -89,7 +89,7 @@ def test_plans_are_free_choices():
 def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
     """int8 per-channel projections: tiles widened in registers, scales on the partials; the reference multiplies
     by the float values the int8 weights stand for. ``deep``: twice the K rows a tile (as many bytes as a float
-    tile), two heads a c_proj step."""
+    tile)."""
     if deep and not ON_GPU and dtype != "float32":
         pytest.skip("tile shapes change no arithmetic: one dtype suffices in the interpreter")
     from pallas_kernels.quant_matmul import quantize
@@ -100,7 +100,7 @@ def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
                       for f in ("c_attn_w", "c_proj_w", "c_fc_w", "mlp_proj_w")})
     plan = DecodeLayerPlan.heuristic(B, C, H, S, 5, jnp.dtype(dtype).itemsize)
     if deep:
-        plan = dataclasses.replace(plan, qkv=(64, 128, 1), fc=(128, 128, 1), out=(64, 256, 2), proj_heads=2)
+        plan = dataclasses.replace(plan, qkv=(64, 128, 1), fc=(128, 128, 1), out=(64, 256, 2))
     h1, mlp_out, kc2, _, _ = _run((r, mlp_in, w, kc, vc, pos), H, plan, fused)
     rh1, rout, rk, _ = decode_layer_reference(r, mlp_in, w, kc, vc, pos, eps=1e-5, n_head=H)
     check(h1, rh1, dtype, C, "h1")
@@ -178,9 +178,6 @@ def test_bad_plans_are_clear_errors():
         DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_rows=48)
     with pytest.raises(ValueError, match="phases 0-4"):
         DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_phases=(5,))
-    with pytest.raises(ValueError, match="proj_heads"):
-        DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, proj_heads=2,
-                        merge_heads=False)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

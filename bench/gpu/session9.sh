@@ -62,5 +62,9 @@ case "${1:-}" in
     timeout 240 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
       --quantize none,int8,int4 --out "$OUT/decode_quant.json" > "$OUT/decode_quant.txt" 2>&1
     echo "== decode quant rc=$?"; grep -E "^gpt2" "$OUT/decode_quant.txt" | cut -c1-110 ;;
+  touch)  # call 7: the vector touches against none, in one run (the default's kernel is call 4's: jaxpr identical)
+    timeout 150 python -m bench.decode_layer --model gpt2-xl --quick --no-five-call \
+      --variants '[{"touch_vectors": false}, {}, {"touch_vectors": false}]' --out "$OUT/chain.json" > "$OUT/chain.txt" 2>&1
+    echo "== chain rc=$?"; grep -E "^all|^no phase|failed" "$OUT/chain.txt" | cut -c1-150 ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
