@@ -117,10 +117,6 @@ class DecodeLayerPlan:
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Bias and LayerNorm vectors the next phase loads first (c_fc's prologue: attn.c_proj's bias and LN2; the MLP
-    # output: c_fc's bias over its first item's K range; attention: its head's q/k/v bias) touched into L2 during
-    # the barrier, one element a sector, with the prefetch (session 9: no gain measured, see bench/NOTES.md).
-    touch_vectors: bool = True
     # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
     # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
     probe: str = ""
@@ -219,8 +215,8 @@ class _Refs(NamedTuple):
     fc_p: object  # (P4, B, 4C) f32
     xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
     att_y: object  # (B, C) scratch: the attention output, heads merged from their splits, rounded (plan.merge_heads)
-    sink: object  # (max(prefetch_rows, att_block), W) f32, W: the widest prefetched tile or touched vector; where
-    # prefetched values would go if one exceeded 3e38 (never)
+    sink: object  # (max(prefetch_rows, att_block), max(16, D)) f32: where prefetched values would go if one
+    # exceeded 3e38 (never)
 
 
 N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors
@@ -401,29 +397,9 @@ def _sink(early, sink_ref, layer):
         for e in early:
             _sink(e, sink_ref, layer)
         return
-    v = early.astype(jnp.float32)  # (rows, w) or (w,)
+    v = early.astype(jnp.float32)  # (rows, w)
     hit = v > layer.astype(jnp.float32) + 3e38
-    if v.ndim == 1:
-        pltriton.store(sink_ref.at[jnp.int32(0), pl.ds(0, v.shape[0])], v, mask=hit)
-    else:
-        pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
-
-
-def _touch_width(n: int, itemsize: int) -> int:
-    """Elements ``_touch`` loads for n values of ``itemsize`` bytes: one a 32-byte sector, a power of two."""
-    return next_pow2(-(-n // max(1, 32 // itemsize)))
-
-
-def _touch(ref, start, n: int, interpret: bool, active=None):
-    """One element a 32-byte sector of the 1-D ``ref[start:start+n]`` (none unless ``active``), so DRAM brings
-    those sectors into L2 now (a bias or LayerNorm vector the next phase loads right after the barrier); the
-    loaded (w,) vector goes to ``_sink``. (The interpreter has no strided loads: it reads the first w values.)"""
-    e = max(1, 32 // ref.dtype.itemsize)
-    w = _touch_width(n, ref.dtype.itemsize)
-    at = start + jnp.arange(w) * e
-    m = (at < start + n) & (at < ref.shape[0])
-    return pltriton.load(ref.at[pl.ds(start, w, stride=None if interpret else e)],
-                         mask=m if active is None else m & active, other=0.0)
+    pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
 
 
 def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
@@ -484,7 +460,7 @@ def _att_item(it, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     """``_prefetch`` for the attention phase: one element a 32-byte sector of the first ``att_block`` key and value
     slots of this program's first attention item (they do not depend on c_attn, so DRAM can fetch them during the
-    barrier before it), and of its head's q, k, v bias. Returns the loaded tiles."""
+    barrier before it). Returns the two loaded tiles."""
     it = pl.program_id(0)
     b, h, _, _, lo, hi = _att_item(jnp.minimum(it, d.B * d.H * plan.att_splits - 1), R, plan, d)
     e = max(1, 32 // R.kc.dtype.itemsize)
@@ -492,11 +468,8 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     m = ((lo + jnp.arange(plan.att_block) < hi) & (it < d.B * d.H * plan.att_splits))[:, None]
     m = m & (jnp.arange(w) < w)[None, :]
     cols = pl.ds(0, w, stride=None if d.interpret else e)
-    kv = tuple(pltriton.load(ref.at[b, pl.ds(lo, plan.att_block), h, cols], mask=m, other=0.0)
-               for ref in (R.kc, R.vc))
-    if not plan.touch_vectors:
-        return kv
-    return kv + tuple(_touch(R.bqkv, off + h * d.D, d.D, d.interpret) for off in (0, d.C, 2 * d.C))
+    return tuple(pltriton.load(ref.at[b, pl.ds(lo, plan.att_block), h, cols], mask=m, other=0.0)
+                 for ref in (R.kc, R.vc))
 
 
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -638,23 +611,11 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     proj = (plan.proj[0], D, plan.proj[1])
     ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, proj),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
-    C, it = dims.C, pl.program_id(0)
 
-    def small(p):  # the bias / LayerNorm vectors phase p loads first (c_attn's own are loaded before its statistics)
-        if not plan.touch_vectors:
-            return ()
-        if p == 3:  # c_fc's prologue: attn.c_proj's bias, LN2
-            return tuple(_touch(ref, jnp.int32(0), C, dims.interpret) for ref in (R.bo, R.ln2w, R.ln2b))
-        if p == 4:  # the MLP output's first item: c_fc's bias over its K range
-            _, _, lo, _ = _item_range(it, 4 * C, plan.out[1], plan.out[2])
-            span = -(-(-(-4 * C // plan.out[1])) // plan.out[2]) * plan.out[1]  # K per split
-            return (_touch(R.bfc, lo, span, dims.interpret, active=it < -(-C // plan.out[0]) * plan.out[2]),)
-        return ()
-
-    def fetch(p):
+    def fetch(p):  # what a program loads ahead of phase p (during the barrier before it)
         if p == 1:
             return _prefetch_cache(R, plan, dims)
-        return (_prefetch(*ahead[p], plan.prefetch_rows, dims.interpret),) + small(p)
+        return _prefetch(*ahead[p], plan.prefetch_rows, dims.interpret)
 
     for p in range(len(PHASES)):
         during = None
@@ -740,8 +701,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
         jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
-        jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block),
-                              max(16, D, _touch_width(4 * C, jnp.dtype(w.c_fc_b.dtype).itemsize))), f32),  # sink
+        jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block), max(16, D)), f32),  # sink
     ]
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)
