@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A baseline for the next session, as one command of under 10 minutes (everything in the tree has run on the H100
-# as of session 8: the block kernel since session 7, the attention and projections in session 8 calls 2 and 5;
+# as of session 9: the block kernel's session-9 form in calls 4-7, command buffers with full-size parity in call 4;
 # re-run this first to have same-machine numbers before changing the block kernel):
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh
 set -uo pipefail
@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 timeout 150 python -m bench.launch_barrier --out "$OUT/launch_barrier.json" > "$OUT/launch_barrier.txt" 2>&1
 echo "== launch_barrier rc=$?"; grep -E " (0|1|4) barriers" "$OUT/launch_barrier.txt"
 for m in gpt2-xl gpt2; do
-  timeout 150 python -m bench.decode_layer --model $m --quick --variants '[{"prefetch_rows": 0}]' \
+  timeout 150 python -m bench.decode_layer --model $m --quick --no-five-call --variants '[{"prefetch_rows": 0}]' \
     --out "$OUT/chain_$m.json" > "$OUT/chain_$m.txt" 2>&1; echo "== chain $m rc=$?"
   grep -E "^all|^no phase|^only" "$OUT/chain_$m.txt" | cut -c1-110
 done
