@@ -9,7 +9,9 @@ chain() {  # $1 model, $2 format, $3 variants JSON, $4 tag
 }
 case "${1:-}" in
   deep)  # call 1: int8 block kernel with K tiles twice as deep (as many bytes a tile as bf16) and two heads a
-    # c_proj step, against the old int8 plan; bf16 with deeper tiles / more stages; GPU tests of the new plans
+    # c_proj step, against the old int8 plan; bf16 with deeper tiles / more stages; GPU tests of the new plans.
+    # Ran with the int8 heuristic deep and the proj_heads knob (commit 1df8395 has them; both since removed: the
+    # proj_heads variants no longer build, and the int8 base is the float plan now)
     timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels_decode_layer.py \
       -k "int8_weights or two-heads" > "$OUT/tests.txt" 2>&1
     echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal" "$OUT/tests.txt" | cut -c1-160 | tail -4
@@ -62,7 +64,8 @@ case "${1:-}" in
     timeout 240 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
       --quantize none,int8,int4 --out "$OUT/decode_quant.json" > "$OUT/decode_quant.txt" 2>&1
     echo "== decode quant rc=$?"; grep -E "^gpt2" "$OUT/decode_quant.txt" | cut -c1-110 ;;
-  touch)  # call 7: the vector touches against none, in one run (the default's kernel is call 4's: jaxpr identical)
+  touch)  # call 7: the vector touches against none, in one run (the default's kernel is call 4's: jaxpr identical;
+    # the touches and their touch_vectors flag were removed after this call)
     timeout 150 python -m bench.decode_layer --model gpt2-xl --quick --no-five-call \
       --variants '[{"touch_vectors": false}, {}, {"touch_vectors": false}]' --out "$OUT/chain.json" > "$OUT/chain.txt" 2>&1
     echo "== chain rc=$?"; grep -E "^all|^no phase|failed" "$OUT/chain.txt" | cut -c1-150 ;;
