@@ -18,12 +18,13 @@ A barrier separates the phases: every program adds one to a counter with an acqu
 volatile loads until all have, then reads it once more with an acquiring atomic (the cooperative-groups grid sync,
 made of Triton atomics; that atomic's result must be used, or it may lower to a ``red``, which cannot acquire: the
 H100 caught exactly that). Between its arrival and its wait a program loads a few sectors of its next matmul
-item's weights (``DecodeLayerPlan.prefetch_rows``), so DRAM works while the programs wait. The block's outputs are
-h1 and the MLP's float32 partials: the next block's phase 1 (or the final LayerNorm, ``add_layer_norm`` with
-``SplitK``) finishes them, so no program waits for a sum it does not need. Data one phase writes is read by the
-next with plain loads: no program reads a scratch buffer before the phase that writes it (L1 starts each kernel
-empty, and XLA's buffers do not share a 32-byte sector), so no L1 line can be stale; the atomics order the writes (release) before the reads
-(acquire). (jax 0.10.2's Triton lowering also rejects ``cache_modifier=".cg"``: it looks the name up with the dot.)
+item's weights (``DecodeLayerPlan.prefetch_rows``), or before attention its first split's first key/value slots, so
+DRAM works while the programs wait. The block's outputs are h1 and the MLP's float32 partials: the next block's
+phase 1 (or the final LayerNorm, ``add_layer_norm`` with ``SplitK``) finishes them, so no program waits for a sum it
+does not need. Data one phase writes is read by the next with plain loads: no program reads a scratch buffer before
+the phase that writes it (L1 starts each kernel empty, XLA's buffers do not share a 32-byte sector, and the cache
+slots prefetched lie before ``pos``, which no phase writes), so no L1 line can be stale; the atomics order the writes
+(release) before the reads (acquire). (jax 0.10.2's Triton lowering also rejects ``cache_modifier=".cg"``: it looks the name up with the dot.)
 
 Rounding follows the per-op path exactly: every matmul output is rounded to the compute dtype as a store would be,
 residual sums are taken in float32 and rounded, LayerNorm statistics come from the float32 sum.
@@ -274,9 +275,9 @@ def _row_tile(d: _Dims) -> tuple[int, int]:
 def _row_stats(chunk, d: _Dims, store_ref):
     """Mean and 1/std of each row over C columns as (br,) vectors (``_row_tile``), and the first chunk's (x, mask);
     program 0 also stores the rows, rounded, to ``store_ref``. One pass: Σx and Σx² side by side, independent
-    reductions whose latencies overlap (a shift by the first chunk's mean cost a reduction before them: H100, see
-    bench/NOTES.md session 9). float32's E[x²] - E[x]² loses ~(1 + mean²/var) ulps of the variance: nothing for
-    residual rows, whose mean is a fraction of their spread."""
+    reductions (a shift by the first chunk's mean put one more reduction before them; dropping it measured no time
+    on the H100, session 9, but is one reduction fewer). float32's E[x²] - E[x]² loses ~(1 + mean²/var) ulps of the
+    variance: nothing for residual rows, whose mean is a fraction of their spread."""
     br, cb = _row_tile(d)
     first = pl.program_id(0) == 0
     x0, m0 = chunk(jnp.int32(0), cb, br)
@@ -466,7 +467,7 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     e = max(1, 32 // R.kc.dtype.itemsize)
     w = max(1, d.D // e)
     m = ((lo + jnp.arange(plan.att_block) < hi) & (it < d.B * d.H * plan.att_splits))[:, None]
-    m = m & (jnp.arange(w) < w)[None, :]
+    m = m & (jnp.arange(w) < w)[None, :]  # (att_block, w): the slot mask broadcast over the tile's columns
     cols = pl.ds(0, w, stride=None if d.interpret else e)
     return tuple(pltriton.load(ref.at[b, pl.ds(lo, plan.att_block), h, cols], mask=m, other=0.0)
                  for ref in (R.kc, R.vc))
