@@ -24,7 +24,8 @@ phase 1 (or the final LayerNorm, ``add_layer_norm`` with ``SplitK``) finishes th
 does not need. Data one phase writes is read by the next with plain loads: no program reads a scratch buffer before
 the phase that writes it (L1 starts each kernel empty, XLA's buffers do not share a 32-byte sector, and the cache
 slots prefetched lie before ``pos``, which no phase writes), so no L1 line can be stale; the atomics order the writes
-(release) before the reads (acquire). (jax 0.10.2's Triton lowering also rejects ``cache_modifier=".cg"``: it looks the name up with the dot.)
+(release) before the reads (acquire). (jax 0.10.2's Triton lowering also rejects ``cache_modifier=".cg"``: it looks
+the name up with the dot.)
 
 Rounding follows the per-op path exactly: every matmul output is rounded to the compute dtype as a store would be,
 residual sums are taken in float32 and rounded, LayerNorm statistics come from the float32 sum.
