@@ -1,7 +1,8 @@
 """One gpt2-xl-sized block's decode step on the one-kernel block (``pallas_kernels.decode_layer``): where its time
 goes and which plan knobs pay (GPU only; CUPTI device time, median of 20 after warm-up).
 
-    python -m bench.decode_layer [--model gpt2-xl] [--batch 1] [--cache 512] [--layers 8] [--out FILE.json]
+    python -m bench.decode_layer [--model gpt2-xl] [--batch 1] [--cache 512] [--layers 8] [--format bf16|int8]
+        [--base '{"probe": "w"}'] [--quick] [--no-five-call] [--variants JSON] [--out FILE.json]
 
 Every row times a chain of ``--layers`` blocks with distinct weights (as the model runs them: 8 gpt2-xl blocks read
 491 MB, ten times the H100's L2, so each block streams its weights from HBM) and reports the time per block; one
@@ -96,8 +97,7 @@ def main(argv=None) -> int:
             print(f"{name:<40} failed: {repr(e)[:200]}", flush=True)
         if args.out:
             json.dump({"device": jax.devices()[0].device_kind, "model": args.model, "format": args.format,
-                       "batch": B, "cache": S,
-                       "layers": L, "rows": rows}, open(args.out, "w"), indent=1)
+                       "batch": B, "cache": S, "layers": L, "rows": rows}, open(args.out, "w"), indent=1)
 
     print(f"{args.model} {args.format} B={B} cache={S} layers={L} (times per block) {base}")
     record("warm-up (the first timing of a run reads ~10% high)", base)
