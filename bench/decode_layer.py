@@ -105,9 +105,11 @@ def main(argv=None) -> int:
     record("no phase (launch + barriers)", base, phases=())
     for p, name in enumerate(("c_attn", "attention", "attn.c_proj", "c_fc", "mlp.c_proj")):
         record(f"only {name}", base, phases=(p,))
-    f, a = timed(base, fused=False)
-    for name, count, ms in [] if args.no_five_call else group_kernels(kernel_breakdown(f, *a)):
-        print(f"  five-call form: {name:<36} {ms * 1e3 / (L * REPS):8.1f} us a block ({count // (L * REPS)} a block)")
+    if not args.no_five_call:
+        f, a = timed(base, fused=False)
+        for name, count, ms in group_kernels(kernel_breakdown(f, *a)):
+            print(f"  five-call form: {name:<36} {ms * 1e3 / (L * REPS):8.1f} us a block "
+                  f"({count // (L * REPS)} a block)")
     variants = json.loads(args.variants) if args.variants else [{"norm_scratch": False}, {"att_block": 128}]
     for kw in variants:  # (JSON lists as the plan's tuples)
         record(f"all, {kw}", dataclasses.replace(base, **{f: tuple(v) if isinstance(v, list) else v
