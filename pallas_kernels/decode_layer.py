@@ -610,8 +610,7 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     D = dims.D
-    proj = (plan.proj[0], D, plan.proj[1])
-    ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, proj),
+    ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, (plan.proj[0], D, plan.proj[1])),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
 
     def fetch(p):  # what a program loads ahead of phase p (during the barrier before it)
