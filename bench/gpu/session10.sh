@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Session 10's GPU calls, one mode a call (each under 10 minutes): source .gpu/env.sh && bash bench/gpu/session10.sh MODE
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+chain() {  # $1 model, $2 format, $3 variants JSON, $4 tag, $5 timeout
+  timeout ${5:-200} python -m bench.decode_layer --model $1 --format $2 --quick --no-five-call --variants "$3" \
+    --out "$OUT/chain_$4.json" > "$OUT/chain_$4.txt" 2>&1
+  echo "== chain $4 rc=$?"; grep -E "^all|^no phase|^only|failed" "$OUT/chain_$4.txt" | cut -c1-150
+}
+case "${1:-}" in
+  flow)  # call 1: dependency counters instead of the barriers before attention, attn.c_proj and the MLP output
+    # (DecodeLayerPlan.flow_phases), GPU tests of the one-kernel form with them; int8 tiles as the dot's first operand
+    timeout 170 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "(flow or swap) and True" > "$OUT/tests.txt" 2>&1
+    echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal|Timeout" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl bf16 '[{"flow_phases": [2]}, {"flow_phases": [4]}, {"flow_phases": [1]},
+      {"flow_phases": [1, 2, 4]}, {}]' xl 200
+    chain gpt2-xl int8 '[{"swap_ab": true}, {"flow_phases": [1, 2, 4]}]' xl_int8 120
+    chain gpt2 bf16 '[{"flow_phases": [1, 2, 4]}, {}]' gpt2 90 ;;
+  *) echo "unknown mode ${1:-}"; exit 2 ;;
+esac
