@@ -54,15 +54,12 @@ from pallas_kernels.quant_matmul import QWeight, dequantize
 
 BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-core tile
 BARRIERS = 4  # per block: after phases 1-4
-OUT_FLOW = 64  # dependency counters of the MLP output projection's K splits (``DecodeLayerPlan.flow_phases``)
 
 
 def counter_slots(batch: int, n_head: int) -> int:
-    """int32 counters one block's step uses: its four barriers, one per (row, head) whose attention splits' last
-    finisher merges them, and the dependency counters of ``DecodeLayerPlan.flow_phases`` (one per head for
-    attention, one per K split for the two output projections). A step of L blocks takes ``L * counter_slots``,
-    zero at its start."""
-    return BARRIERS + batch * n_head + 2 * n_head + OUT_FLOW
+    """int32 counters one block's step uses: its four barriers, and one per (row, head) whose attention splits' last
+    finisher merges them. A step of L blocks takes ``L * counter_slots``, zero at its start."""
+    return BARRIERS + batch * n_head
 
 
 class LayerWeights(NamedTuple):
@@ -122,15 +119,6 @@ class DecodeLayerPlan:
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Phases (1 attention, 2 attn.c_proj, 4 mlp.c_proj) whose items wait for their own inputs instead of the grid
-    # barrier before the phase: each producer item counts itself done (acquire-release atomic) on the counter of
-    # every consumer group that reads what it stored (attention: the head; the projections: their K split), and a
-    # consumer item polls that one counter until all its producers have counted. Phase 3 (c_fc) needs whole rows for
-    # its LayerNorm: its barrier stays.
-    flow_phases: tuple[int, ...] = ()
-    # Each K step as (Wᵀ·xᵀ)ᵀ: the weight tile is the dot's first operand (bench experiment for int8 tiles, which
-    # are widened in registers: a first operand may come from registers on Hopper's tensor cores).
-    swap_ab: bool = False
     # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
     # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
     probe: str = ""
@@ -150,13 +138,6 @@ class DecodeLayerPlan:
             raise ValueError(f"prefetch_rows={self.prefetch_rows} must be 0 or a power of two")
         if not set(self.prefetch_phases) <= {0, 1, 2, 3, 4}:
             raise ValueError(f"prefetch_phases={self.prefetch_phases} must name phases 0-4")
-        if not set(self.flow_phases) <= {1, 2, 4}:
-            raise ValueError(f"flow_phases={self.flow_phases} must name phases 1, 2 or 4 (3 needs whole rows)")
-        if 2 in self.flow_phases and not self.merge_heads:
-            raise ValueError("flow_phases with 2 needs merge_heads (attn.c_proj waits on the heads' merges)")
-        if 4 in self.flow_phases and self.out[2] > OUT_FLOW:
-            raise ValueError(f"flow_phases with 4 takes at most {OUT_FLOW} K splits of the MLP output, got "
-                             f"out={self.out}")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
@@ -257,8 +238,6 @@ class _Dims:
     interpret: bool
     int8: bool  # the four projections' weights are int8 with per-output-channel scales
     probe: str = ""  # DecodeLayerPlan.probe
-    waits: tuple[int, ...] = ()  # phases whose items wait on dependency counters (no barrier before them)
-    swap_ab: bool = False  # DecodeLayerPlan.swap_ab
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -425,26 +404,20 @@ def _sink(early, sink_ref, layer):
     pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
 
 
-def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None, *,
-                  wait=None, done=None):
+def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
     """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
     ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype. int8 weights
     (``d.int8``): tiles widened to the compute dtype in registers, the per-column scales ``s_ref`` applied to the
-    partial (they factor out of the K sum). ``wait(s, lo, steps)`` runs before an item's K loop (its inputs'
-    dependency counters), ``done(j)`` after its store (the counters it announces)."""
+    partial (they factor out of the K sum)."""
     bn, bk, split = plan
 
     def dot(x, wt):
-        wt = wt.astype(d.dtype) if d.int8 else wt
-        if d.swap_ab:  # (bn, BM)
-            return jnp.dot(wt.T, x.T, preferred_element_type=jnp.float32, precision=d.precision)
-        return jnp.dot(x, wt, preferred_element_type=jnp.float32, precision=d.precision)  # (BM, bn)
+        return jnp.dot(x, wt.astype(d.dtype) if d.int8 else wt, preferred_element_type=jnp.float32,
+                       precision=d.precision)
 
     def item(it):
         j, s, lo, steps = _item_range(it, k, bk, split)
         cols = j * bn + jnp.arange(bn)
-        if wait is not None:
-            wait(s, lo, steps)
 
         def step(kk, acc):
             k0 = lo + kk * bk
@@ -453,69 +426,13 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
                   else _w_tile(w_ref, k0, bk, j * bn, bn, k, n, d))
             return acc + dot(x, wt)
 
-        acc = jax.lax.fori_loop(0, steps, step, jnp.zeros((bn, BM) if d.swap_ab else (BM, bn), jnp.float32))
-        if d.swap_ab:
-            acc = acc.T  # (BM, bn)
+        acc = jax.lax.fori_loop(0, steps, step, jnp.zeros((BM, bn), jnp.float32))
         if d.int8:
             acc = acc * _ld(s_ref.at[pl.ds(j * bn, bn)], cols < n)[None, :]
         m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
         pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
-        if done is not None:
-            done(j)
 
     _items(-(-n // bn) * split, item)
-
-
-# Dependency counters (``DecodeLayerPlan.flow_phases``), after a block's barriers and head merges: attention's per
-# head, then attn.c_proj's per K split (at most H: a step is one head), then the MLP output's per K split.
-def _flow_slot(R: "_Refs", d: _Dims, phase: int, i):
-    return _slots(R, d) + BARRIERS + d.B * d.H + {1: 0, 2: d.H, 4: 2 * d.H}[phase] + i
-
-
-def _qkv_done(R: "_Refs", plan: "DecodeLayerPlan", d: _Dims):
-    """c_attn item of N block j done: count it on each head whose q, k or v columns the block holds."""
-    bn = plan.qkv[0]
-    unit = min(bn, d.D)  # a head's D columns lie in one block, or span D // bn whole blocks
-
-    def done(j):
-        for i in range(bn // unit):
-            col = j * bn + i * unit
-            head = jax.lax.div(jax.lax.rem(col, jnp.int32(d.C)), jnp.int32(d.D))
-            pl.when(col < 3 * d.C)(functools.partial(_announce, R.cnt, _flow_slot(R, d, 1, head), d))
-    return done
-
-
-def _qkv_target(plan: "DecodeLayerPlan", d: _Dims) -> int:
-    """Counts a head's attention waits for: its q, k and v blocks, from every K split of c_attn."""
-    return 3 * plan.qkv[2] * max(1, d.D // plan.qkv[0])
-
-
-def _fc_done(R: "_Refs", plan: "DecodeLayerPlan", d: _Dims):
-    """c_fc item of N block j done: count it on each K split of the MLP output its columns fall in."""
-    bnf, co = plan.fc[0], _split_width(4 * d.C, plan.out)
-
-    def done(j):
-        first = jax.lax.div(j * bnf, jnp.int32(co))
-        last = jax.lax.div(jnp.minimum(j * bnf + bnf, 4 * d.C) - 1, jnp.int32(co))
-        for i in range(-(-bnf // co) + 1):
-            pl.when(first + i <= last)(functools.partial(_announce, R.cnt, _flow_slot(R, d, 4, first + i), d))
-    return done
-
-
-def _split_width(k: int, plan: tuple[int, int, int]) -> int:
-    """K columns of each split of a matmul phase (``_k_range``'s chunk; the last may be shorter)."""
-    _, bk, split = plan
-    return -(-(-(-k // bk)) // split) * bk
-
-
-def _wait(cnt_ref, slot, target):
-    """Poll counter ``slot`` until it reaches ``target`` (volatile loads, then acquiring atomic reads whose result
-    is used, as ``_barrier`` does): what its producers stored before counting is then visible."""
-    v = jax.lax.while_loop(lambda v: v < target, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True),
-                           jnp.int32(-1))
-    poll = lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # noqa: E731
-    jax.lax.while_loop(lambda v: v < target, poll, poll(v))
-    pltriton.debug_barrier()
 
 
 def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -524,8 +441,7 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan)
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv,
-                  done=_qkv_done(R, plan, d) if 1 in plan.flow_phases else None)
+    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
 
 
 def _att_item(it, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -565,8 +481,6 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     def item(it):
         b, h, sp, pos, lo, hi = _att_item(it, R, plan, d)
-        if 1 in d.waits:  # this head's q, k, v columns from every c_attn item that holds them
-            _wait(R.cnt, _flow_slot(R, d, 1, h), _qkv_target(plan, d))
 
         def finished(off):  # (D,) columns [off, off + D) of the QKV projection, finished and rounded
             acc = jnp.zeros((d.D,), jnp.float32)
@@ -587,12 +501,7 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
         _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=lo, hi=hi, bk=bk)
         if plan.merge_heads:
             done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
-            pl.when(done == splits - 1)(lambda: merge(b, h))
-
-    def merge(b, h):
-        _merge_head(R, b, h, splits, d)
-        if 2 in plan.flow_phases:  # announced to attn.c_proj's K split that holds this head
-            _count(R.cnt, _flow_slot(R, d, 2, jax.lax.div(h, jnp.int32(-(-d.H // plan.proj[1])))), d)
+            pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
     _items(d.B * d.H * splits, item)
 
@@ -613,11 +522,6 @@ def _count(cnt_ref, slot, d: _Dims):
         return old
     pltriton.debug_barrier()  # every thread's stores done before the count is seen
     return pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1))
-
-
-def _announce(cnt_ref, slot, d: _Dims) -> None:
-    """``_count`` without its result (a branch of ``pl.when``)."""
-    _count(cnt_ref, slot, d)
 
 
 def _merge_splits(o, lse):
@@ -658,12 +562,7 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     bn, split = plan.proj
     _sink(early, R.sink, R.layer[0])
-
-    def wait(s, lo, steps):  # every row's merge of the split's heads (one a K step)
-        _wait(R.cnt, _flow_slot(R, d, 2, s), d.B * steps)
-
-    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so,
-                  wait=wait if 2 in d.waits else None)
+    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so)
 
 
 def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -672,8 +571,7 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan)
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc,
-                  done=_fc_done(R, plan, d) if 4 in plan.flow_phases else None)
+    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
 
 
 def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -684,14 +582,7 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
     _sink(early, R.sink, R.layer[0])
-    bnf, fc_split = plan.fc[0], plan.fc[2]
-
-    def wait(s, lo, steps):  # every c_fc item whose N block overlaps this K split's columns
-        hi = jnp.minimum(lo + steps * plan.out[1], 4 * d.C)
-        blocks = jax.lax.div(hi - 1, jnp.int32(bnf)) - jax.lax.div(lo, jnp.int32(bnf)) + 1
-        _wait(R.cnt, _flow_slot(R, d, 4, s), fc_split * blocks)
-
-    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2, wait=wait if 4 in d.waits else None)
+    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2)
 
 
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
@@ -731,7 +622,7 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
         during = None
         if plan.prefetch_rows and p in phases and p in plan.prefetch_phases:
             during = functools.partial(fetch, p)
-        if dims.fused and p and p not in dims.waits:
+        if dims.fused and p:
             early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=during)
         else:
             early = during() if during else None
@@ -794,11 +685,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     plan = plan or DecodeLayerPlan.heuristic(B, C, H, S, default_programs(),
                                              jnp.dtype(r.dtype if int8 else w.c_attn_w.dtype).itemsize)
     dtype = r.dtype
-    phases = tuple(range(len(PHASES))) if phases is None else tuple(phases)
-    waits = tuple(p for p in plan.flow_phases if fused and p in phases and p - 1 in phases)
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
-                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8, plan.probe,
-                 waits, plan.swap_ab)
+                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8, plan.probe)
     f32 = jnp.float32
     out_shape = [
         jax.ShapeDtypeStruct((B, C), dtype),  # h1
@@ -830,6 +718,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
             interpret=interpret, name="jaxgpt_decode_layer" if fused else f"jaxgpt_decode_layer_p{phases[0] + 1}",
         )(*args)
 
+    phases = tuple(range(len(PHASES))) if phases is None else tuple(phases)
     if fused:  # caches and counters in place; the rest are fresh buffers each phase fills before the next reads
         outs = call(phases, (k_cache, v_cache, counters), {n_in: 2, n_in + 1: 3, n_in + 2: 4})
     else:  # every output threads through the five calls; NaN until written, so a read before a write shows

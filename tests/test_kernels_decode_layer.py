@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.decode_layer import (BARRIERS, OUT_FLOW, DecodeLayerPlan, LayerWeights, counter_slots,
-                                         decode_layer, decode_layer_reference)
+from pallas_kernels.decode_layer import (BARRIERS, DecodeLayerPlan, LayerWeights, counter_slots, decode_layer,
+                                         decode_layer_reference)
 from pallas_kernels.partials import SplitK, resolve
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
 
@@ -39,10 +39,9 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
-                                   {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
-                                   {"flow_phases": (1, 2, 4)}, {"flow_phases": (2,), "prefetch_rows": 0}],
+                                   {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "flow", "flow-proj"])
+                              "prefetch-mlp"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -60,37 +59,10 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")
     check(kc, rk, dtype, C, "k cache")
     check(vc, rv, dtype, C, "v cache")
-    counts, merges, flow = np.split(np.asarray(counters), [BARRIERS, BARRIERS + B * H])
-    waited = set(plan.flow_phases) if fused else set()
-    assert counts.tolist() == [0 if p + 1 in waited else programs if fused else 0 for p in range(BARRIERS)]
+    counts, merges = np.split(np.asarray(counters), [BARRIERS])
+    assert counts.tolist() == [programs if fused else 0] * BARRIERS  # every program passed every barrier once
     # every (row, head) counted each of its splits once
     assert merges.tolist() == [plan.att_splits if plan.merge_heads else 0] * (B * H)
-    assert flow.tolist() == _flow_counts(B, C, H, plan)
-
-
-def _flow_counts(B, C, H, plan):
-    """What the dependency counters end at (``flow_phases``), worked out from the plan alone: per head, the c_attn
-    items holding its q, k, v; per attn.c_proj K split, the (row, head) merges of its heads; per MLP-output K split,
-    the c_fc items whose N block overlaps its columns."""
-    D = C // H
-    att, proj, out = [0] * H, [0] * H, [0] * OUT_FLOW
-    if 1 in plan.flow_phases:
-        bn, _, split = plan.qkv
-        for col in range(3 * C):  # each (N block, head) pair once per K split
-            if col % min(bn, D) == 0:
-                att[(col % C) // D] += split
-    if 2 in plan.flow_phases:
-        per = -(-H // plan.proj[1])
-        for h in range(H):
-            proj[h // per] += B
-    if 4 in plan.flow_phases:
-        bnf, _, fsplit = plan.fc
-        _, bko, osplit = plan.out
-        width = -(-(-(-4 * C // bko)) // osplit) * bko
-        for s in range(osplit):
-            lo, hi = s * width, min(s * width + width, 4 * C)
-            out[s] = fsplit * len({c // bnf for c in range(lo, hi)})
-    return att + proj + out
 
 
 def test_plans_are_free_choices():
@@ -112,7 +84,7 @@ def test_plans_are_free_choices():
 
 @pytest.mark.parametrize("fused", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("deep", [False, True, "swap"], ids=["plan", "deep-tiles", "swap-ab"])
+@pytest.mark.parametrize("deep", [False, True], ids=["plan", "deep-tiles"])
 def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
     """int8 per-channel projections: tiles widened in registers, scales on the partials; the reference multiplies
     by the float values the int8 weights stand for. ``deep``: twice the K rows a tile (as many bytes as a float
@@ -126,9 +98,7 @@ def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
     w = w._replace(**{f: quantize(np.asarray(getattr(w, f), np.float32), bits=8)
                       for f in ("c_attn_w", "c_proj_w", "c_fc_w", "mlp_proj_w")})
     plan = DecodeLayerPlan.heuristic(B, C, H, S, 5, jnp.dtype(dtype).itemsize)
-    if deep == "swap":
-        plan = dataclasses.replace(plan, swap_ab=True)
-    elif deep:
+    if deep:
         plan = dataclasses.replace(plan, qkv=(64, 128, 1), fc=(128, 128, 1), out=(64, 256, 2))
     h1, mlp_out, kc2, _, _ = _run((r, mlp_in, w, kc, vc, pos), H, plan, fused)
     rh1, rout, rk, _ = decode_layer_reference(r, mlp_in, w, kc, vc, pos, eps=1e-5, n_head=H)
@@ -263,9 +233,8 @@ def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
 
 
 @pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"poll_volatile": False}),
-                                        (False, {"prefetch_rows": 0}), (False, {"flow_phases": (1, 2, 4)}),
-                                        (True, {"swap_ab": True})],
-                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-no-prefetch", "bf16-flow", "int8-swap-ab"])
+                                        (False, {"prefetch_rows": 0})],
+                         ids=["bf16", "int8", "bf16-atomic-poll", "bf16-no-prefetch"])
 def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
     import re
