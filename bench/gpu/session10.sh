@@ -17,5 +17,15 @@ case "${1:-}" in
       {"flow_phases": [1, 2, 4]}, {}]' xl 200
     chain gpt2-xl int8 '[{"swap_ab": true}, {"flow_phases": [1, 2, 4]}]' xl_int8 120
     chain gpt2 bf16 '[{"flow_phases": [1, 2, 4]}, {}]' gpt2 90 ;;
+  idle)  # call 2: programs without an item stream the next phase's (or the next block's c_attn) weights into L2
+    # (idle_rows, idle_phases); fewer MLP-output / attn.c_proj partials (the next prologue sums them); GPU tests
+    timeout 100 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "idle and True" > "$OUT/tests.txt" 2>&1
+    echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal|Timeout" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl bf16 '[{"idle_rows": 64}, {"idle_rows": 256}, {"idle_rows": 2048},
+      {"idle_rows": 256, "idle_phases": [2, 3, 4]}, {"idle_rows": 2048, "idle_phases": [0, 1, 2, 3, 4]},
+      {"out": [64, 128, 4]}, {"out": [32, 128, 2]}, {"proj": [64, 2]}, {}]' xl 260
+    chain gpt2-xl int8 '[{"idle_rows": 256}, {"idle_rows": 2048, "idle_phases": [0, 1, 2, 3, 4]}]' xl_int8 100
+    chain gpt2 bf16 '[{"idle_rows": 256}, {"idle_rows": 2048, "idle_phases": [0, 1, 2, 3, 4]}]' gpt2 90 ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
