@@ -48,7 +48,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
-from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split
+from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split, _kv_block
 from pallas_kernels.partials import SplitK, finish, gelu_tanh
 from pallas_kernels.quant_matmul import QWeight, dequantize
 
@@ -119,6 +119,9 @@ class DecodeLayerPlan:
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # Phase 1 in prefetch_phases: load the first key/value block of the program's first attention item whole, into
+    # registers, during the barrier (the item then starts on it), rather than one element a sector into L2.
+    att_preload: bool = False
     # Programs left without an item in a phase of ``idle_phases`` stream the first ``idle_rows`` K rows of every K
     # split of the next matmul phase's weights into L2 (phase 4: the next block's c_attn, ``decode_layer``'s
     # ``next_c_attn``), one element a 32-byte sector, 16 rows at a time; 0 = off.
@@ -353,15 +356,19 @@ def _normed(x, m, mean, rstd, w, b, d: _Dims):
     return jnp.where(m, y, 0.0).astype(d.dtype)
 
 
-def _items(n_items: int, body):
-    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``."""
+def _items(n_items: int, body, first=None):
+    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``; with ``first``, the first as
+    ``body(pid, first)``."""
     pid, g = pl.program_id(0), pl.num_programs(0)
 
     def step(t, carry):
         body(pid + t * g)
         return carry
 
-    jax.lax.fori_loop(0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step, jnp.int32(0))
+    if first is not None:
+        pl.when(pid < n_items)(lambda: body(pid, first))
+    jax.lax.fori_loop(0 if first is None else 1, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step,
+                      jnp.int32(0))
 
 
 def _k_range(k: int, bk: int, split: int, s):
@@ -506,6 +513,8 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     barrier before it). Returns the two loaded tiles."""
     it = pl.program_id(0)
     b, h, _, _, lo, hi = _att_item(jnp.minimum(it, d.B * d.H * plan.att_splits - 1), R, plan, d)
+    if plan.att_preload:  # the item's first block, whole (none for a program without an item)
+        return _kv_block(R.kc, R.vc, b, h, lo, jnp.where(it < d.B * d.H * plan.att_splits, hi, lo), plan.att_block)
     e = max(1, 32 // R.kc.dtype.itemsize)
     w = max(1, d.D // e)
     m = ((lo + jnp.arange(plan.att_block) < hi) & (it < d.B * d.H * plan.att_splits))[:, None]
@@ -518,9 +527,12 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits, bk = plan.att_splits, plan.att_block
     scale = 1.0 / math.sqrt(d.D)
-    _sink(early, R.sink, R.layer[0])
+    preloaded = early if plan.att_preload else None  # the first item's first key/value block
+    if preloaded is None:
+        _sink(early, R.sink, R.layer[0])
+    direct = plan.merge_heads and splits == 1  # one split a head: its output is the head's, no merge
 
-    def item(it):
+    def item(it, kv=None):  # kv: the item's first key/value block, loaded already
         b, h, sp, pos, lo, hi = _att_item(it, R, plan, d)
 
         def finished(off):  # (D,) columns [off, off + D) of the QKV projection, finished and rounded
@@ -539,12 +551,15 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
         carry = (v_new.astype(jnp.float32) * is_first, jnp.where(first, s_new, jnp.full_like(s_new, _NEG)),
                  is_first)
         # no program reads the slot written here
-        _attend_split(q, R.kc, R.vc, R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=lo, hi=hi, bk=bk)
-        if plan.merge_heads:
+        out, _ = _attend_split(q, R.kc, R.vc, None if direct else R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=lo,
+                               hi=hi, bk=bk, first=kv)
+        if direct:
+            pltriton.store(R.att_y.at[b, pl.ds(h * d.D, d.D)], out.astype(d.dtype))
+        elif plan.merge_heads:
             done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
-    _items(d.B * d.H * splits, item)
+    _items(d.B * d.H * splits, item, preloaded)
 
 
 def _slots(R: _Refs, d: _Dims):

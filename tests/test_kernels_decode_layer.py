@@ -40,9 +40,10 @@ def _run(args, H, plan, fused, layer=0, n_layer=1, next_c_attn=None):
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
                                    {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
-                                   {"idle_rows": 32, "idle_phases": (0, 1, 2, 3, 4)}],
+                                   {"idle_rows": 32, "idle_phases": (0, 1, 2, 3, 4)}, {"att_preload": True},
+                                   {"att_splits": 1, "att_preload": True}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "idle-stream"])
+                              "prefetch-mlp", "idle-stream", "att-preload", "one-split"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -64,7 +65,7 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     counts, merges = np.split(np.asarray(counters), [BARRIERS])
     assert counts.tolist() == [programs if fused else 0] * BARRIERS  # every program passed every barrier once
     # every (row, head) counted each of its splits once
-    assert merges.tolist() == [plan.att_splits if plan.merge_heads else 0] * (B * H)
+    assert merges.tolist() == [plan.att_splits if plan.merge_heads and plan.att_splits > 1 else 0] * (B * H)
 
 
 def test_plans_are_free_choices():

@@ -27,5 +27,20 @@ case "${1:-}" in
       {"out": [64, 128, 4]}, {"out": [32, 128, 2]}, {"proj": [64, 2]}, {}]' xl 260
     chain gpt2-xl int8 '[{"idle_rows": 256}, {"idle_rows": 2048, "idle_phases": [0, 1, 2, 3, 4]}]' xl_int8 100
     chain gpt2 bf16 '[{"idle_rows": 256}, {"idle_rows": 2048, "idle_phases": [0, 1, 2, 3, 4]}]' gpt2 90 ;;
+  att)  # call 3: the attention phase's first key/value block loaded whole during the barrier (att_preload); one
+    # split a head written straight to the attention output (no count, no merge); GPU tests, decode_attention's too
+    timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      tests/test_kernels_decode_attention.py -k "(preload or one-split) and True or decode_attention" \
+      > "$OUT/tests.txt" 2>&1
+    echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal|Timeout" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl bf16 '[{"att_preload": true}, {"att_splits": 1}, {"att_splits": 1, "att_preload": true},
+      {"att_splits": 1, "att_block": 128, "att_preload": true}, {"att_splits": 2, "att_preload": true},
+      {"att_splits": 3, "att_preload": true}, {}]' xl 200
+    timeout 100 python -m bench.decode_layer --model gpt2-xl --cache 288 --quick --no-five-call --variants \
+      '[{"att_preload": true}, {"att_splits": 1, "att_preload": true}, {"att_splits": 2, "att_preload": true}, {}]' \
+      --out "$OUT/chain_xl288.json" > "$OUT/chain_xl288.txt" 2>&1
+    echo "== chain xl cache 288 rc=$?"; grep -E "^all|failed" "$OUT/chain_xl288.txt" | cut -c1-150
+    chain gpt2 bf16 '[{"att_preload": true}, {"att_splits": 1, "att_preload": true},
+      {"att_splits": 2, "att_preload": true}, {}]' gpt2 90 ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
