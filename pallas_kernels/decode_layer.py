@@ -122,6 +122,10 @@ class DecodeLayerPlan:
     # Phase 1 in prefetch_phases: load the first key/value block of the program's first attention item whole, into
     # registers, during the barrier (the item then starts on it), rather than one element a sector into L2.
     att_preload: bool = False
+    # Matmul phases: consume the prefetched sectors (``_sink``) after the phase's items rather than before them, so
+    # a program does not wait for its prefetch before its first K step (the K loop's own loads of those rows then
+    # find them in L2 or in flight).
+    sink_late: bool = False
     # Programs left without an item in a phase of ``idle_phases`` stream the first ``idle_rows`` K rows of every K
     # split of the next matmul phase's weights into L2 (phase 4: the next block's c_attn, ``decode_layer``'s
     # ``next_c_attn``), one element a 32-byte sector, 16 rows at a time; 0 = off.
@@ -695,7 +699,10 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
         else:
             early = during() if during else None
         if p in phases:
-            PHASES[p](R, plan, dims, early)
+            late = plan.sink_late and p != 1
+            PHASES[p](R, plan, dims, None if late else early)
+            if late:
+                _sink(early, R.sink, R.layer[0])
             if plan.idle_rows and p in plan.idle_phases and items(p) < plan.programs:
                 idle(p)
 

@@ -41,9 +41,9 @@ def _run(args, H, plan, fused, layer=0, n_layer=1, next_c_attn=None):
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
                                    {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
                                    {"idle_rows": 32, "idle_phases": (0, 1, 2, 3, 4)}, {"att_preload": True},
-                                   {"att_splits": 1, "att_preload": True}],
+                                   {"att_splits": 1, "att_preload": True}, {"sink_late": True, "prefetch_rows": 32}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "idle-stream", "att-preload", "one-split"])
+                              "prefetch-mlp", "idle-stream", "att-preload", "one-split", "sink-late"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits

@@ -42,5 +42,15 @@ case "${1:-}" in
     echo "== chain xl cache 288 rc=$?"; grep -E "^all|failed" "$OUT/chain_xl288.txt" | cut -c1-150
     chain gpt2 bf16 '[{"att_preload": true}, {"att_splits": 1, "att_preload": true},
       {"att_splits": 2, "att_preload": true}, {}]' gpt2 90 ;;
+  late)  # call 4: prefetched sectors consumed after the phase's items (sink_late), so deeper prefetches do not
+    # stall the first K step; GPU tests
+    timeout 90 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "sink-late and True" > "$OUT/tests.txt" 2>&1
+    echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal|Timeout" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl bf16 '[{"sink_late": true}, {"sink_late": true, "prefetch_rows": 128},
+      {"sink_late": true, "prefetch_rows": 256}, {"sink_late": true, "prefetch_rows": 512}, {"prefetch_rows": 128},
+      {"sink_late": true, "prefetch_rows": 256, "att_preload": true}, {}]' xl 230
+    chain gpt2 bf16 '[{"sink_late": true, "prefetch_rows": 128}, {"sink_late": true, "prefetch_rows": 256}, {}]' \
+      gpt2 90 ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
