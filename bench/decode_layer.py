@@ -75,8 +75,7 @@ def main(argv=None) -> int:
                 kcs, vcs, cnt = list(kcs), list(vcs), jnp.zeros((L * counter_slots(B, H),), jnp.int32)
                 for i in range(L):
                     r, p, kcs[i], vcs[i], cnt = decode_layer(r, p, ws[i], kcs[i], vcs[i], pos, cnt,
-                                                             jnp.full((1,), i, jnp.int32), ws[(i + 1) % L].c_attn_w,
-                                                             eps=1e-5, n_head=H,
+                                                             jnp.full((1,), i, jnp.int32), eps=1e-5, n_head=H,
                                                              plan=plan, fused=fused, phases=phases)
                 return r, p, kcs, vcs
             return jax.lax.fori_loop(0, REPS, body, (r, p, kcs, vcs))[:2]

@@ -173,10 +173,8 @@ class PallasOps(XlaOps):
         counters = jnp.zeros((len(blocks) * counter_slots(B, n_head),), jnp.int32)
         ks, vs = [], []
         for i, p in enumerate(blocks):
-            nxt = blocks[i + 1][2] if i + 1 < len(blocks) else None  # the next c_attn: pulled into L2 meanwhile
             r, parts, k, v, counters = decode_layer(r, parts, LayerWeights(*p), cache.k[i], cache.v[i], pos,
-                                                    counters, jnp.full((1,), i, jnp.int32), nxt, eps=eps,
-                                                    n_head=n_head)
+                                                    counters, jnp.full((1,), i, jnp.int32), eps=eps, n_head=n_head)
             ks.append(k)
             vs.append(v)
         _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C): ln_f(r + finish(parts))

@@ -43,38 +43,28 @@ def _decode_kernel(q_ref,  # (B, H, D) whole array
                   hi=jnp.minimum(sp * chunk + chunk, len_ref[b]), bk=bk)
 
 
-def _kv_block(k_ref, v_ref, b, h, start, hi, bk: int):
-    """Slots [start, start+bk) of (row b, head h) below ``hi``: the (bk, D) key and value tiles, zero past hi."""
-    ok = (start + jnp.arange(bk) < hi)[:, None]
-    return (pltriton.load(k_ref.at[b, pl.ds(start, bk), h, :], mask=ok, other=0.0),
-            pltriton.load(v_ref.at[b, pl.ds(start, bk), h, :], mask=ok, other=0.0))
-
-
-def _attend_split(q, k_ref, v_ref, o_ref, lse_ref, carry, *, b, h, sp, lo, hi, bk: int, first=None):
+def _attend_split(q, k_ref, v_ref, o_ref, lse_ref, carry, *, b, h, sp, lo, hi, bk: int):
     """Both kernels' split: online softmax of q (D,) over cache slots [lo, hi) of (row b, head h), starting from
     ``carry`` = (acc (D,), m, l); stores the split's normalised output and log2-sum-exp (broadcast over D) unless
-    ``o_ref`` is None, and returns them ((D,), scalar). ``first``: the first block's (k, v) tiles, loaded already
-    (``_kv_block``)."""
+    ``o_ref`` is None, and returns them ((D,), scalar)."""
 
-    def step(j, carry, kv=None):
+    def step(j, carry):
         acc, m, l = carry
-        ok = lo + j * bk + jnp.arange(bk) < hi  # (BK,)
-        k, v = _kv_block(k_ref, v_ref, b, h, lo + j * bk, hi, bk) if kv is None else kv  # (BK, D) each
+        k_pos = lo + j * bk + jnp.arange(bk)  # (BK,)
+        ok = k_pos < hi
+        k = pltriton.load(k_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
+        v = pltriton.load(v_ref.at[b, pl.ds(lo + j * bk, bk), h, :], mask=ok[:, None], other=0.0)  # (BK, D)
         s = jnp.sum(k.astype(jnp.float32) * q[None, :], axis=1)  # (BK,)
         s = jnp.where(ok, s, _NEG)
         m_new = jnp.maximum(m, jnp.max(s))
         p = jnp.exp2(s - m_new)  # (BK,)
-        if kv is not None:  # run even for an empty split, where m_new may be _NEG itself
-            p = jnp.where(ok, p, 0.0)
         alpha = jnp.exp2(m - m_new)
         l = l * alpha + jnp.sum(p)
         acc = acc * alpha + jnp.sum(p[:, None] * v.astype(jnp.float32), axis=0)  # (D,)
         return acc, m_new, l
 
     n = pl.cdiv(jnp.maximum(hi - lo, 0), bk)
-    if first is not None:
-        carry = step(0, carry, first)
-    acc, m, l = jax.lax.fori_loop(0 if first is None else 1, n, lambda j, c: step(j, c), carry)
+    acc, m, l = jax.lax.fori_loop(0, n, step, carry)
     nonempty = l > 0.0
     out = acc / jnp.where(nonempty, l, 1.0)
     lse = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, l, 1.0)), _NEG)

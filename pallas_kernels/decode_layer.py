@@ -48,7 +48,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
-from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split, _kv_block
+from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split
 from pallas_kernels.partials import SplitK, finish, gelu_tanh
 from pallas_kernels.quant_matmul import QWeight, dequantize
 
@@ -119,18 +119,10 @@ class DecodeLayerPlan:
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Phase 1 in prefetch_phases: load the first key/value block of the program's first attention item whole, into
-    # registers, during the barrier (the item then starts on it), rather than one element a sector into L2.
-    att_preload: bool = False
     # Matmul phases: consume the prefetched sectors (``_sink``) after the phase's items rather than before them, so
     # a program does not wait for its prefetch before its first K step (the K loop's own loads of those rows then
     # find them in L2 or in flight).
     sink_late: bool = False
-    # Programs left without an item in a phase of ``idle_phases`` stream the first ``idle_rows`` K rows of every K
-    # split of the next matmul phase's weights into L2 (phase 4: the next block's c_attn, ``decode_layer``'s
-    # ``next_c_attn``), one element a 32-byte sector, 16 rows at a time; 0 = off.
-    idle_rows: int = 0
-    idle_phases: tuple[int, ...] = (4,)
     # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
     # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
     probe: str = ""
@@ -150,9 +142,6 @@ class DecodeLayerPlan:
             raise ValueError(f"prefetch_rows={self.prefetch_rows} must be 0 or a power of two")
         if not set(self.prefetch_phases) <= {0, 1, 2, 3, 4}:
             raise ValueError(f"prefetch_phases={self.prefetch_phases} must name phases 0-4")
-        if self.idle_rows < 0 or not set(self.idle_phases) <= {0, 1, 2, 3, 4}:
-            raise ValueError(f"idle_rows={self.idle_rows} must be >= 0 and idle_phases={self.idle_phases} name "
-                             "phases 0-4")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
@@ -218,7 +207,6 @@ class _Refs(NamedTuple):
     so: object  # (C,)
     sfc: object  # (4C,)
     sp2: object  # (C,)
-    nxt: object  # (C, 3C) the next block's c_attn weights (int8 values for int8 weights), or None
     # outputs
     h1: object  # (B, C) residual after attention
     mp_out: object  # (P5, B, C) f32 MLP partials
@@ -237,7 +225,7 @@ class _Refs(NamedTuple):
     # exceeded 3e38 (never)
 
 
-N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors, then the next c_attn
+N_IN = 17  # inputs of a float-weight block; int8 weights add their four scale vectors
 N_OUT = 14
 
 
@@ -254,7 +242,6 @@ class _Dims:
     interpret: bool
     int8: bool  # the four projections' weights are int8 with per-output-channel scales
     probe: str = ""  # DecodeLayerPlan.probe
-    next: bool = False  # the next block's c_attn weights are an input (after the scales)
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -360,19 +347,15 @@ def _normed(x, m, mean, rstd, w, b, d: _Dims):
     return jnp.where(m, y, 0.0).astype(d.dtype)
 
 
-def _items(n_items: int, body, first=None):
-    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``; with ``first``, the first as
-    ``body(pid, first)``."""
+def _items(n_items: int, body):
+    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``."""
     pid, g = pl.program_id(0), pl.num_programs(0)
 
     def step(t, carry):
         body(pid + t * g)
         return carry
 
-    if first is not None:
-        pl.when(pid < n_items)(lambda: body(pid, first))
-    jax.lax.fori_loop(0 if first is None else 1, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step,
-                      jnp.int32(0))
+    jax.lax.fori_loop(0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step, jnp.int32(0))
 
 
 def _k_range(k: int, bk: int, split: int, s):
@@ -409,37 +392,6 @@ def _prefetch(w_ref, n: int, k: int, plan: tuple[int, int, int], rows: int, inte
     wide = pl.ds(j * bn, cols.shape[0], stride=None if interpret else e)
     return pltriton.load(w_ref.at[pl.ds(lo, rows), wide], mask=m,
                          other=0 if w_ref.dtype == jnp.int8 else 0.0)
-
-
-def _stream(w_ref, n: int, k: int, plan: tuple[int, int, int], rows: int, busy: int, R: "_Refs", d: "_Dims"):
-    """Programs ``busy`` and up (those without an item in this phase) pull the first ``rows`` K rows of every K split
-    of a matmul phase's weights w (k, n) into L2: one element a 32-byte sector, 16 rows a load, consumed by
-    ``_sink`` before the next (a program holds one load's sectors in flight). The first rows of every split come
-    first, so the items' first K steps find their tiles in L2."""
-    _, bk, split = plan
-    width = -(-(-(-k // bk)) // split) * bk  # K rows a split (``_k_range``)
-    per = min(rows, width)
-    cr, e = 16, max(1, 32 // w_ref.dtype.itemsize)
-    w = next_pow2(-(-n // e)) if not d.interpret else min(next_pow2(-(-n // e)), n)
-    total = -(-per // cr) * split  # (16-row chunk, split) pairs, chunk-major
-    pid, g = pl.program_id(0), pl.num_programs(0)
-    idle = g - busy
-
-    def body(i, carry):
-        c = pid - busy + i * idle
-        t, sp = jax.lax.div(c, jnp.int32(split)), jax.lax.rem(c, jnp.int32(split))
-        r = t * cr + jnp.arange(cr)  # (cr,) rows within the split
-        ok = (r < per) & (sp * width + r < k)
-        cols = e * jnp.arange(w) if not d.interpret else jnp.arange(w)
-        v = pltriton.load(w_ref.at[pl.ds(sp * width + t * cr, cr), pl.ds(0, w, stride=None if d.interpret else e)],
-                          mask=ok[:, None] & (cols < n)[None, :], other=0 if w_ref.dtype == jnp.int8 else 0.0)
-        _sink(jnp.max(v.astype(jnp.float32), axis=1, keepdims=True), R.sink, R.layer[0])
-        return carry
-
-    if idle > 0:
-        n_mine = jnp.where(pid >= busy, jax.lax.div(jnp.maximum(total - (pid - busy) + idle - 1, 0), jnp.int32(idle)),
-                           0)
-        jax.lax.fori_loop(0, n_mine, body, jnp.int32(0))
 
 
 def _sink(early, sink_ref, layer):
@@ -517,8 +469,6 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     barrier before it). Returns the two loaded tiles."""
     it = pl.program_id(0)
     b, h, _, _, lo, hi = _att_item(jnp.minimum(it, d.B * d.H * plan.att_splits - 1), R, plan, d)
-    if plan.att_preload:  # the item's first block, whole (none for a program without an item)
-        return _kv_block(R.kc, R.vc, b, h, lo, jnp.where(it < d.B * d.H * plan.att_splits, hi, lo), plan.att_block)
     e = max(1, 32 // R.kc.dtype.itemsize)
     w = max(1, d.D // e)
     m = ((lo + jnp.arange(plan.att_block) < hi) & (it < d.B * d.H * plan.att_splits))[:, None]
@@ -531,12 +481,10 @@ def _prefetch_cache(R: _Refs, plan: DecodeLayerPlan, d: _Dims):
 def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits, bk = plan.att_splits, plan.att_block
     scale = 1.0 / math.sqrt(d.D)
-    preloaded = early if plan.att_preload else None  # the first item's first key/value block
-    if preloaded is None:
-        _sink(early, R.sink, R.layer[0])
+    _sink(early, R.sink, R.layer[0])
     direct = plan.merge_heads and splits == 1  # one split a head: its output is the head's, no merge
 
-    def item(it, kv=None):  # kv: the item's first key/value block, loaded already
+    def item(it):
         b, h, sp, pos, lo, hi = _att_item(it, R, plan, d)
 
         def finished(off):  # (D,) columns [off, off + D) of the QKV projection, finished and rounded
@@ -556,14 +504,14 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
                  is_first)
         # no program reads the slot written here
         out, _ = _attend_split(q, R.kc, R.vc, None if direct else R.att_o, R.att_l, carry, b=b, h=h, sp=sp, lo=lo,
-                               hi=hi, bk=bk, first=kv)
+                               hi=hi, bk=bk)
         if direct:
             pltriton.store(R.att_y.at[b, pl.ds(h * d.D, d.D)], out.astype(d.dtype))
         elif plan.merge_heads:
             done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
-    _items(d.B * d.H * splits, item, preloaded)
+    _items(d.B * d.H * splits, item)
 
 
 def _slots(R: _Refs, d: _Dims):
@@ -668,8 +616,7 @@ def _barrier(cnt_ref, slot, volatile: bool, during=None):
 
 def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims):
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
-    nxt = refs[N_IN + n_scales] if dims.next else None
-    R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), nxt, *refs[-N_OUT:])
+    R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
     D = dims.D
     ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, (plan.proj[0], D, plan.proj[1])),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
@@ -678,17 +625,6 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
         if p == 1:
             return _prefetch_cache(R, plan, dims)
         return _prefetch(*ahead[p], plan.prefetch_rows, dims.interpret)
-
-    def items(p):  # work items of phase p
-        if p == 1:
-            return dims.B * dims.H * plan.att_splits
-        bn, _, split = ahead[p][3]
-        return -(-ahead[p][1] // bn) * split
-
-    def idle(p):  # what programs without an item in phase p stream into L2: the next matmul phase's weights
-        target = ahead[max(p + 1, 2)] if p < 4 else (R.nxt, 3 * dims.C, dims.C, plan.qkv)
-        if target[0] is not None:
-            _stream(*target, plan.idle_rows, items(p), R, dims)
 
     for p in range(len(PHASES)):
         during = None
@@ -703,15 +639,13 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
             PHASES[p](R, plan, dims, None if late else early)
             if late:
                 _sink(early, R.sink, R.layer[0])
-            if plan.idle_rows and p in plan.idle_phases and items(p) < plan.programs:
-                idle(p)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
 def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Array, v_cache: jax.Array,
-                 pos: jax.Array, counters: jax.Array, layer: jax.Array, next_c_attn=None, *, eps: float,
-                 n_head: int, plan: DecodeLayerPlan | None = None, fused: bool | None = None,
-                 interpret: bool | None = None, phases: tuple[int, ...] | None = None):
+                 pos: jax.Array, counters: jax.Array, layer: jax.Array, *, eps: float, n_head: int,
+                 plan: DecodeLayerPlan | None = None, fused: bool | None = None, interpret: bool | None = None,
+                 phases: tuple[int, ...] | None = None):
     """One decode step of a block: r (B, C) and the previous block's MLP partials ``mlp_in`` (``SplitK`` (P, B, C);
     zeros for the first block) in, ``(h1, mlp_out, k_cache, v_cache, counters)`` out.
 
@@ -719,9 +653,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
     ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
     (n_layer * counter_slots(B, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
-    (1,) int32 picks this block's slots. ``next_c_attn`` (optional): the next block's c_attn weights, which programs
-    idle in the MLP output projection pull into L2 (``DecodeLayerPlan.idle_rows``); it changes no result.
-    ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
+    (1,) int32 picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
     ``phases`` (for benchmarks only: the outputs are then incomplete) runs a subset of the phases 0-4; the
     one-kernel form keeps all its barriers.
     """
@@ -783,16 +715,9 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
         jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block), max(16, D)), f32),  # sink
     ]
-    nxt = ()
-    if next_c_attn is not None and plan.idle_rows and 4 in plan.idle_phases:
-        nxt = (next_c_attn.q if isinstance(next_c_attn, QWeight) else next_c_attn,)
-        if nxt[0].shape != (C, 3 * C):
-            raise ValueError(f"next_c_attn {nxt[0].shape} must be {(C, 3 * C)} for n_embd {C}")
-    if nxt:
-        dims = dataclasses.replace(dims, next=True)
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
-           layer.astype(jnp.int32).reshape(1), *scales, *nxt)
-    n_in = len(ins)  # N_IN, + 4 scales for int8 weights, + the next c_attn
+           layer.astype(jnp.int32).reshape(1), *scales)
+    n_in = len(ins)  # N_IN, + 4 scales for int8 weights
     params = compiler_params(plan.num_warps, plan.num_stages)
 
     def call(phases, state, aliases):

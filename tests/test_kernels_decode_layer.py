@@ -29,10 +29,10 @@ def _inputs(rng, B, C, H, S, dtype, parts=3):
     return n(B, C, s=1.0), mlp_in, w, kc, vc, pos
 
 
-def _run(args, H, plan, fused, layer=0, n_layer=1, next_c_attn=None):
+def _run(args, H, plan, fused, layer=0, n_layer=1):
     counters = jnp.zeros((n_layer * counter_slots(args[0].shape[0], H),), jnp.int32)
-    return decode_layer(*args[:5], args[5], counters, jnp.array([layer]), next_c_attn, eps=1e-5, n_head=H,
-                        plan=plan, fused=fused)
+    return decode_layer(*args[:5], args[5], counters, jnp.array([layer]), eps=1e-5, n_head=H, plan=plan,
+                        fused=fused)
 
 
 @pytest.mark.parametrize("fused", FORMS)
@@ -40,10 +40,9 @@ def _run(args, H, plan, fused, layer=0, n_layer=1, next_c_attn=None):
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
                                    {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
-                                   {"idle_rows": 32, "idle_phases": (0, 1, 2, 3, 4)}, {"att_preload": True},
-                                   {"att_splits": 1, "att_preload": True}, {"sink_late": True, "prefetch_rows": 32}],
+                                   {"att_splits": 1}, {"sink_late": True, "prefetch_rows": 32}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "idle-stream", "att-preload", "one-split", "sink-late"])
+                              "prefetch-mlp", "one-split", "sink-late"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -55,8 +54,7 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     rng = np.random.default_rng(B * 1000 + C)
     args = _inputs(rng, B, C, H, S, dtype)
     plan = dataclasses.replace(DecodeLayerPlan.heuristic(B, C, H, S, programs, jnp.dtype(dtype).itemsize), **flags)
-    nxt = args[2].c_attn_w[:, ::-1] if plan.idle_rows else None  # the next block's c_attn: only pulled into L2
-    h1, mlp_out, kc, vc, counters = _run(args, H, plan, fused, next_c_attn=nxt)
+    h1, mlp_out, kc, vc, counters = _run(args, H, plan, fused)
     rh1, rout, rk, rv = decode_layer_reference(*args, eps=1e-5, n_head=H)
     check(h1, rh1, dtype, C, "h1")
     check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")

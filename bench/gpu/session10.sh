@@ -52,5 +52,14 @@ case "${1:-}" in
       {"sink_late": true, "prefetch_rows": 256, "att_preload": true}, {}]' xl 230
     chain gpt2 bf16 '[{"sink_late": true, "prefetch_rows": 128}, {"sink_late": true, "prefetch_rows": 256}, {}]' \
       gpt2 90 ;;
+  final)  # call 5: GPU tests of the one-split attention path and sink_late; sink_late against the plan, twice
+    # each, one run; issue 7's and 10's decode table (gpt2-xl and gpt2, B=1, bf16 / int8 / int4)
+    timeout 80 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "(one-split or sink-late) and True" > "$OUT/tests.txt" 2>&1
+    echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal|Timeout" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl bf16 '[{"sink_late": true}, {}, {"sink_late": true}, {}]' xl 120
+    timeout 300 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
+      --quantize none,int8,int4 --out "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
+    echo "== decode rc=$?"; grep -E "^gpt2" "$OUT/decode.txt" | cut -c1-120 ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
