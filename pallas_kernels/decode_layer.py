@@ -9,7 +9,8 @@ the block's five phases on ``programs`` persistent programs (at most one per SM,
    products of LN1(x)·W_qkv over (N block, K split) work items.
 2. attention: per (row, head, split of the live cache [0, pos)), finish q/k/v from the partials (+ bias), append
    k/v at slot ``pos``, online softmax over the split's slots (float32, base 2), write the split's output and
-   log-sum-exp; the head's last split to finish (an atomic count) merges them into the rounded attention output.
+   log-sum-exp; the head's last split to finish (an atomic count) merges them into the rounded attention output
+   (with one split a head, the split writes it directly: no count, no merge).
 3. ``attn.c_proj``: partials of attention-out·W_o, K one head a step.
 4. ``c_fc``: h1 = x + attn-out (finished from 3's partials), LN2(h1) per program as in 1, partials of LN2·W_fc.
 5. ``mlp.c_proj``: each K step finishes c_fc's partials (bias + GELU) for its slice, partials of g·W_proj.
@@ -119,10 +120,6 @@ class DecodeLayerPlan:
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Matmul phases: consume the prefetched sectors (``_sink``) after the phase's items rather than before them, so
-    # a program does not wait for its prefetch before its first K step (the K loop's own loads of those rows then
-    # find them in L2 or in flight).
-    sink_late: bool = False
     # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
     # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
     probe: str = ""
@@ -635,10 +632,7 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
         else:
             early = during() if during else None
         if p in phases:
-            late = plan.sink_late and p != 1
-            PHASES[p](R, plan, dims, None if late else early)
-            if late:
-                _sink(early, R.sink, R.layer[0])
+            PHASES[p](R, plan, dims, early)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))

@@ -40,9 +40,9 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
                                    {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
-                                   {"att_splits": 1}, {"sink_late": True, "prefetch_rows": 32}],
+                                   {"att_splits": 1}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "one-split", "sink-late"])
+                              "prefetch-mlp", "one-split"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
