@@ -182,6 +182,7 @@ def _save(path: str | None, rows: list[dict], bw: float | None) -> None:
         with open(path, "w") as f:
             json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "copy_gbs": bw,
                        "fused_decode": os.environ.get("JAXGPT_FUSED_DECODE") == "1",
+                       "xla_flags": os.environ.get("XLA_FLAGS", ""),  # command buffers: on where it names them
                        "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=1)
 
 
