@@ -61,5 +61,14 @@ case "${1:-}" in
     timeout 300 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
       --quantize none,int8,int4 --out "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
     echo "== decode rc=$?"; grep -E "^gpt2" "$OUT/decode.txt" | cut -c1-120 ;;
+  warps)  # call 6: 16 warps a program against 8; the first block's kernel given as many (zero) partials as the
+    # others' (JAXGPT_FIRST_PARTS=plan: the same compiled kernel), decode A/B with the step's top kernels
+    chain gpt2-xl bf16 '[{"num_warps": 16}, {}, {"num_warps": 16}, {}]' xl 150
+    for fp in plan one plan one; do
+      JAXGPT_FIRST_PARTS=$fp timeout 80 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 \
+        --tokens 256 --reps 3 --breakdown 3 --out "$OUT/decode_$fp.json" > "$OUT/decode_$fp.txt" 2>&1
+      echo "== decode first parts $fp rc=$?"; grep -E "^gpt2|^ +[0-9.]+ +jaxgpt_decode_layer" "$OUT/decode_$fp.txt" \
+        | cut -c1-110
+    done ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
