@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from jaxgpt.ops import BACKENDS, XlaOps, append_kv, gelu_tanh
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
-from pallas_kernels.decode_layer import DecodeLayerPlan, LayerWeights, counter_slots, decode_layer, default_programs
+from pallas_kernels.decode_layer import LayerWeights, counter_slots, decode_layer
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
@@ -169,13 +169,7 @@ class PallasOps(XlaOps):
         if T != 1 or B > DECODE_ROWS or not _block_kernel(B, C) or D < 16 or D & (D - 1) or (quant and not int8):
             return None  # the per-op path serves int4 (and int8 when opted out) and head sizes the kernel lacks
         r = x.reshape(B, C)  # (B, C)
-        n_parts = 1
-        if os.environ.get("JAXGPT_FIRST_PARTS") == "plan":  # (session 10 experiment) the first block's kernel then
-            # takes as many partials as the others', so it is the same compiled kernel
-            n_parts = DecodeLayerPlan.heuristic(B, C, n_head, cache.k[0].shape[1], default_programs(),
-                                                jnp.dtype(x.dtype if int8 else blocks[0][2].dtype).itemsize).out[2]
-        parts = SplitK(jnp.zeros((n_parts, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none",
-                       jnp.dtype(x.dtype))
+        parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
         counters = jnp.zeros((len(blocks) * counter_slots(B, n_head),), jnp.int32)
         ks, vs = [], []
         for i, p in enumerate(blocks):
