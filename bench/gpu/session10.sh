@@ -70,5 +70,24 @@ case "${1:-}" in
       echo "== decode first parts $fp rc=$?"; grep -E "^gpt2|^ +[0-9.]+ +jaxgpt_decode_layer" "$OUT/decode_$fp.txt" \
         | cut -c1-110
     done ;;
+  preload)  # call 7: the first K steps' weight tiles of each matmul phase loaded whole into registers during the
+    # barrier (preload_tiles), GPU tests; decode with the heuristic's plan patched to preload 2 tiles, against it
+    timeout 90 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+      -k "preload and True" > "$OUT/tests.txt" 2>&1
+    echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|Fatal|Timeout" "$OUT/tests.txt" | cut -c1-160 | tail -4
+    chain gpt2-xl bf16 '[{"preload_tiles": 1}, {"preload_tiles": 2}, {"preload_tiles": 3}, {}, {"preload_tiles": 2}]' xl 150
+    chain gpt2-xl int8 '[{"preload_tiles": 2}, {}]' xl_int8 80
+    chain gpt2 bf16 '[{"preload_tiles": 2}, {}]' gpt2 70
+    for pt in 2 0; do
+      timeout 75 python -c "
+import dataclasses, sys
+import pallas_kernels.decode_layer as m
+h = m.DecodeLayerPlan.heuristic
+m.DecodeLayerPlan.heuristic = staticmethod(lambda *a, **k: dataclasses.replace(h(*a, **k), preload_tiles=$pt))
+from bench.decode import main
+sys.exit(main(['--model', 'gpt2-xl', '--backend', 'pallas', '--batch', '1', '--tokens', '256', '--reps', '3',
+               '--out', '$OUT/decode_pre$pt.json']))" > "$OUT/decode_pre$pt.txt" 2>&1
+      echo "== decode preload_tiles=$pt rc=$?"; grep -E "^gpt2" "$OUT/decode_pre$pt.txt" | cut -c1-110
+    done ;;
   *) echo "unknown mode ${1:-}"; exit 2 ;;
 esac
