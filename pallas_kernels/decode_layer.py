@@ -120,10 +120,6 @@ class DecodeLayerPlan:
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
     prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Matmul phases in prefetch_phases: the first ``preload_tiles`` K steps' weight tiles of the program's first
-    # item loaded whole into registers during the barrier (phase 0: before the LayerNorm prologue), instead of the
-    # sector prefetch into L2; the item's first K steps then use them. 0 = the sector prefetch.
-    preload_tiles: int = 0
     # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
     # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
     probe: str = ""
@@ -348,19 +344,15 @@ def _normed(x, m, mean, rstd, w, b, d: _Dims):
     return jnp.where(m, y, 0.0).astype(d.dtype)
 
 
-def _items(n_items: int, body, first=()):
-    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``; with ``first``, the first as
-    ``body(pid, first)``."""
+def _items(n_items: int, body):
+    """Run ``body(item)`` for items pid, pid + G, pid + 2G, ... below ``n_items``."""
     pid, g = pl.program_id(0), pl.num_programs(0)
 
     def step(t, carry):
         body(pid + t * g)
         return carry
 
-    if first:
-        pl.when(pid < n_items)(lambda: body(pid, first))
-    jax.lax.fori_loop(1 if first else 0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step,
-                      jnp.int32(0))
+    jax.lax.fori_loop(0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), step, jnp.int32(0))
 
 
 def _k_range(k: int, bk: int, split: int, s):
@@ -399,31 +391,10 @@ def _prefetch(w_ref, n: int, k: int, plan: tuple[int, int, int], rows: int, inte
                          other=0 if w_ref.dtype == jnp.int8 else 0.0)
 
 
-class _Preloaded(NamedTuple):
-    """The first K steps' weight tiles of a program's first item of a matmul phase, in registers (``_preload``)."""
-    tiles: tuple
-
-
-def _preload(w_ref, n: int, k: int, plan: tuple[int, int, int], count: int, d: "_Dims") -> _Preloaded:
-    """Loads the (bk, bn) weight tiles of the first ``count`` K steps of this program's first item of a matmul
-    phase (zero past the item's K range, and for a program without an item)."""
-    bn, bk, split = plan
-    it = pl.program_id(0)
-    j, _, lo, steps = _item_range(it, k, bk, split)
-    end = jnp.where(it < pl.cdiv(n, bn) * split, jnp.minimum(lo + steps * bk, k), 0)
-    cols = j * bn + jnp.arange(bn)
-    tiles = []
-    for t in range(count):
-        ks = lo + t * bk + jnp.arange(bk)
-        tiles.append(pltriton.load(w_ref.at[pl.ds(lo + t * bk, bk), pl.ds(j * bn, bn)],
-                                   mask=(ks[:, None] < end) & (cols[None, :] < n), other=0 if d.int8 else 0.0))
-    return _Preloaded(tuple(tiles))
-
-
 def _sink(early, sink_ref, layer):
     """Consumes a prefetched tile (if any) without cost: a store to ``sink_ref`` where a value exceeds 3e38 (weights
-    never do, but the compiler cannot know, so the loads stay). Preloaded tiles are consumed by their dots."""
-    if early is None or isinstance(early, _Preloaded):
+    never do, but the compiler cannot know, so the loads stay)."""
+    if early is None:
         return
     if isinstance(early, tuple):
         for e in early:
@@ -434,26 +405,20 @@ def _sink(early, sink_ref, layer):
     pltriton.store(sink_ref.at[pl.ds(0, v.shape[0]), pl.ds(0, v.shape[1])], v, mask=hit)
 
 
-def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None,
-                  first=None):
+def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out_ref, d: _Dims, s_ref=None):
     """Split-K partial products of x (rows, k) · w (k, n): item (j, s) writes out_ref[s, :, j-th N block].
     ``x_tile(k0, bk)`` gives the (BM, bk) activation tile of columns [k0, k0+bk) in the compute dtype. int8 weights
     (``d.int8``): tiles widened to the compute dtype in registers, the per-column scales ``s_ref`` applied to the
-    partial (they factor out of the K sum). ``first``: what was loaded ahead of the phase; ``_Preloaded`` tiles
-    serve the first item's first K steps."""
+    partial (they factor out of the K sum)."""
     bn, bk, split = plan
-    pre = first.tiles if isinstance(first, _Preloaded) else ()
 
     def dot(x, wt):
         return jnp.dot(x, wt.astype(d.dtype) if d.int8 else wt, preferred_element_type=jnp.float32,
                        precision=d.precision)
 
-    def item(it, tiles=()):
+    def item(it):
         j, s, lo, steps = _item_range(it, k, bk, split)
         cols = j * bn + jnp.arange(bn)
-        acc = jnp.zeros((BM, bn), jnp.float32)
-        for t, wt in enumerate(tiles):  # the first K steps, their weights loaded already (zero past the range)
-            acc += dot(x_tile(lo + t * bk, bk), wt)
 
         def step(kk, acc):
             k0 = lo + kk * bk
@@ -462,13 +427,13 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
                   else _w_tile(w_ref, k0, bk, j * bn, bn, k, n, d))
             return acc + dot(x, wt)
 
-        acc = jax.lax.fori_loop(len(tiles), steps, step, acc)
+        acc = jax.lax.fori_loop(0, steps, step, jnp.zeros((BM, bn), jnp.float32))
         if d.int8:
             acc = acc * _ld(s_ref.at[pl.ds(j * bn, bn)], cols < n)[None, :]
         m = (jnp.arange(BM)[:, None] < d.B) & (cols[None, :] < n)
         pltriton.store(out_ref.at[s, pl.ds(0, BM), pl.ds(j * bn, bn)], acc, mask=m)
 
-    _items(-(-n // bn) * split, item, pre)
+    _items(-(-n // bn) * split, item)
 
 
 def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -477,7 +442,7 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan)
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv, early)
+    _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
 
 
 def _att_item(it, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
@@ -602,7 +567,7 @@ def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     bn, split = plan.proj
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so, early)
+    _matmul_items(d.C, d.C, (bn, d.D, split), x_tile, R.wo, R.proj_p, d, R.so)
 
 
 def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -611,7 +576,7 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 
     x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan)
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc, early)
+    _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
 
 
 def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
@@ -622,7 +587,7 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
         return jnp.where(m, g, 0.0).astype(d.dtype)
 
     _sink(early, R.sink, R.layer[0])
-    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2, early)
+    _matmul_items(d.C, 4 * d.C, plan.out, x_tile, R.wp2, R.mp_out, d, R.sp2)
 
 
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
@@ -656,9 +621,6 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
     def fetch(p):  # what a program loads ahead of phase p (during the barrier before it)
         if p == 1:
             return _prefetch_cache(R, plan, dims)
-        if plan.preload_tiles and not dims.probe:
-            w_ref, n, k, mplan = ahead[p]
-            return _preload(w_ref, n, k, mplan, plan.preload_tiles, dims)
         return _prefetch(*ahead[p], plan.prefetch_rows, dims.interpret)
 
     for p in range(len(PHASES)):

@@ -40,9 +40,9 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
 @pytest.mark.parametrize("flags", [{}, {"norm_scratch": False}, {"reuse_rows": False},
                                    {"merge_heads": False, "live_splits": False}, {"poll_volatile": False},
                                    {"prefetch_rows": 0}, {"prefetch_rows": 16, "prefetch_phases": (1, 3, 4)},
-                                   {"att_splits": 1}, {"preload_tiles": 2}],
+                                   {"att_splits": 1}],
                          ids=["scratch", "recompute", "reload", "proj-merges", "atomic-poll", "no-prefetch",
-                              "prefetch-mlp", "one-split", "preload"])
+                              "prefetch-mlp", "one-split"])
 @pytest.mark.parametrize("B,C,H,S,programs", [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
@@ -85,7 +85,7 @@ def test_plans_are_free_choices():
 
 @pytest.mark.parametrize("fused", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("deep", [False, True, "preload"], ids=["plan", "deep-tiles", "preload"])
+@pytest.mark.parametrize("deep", [False, True], ids=["plan", "deep-tiles"])
 def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
     """int8 per-channel projections: tiles widened in registers, scales on the partials; the reference multiplies
     by the float values the int8 weights stand for. ``deep``: twice the K rows a tile (as many bytes as a float
@@ -99,9 +99,7 @@ def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
     w = w._replace(**{f: quantize(np.asarray(getattr(w, f), np.float32), bits=8)
                       for f in ("c_attn_w", "c_proj_w", "c_fc_w", "mlp_proj_w")})
     plan = DecodeLayerPlan.heuristic(B, C, H, S, 5, jnp.dtype(dtype).itemsize)
-    if deep == "preload":
-        plan = dataclasses.replace(plan, preload_tiles=2)
-    elif deep:
+    if deep:
         plan = dataclasses.replace(plan, qkv=(64, 128, 1), fc=(128, 128, 1), out=(64, 256, 2))
     h1, mlp_out, kc2, _, _ = _run((r, mlp_in, w, kc, vc, pos), H, plan, fused)
     rh1, rout, rk, _ = decode_layer_reference(r, mlp_in, w, kc, vc, pos, eps=1e-5, n_head=H)
