@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A baseline for the next session, as one command of under 10 minutes (everything in the tree has run on the H100
-# as of session 9: the block kernel's session-9 form in calls 4-7, command buffers with full-size parity in call 4;
+# as of session 10: the block kernel as session 9 left it plus the one-split path, calls 5-7 of session 10;
 # re-run this first to have same-machine numbers before changing the block kernel):
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh
 set -uo pipefail
