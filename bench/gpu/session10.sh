@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session 10's GPU calls, one mode a call (each under 10 minutes): source .gpu/env.sh && bash bench/gpu/session10.sh MODE
 # On the tree as left only `final`'s tests and decode run as they did: its sink_late rows and the other modes timed
-# knobs measured and removed in this session (the commits that have them: sink_late 46e0ffd, flow a22f35f, idle 9bcc928, att 59ecd06, warps 3b935a8, preload
-# e42e37f; bench/NOTES.md, session 10).
+# knobs measured and removed in this session (the commits that have them: sink_late 46e0ffd, flow a22f35f, idle
+# 9bcc928, att 59ecd06, warps 3b935a8, preload e42e37f; bench/NOTES.md, session 10).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 chain() {  # $1 model, $2 format, $3 variants JSON, $4 tag, $5 timeout
