@@ -1,0 +1,103 @@
+"""Experiment (session 11): how fast a chain of decode projections runs as Mosaic GPU kernels with and without
+programmatic dependent launch (PDL), against the bytes they read.
+
+A "block" is gpt2-xl's four projections at B = 1 (1600→4800, 1600→1600, 1600→6400, 6400→1600: 61.4 MB of bf16
+weights), each its own ``matvec_mgpu`` kernel with its own weights; ``--blocks`` of them in one jitted call. Two
+feeds: ``const`` gives every kernel a fixed x (kernels back to back, nothing between them), ``chain`` feeds each
+kernel the previous one's product (an XLA fusion between kernels sums the splits, transposes and casts, as the
+model's next-kernel prologue would). Timing is wall clock over ``--calls`` calls dispatched back to back (CUPTI
+sums kernel times, which overlap under PDL), median of ``--reps`` such runs; µs a block and GB/s of weights.
+
+    python -m bench.pdl_chain --blocks 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  # (K, N, splits) of one block
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--feeds", default="const,chain")
+    ap.add_argument("--pdl", default="1,0")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from pallas_kernels.matvec_mgpu import matvec_mgpu, matvec_mgpu_finish, matvec_mgpu_reference
+
+    if jax.default_backend() != "gpu":
+        print("error: bench.pdl_chain needs a GPU", file=sys.stderr)
+        return 2
+    key = jax.random.key(0)
+    weights = []
+    for b in range(args.blocks):
+        for j, (K, N, _) in enumerate(SHAPES):
+            weights.append((jax.random.normal(jax.random.fold_in(key, 10 * b + j), (K, N), jnp.float32) * 0.02)
+                           .astype(jnp.bfloat16))
+    xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (1, K), jnp.bfloat16) for j, (K, _, _) in
+          enumerate(SHAPES)]
+    wbytes = sum(w.size * 2 for w in weights)
+
+    def make(feed: str, pdl: bool):
+        def run(ws, xs):
+            outs = []
+            x = xs[0]
+            for i, w in enumerate(ws):
+                K, N, s = SHAPES[i % 4]
+                xin = xs[i % 4] if feed == "const" else x[:, :K]
+                p = matvec_mgpu(xin, w, splits=s, pdl=pdl)
+                if feed == "const":
+                    outs.append(p[0, 0, 0])
+                else:
+                    x = matvec_mgpu_finish(p, 1).astype(jnp.bfloat16)
+            return jnp.stack(outs) if feed == "const" else x
+        return jax.jit(run)
+
+    # correctness first: one product against the float32 reference
+    p = matvec_mgpu(xs[0], weights[0], splits=SHAPES[0][2])
+    err = float(jnp.abs(matvec_mgpu_finish(p, 1) - matvec_mgpu_reference(xs[0], weights[0])).max())
+    print(f"check 1600x4800: max |err| {err:.3g}, nan {bool(jnp.isnan(p).any())}")
+
+    rows = []
+    for feed in args.feeds.split(","):
+        for pdl in (bool(int(v)) for v in args.pdl.split(",")):
+            f = make(feed, pdl)
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(weights, xs))
+            compile_s = time.perf_counter() - t0
+            jax.block_until_ready(f(weights, xs))
+            per = []
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                outs = [f(weights, xs) for _ in range(args.calls)]
+                jax.block_until_ready(outs)
+                per.append((time.perf_counter() - t0) / (args.calls * args.blocks) * 1e6)
+            us = statistics.median(per)
+            row = {"feed": feed, "pdl": pdl, "us_per_block": us, "min_us": min(per), "gbps": wbytes / args.blocks / us
+                   / 1e3, "compile_s": compile_s}
+            rows.append(row)
+            print(f"{feed:5s} pdl={int(pdl)}: {us:7.2f} us/block (min {min(per):.2f}), "
+                  f"{row['gbps']:.0f} GB/s of weights, compile {compile_s:.1f} s", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"blocks": args.blocks, "shapes": SHAPES, "rows": rows,
+                       "method": f"wall clock of {args.calls} calls back to back / blocks, median of {args.reps}"},
+                      fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
