@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--feeds", default="const,chain")
-    ap.add_argument("--pdl", default="1,0")
+    ap.add_argument("--pdl", default="1,0,nowait", help="1: PDL, 0: none, nowait: PDL without the wait (const only)")
+    ap.add_argument("--loop", type=int, default=20, help="chain feed: iterations of one lax.fori_loop a call")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -51,19 +52,21 @@ def main(argv=None) -> int:
           enumerate(SHAPES)]
     wbytes = sum(w.size * 2 for w in weights)
 
-    def make(feed: str, pdl: bool):
-        def run(ws, xs):
-            outs = []
-            x = xs[0]
+    def make(feed: str, pdl: str):
+        kw = {"pdl": pdl != "0", "pdl_wait": pdl != "nowait"}
+
+        def chain(ws, x):
             for i, w in enumerate(ws):
                 K, N, s = SHAPES[i % 4]
-                xin = xs[i % 4] if feed == "const" else x[:, :K]
-                p = matvec_mgpu(xin, w, splits=s, pdl=pdl)
-                if feed == "const":
-                    outs.append(p[0, 0, 0])
-                else:
-                    x = matvec_mgpu_finish(p, 1).astype(jnp.bfloat16)
-            return jnp.stack(outs) if feed == "const" else x
+                x = matvec_mgpu_finish(matvec_mgpu(x[:, :K], w, splits=s, **kw), 1).astype(jnp.bfloat16)
+            return x
+
+        def run(ws, xs):
+            if feed == "const":  # kernels back to back, each on a fixed x
+                return jnp.stack([matvec_mgpu(xs[i % 4], w, splits=SHAPES[i % 4][2], **kw)[0, 0, 0]
+                                  for i, w in enumerate(ws)])
+            # one dispatch: the chain repeated in a loop, each kernel fed the previous one's product
+            return jax.lax.fori_loop(0, args.loop, lambda _, x: chain(ws, x), xs[0])
         return jax.jit(run)
 
     # correctness first: one product against the float32 reference
@@ -72,25 +75,35 @@ def main(argv=None) -> int:
     print(f"check 1600x4800: max |err| {err:.3g}, nan {bool(jnp.isnan(p).any())}")
 
     rows = []
+    from jax.experimental.mosaic.gpu import profiler
     for feed in args.feeds.split(","):
-        for pdl in (bool(int(v)) for v in args.pdl.split(",")):
+        for pdl in args.pdl.split(","):
+            if feed == "chain" and pdl == "nowait":
+                continue
             f = make(feed, pdl)
             t0 = time.perf_counter()
             jax.block_until_ready(f(weights, xs))
             compile_s = time.perf_counter() - t0
             jax.block_until_ready(f(weights, xs))
             per = []
+            calls = args.calls if feed == "const" else 3
+            blocks = args.blocks * (1 if feed == "const" else args.loop)
             for _ in range(args.reps):
                 t0 = time.perf_counter()
-                outs = [f(weights, xs) for _ in range(args.calls)]
+                outs = [f(weights, xs) for _ in range(calls)]
                 jax.block_until_ready(outs)
-                per.append((time.perf_counter() - t0) / (args.calls * args.blocks) * 1e6)
+                per.append((time.perf_counter() - t0) / (calls * blocks) * 1e6)
             us = statistics.median(per)
+            _, kt = profiler.measure(f, aggregate=False)(weights, xs)  # CUPTI: each kernel's own duration
+            mv_us = [t * 1e3 for name, t in kt if "matvec" in name or "mosaic" in name.lower()]
+            all_us = sum(t for _, t in kt) * 1e3 / blocks
             row = {"feed": feed, "pdl": pdl, "us_per_block": us, "min_us": min(per), "gbps": wbytes / args.blocks / us
-                   / 1e3, "compile_s": compile_s}
+                   / 1e3, "compile_s": compile_s, "cupti_sum_us_per_block": all_us, "kernels": len(kt),
+                   "first_kernels": kt[:6]}
             rows.append(row)
-            print(f"{feed:5s} pdl={int(pdl)}: {us:7.2f} us/block (min {min(per):.2f}), "
-                  f"{row['gbps']:.0f} GB/s of weights, compile {compile_s:.1f} s", flush=True)
+            print(f"{feed:5s} pdl={pdl:6s}: {us:7.2f} us/block (min {min(per):.2f}), "
+                  f"{row['gbps']:.0f} GB/s of weights; CUPTI kernel sum {all_us:.2f} us/block over {len(kt)} kernels; "
+                  f"compile {compile_s:.1f} s", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"blocks": args.blocks, "shapes": SHAPES, "rows": rows,

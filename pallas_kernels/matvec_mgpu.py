@@ -39,7 +39,15 @@ ROWS = 8  # x rows a product carries (wgmma's smallest N)
 MAX_TILES = 16  # weight tiles an item may hold in shared memory (16 x 8 KB)
 
 
-def _kernel(x_ref, w_ref, o_ref, scoped, *, tiles: int, pdl: bool, interpret: bool):
+def _transposed(ref):
+    """A transposed view of a 2-D SMEM ref (``ref.T`` on jax >= 0.11, ``transpose_ref`` before)."""
+    try:
+        return ref.T
+    except (AttributeError, NotImplementedError, TypeError):
+        return plgpu.transpose_ref(ref, (1, 0))
+
+
+def _kernel(x_ref, w_ref, o_ref, scoped, *, tiles: int, pdl: bool, pdl_wait: bool, interpret: bool):
     (w_smem, x_smem, o_smem), (w_landed, x_landed) = scoped
     n0 = lax.axis_index("n") * TILE
     split = lax.axis_index("s")
@@ -48,7 +56,8 @@ def _kernel(x_ref, w_ref, o_ref, scoped, *, tiles: int, pdl: bool, interpret: bo
         plgpu.copy_gmem_to_smem(w_ref.at[pl.ds(k0 + i * TILE, TILE), pl.ds(n0, TILE)], w_smem.at[i], w_landed.at[i])
     if pdl:
         plgpu.griddepcontrol_launch_dependents()  # the next kernel may start (it waits for this one's end itself)
-        plgpu.griddepcontrol_wait()  # the previous kernel has finished and its writes are visible
+        if pdl_wait:  # (off only in bench.pdl_chain's test of whether kernels overlap at all)
+            plgpu.griddepcontrol_wait()  # the previous kernel has finished and its writes are visible
     for i in range(tiles):
         plgpu.copy_gmem_to_smem(x_ref.at[:, pl.ds(k0 + i * TILE, TILE)], x_smem.at[i], x_landed.at[i])
 
@@ -63,8 +72,7 @@ def _kernel(x_ref, w_ref, o_ref, scoped, *, tiles: int, pdl: bool, interpret: bo
             for i in range(tiles):
                 plgpu.barrier_wait(w_landed.at[i])
                 plgpu.barrier_wait(x_landed.at[i])
-                plgpu.wgmma(acc_ref, plgpu.transpose_ref(w_smem.at[i], (1, 0)),
-                            plgpu.transpose_ref(x_smem.at[i], (1, 0)))
+                plgpu.wgmma(acc_ref, _transposed(w_smem.at[i]), _transposed(x_smem.at[i]))
             plgpu.wgmma_wait(0)
             return acc_ref[...]
 
@@ -75,14 +83,15 @@ def _kernel(x_ref, w_ref, o_ref, scoped, *, tiles: int, pdl: bool, interpret: bo
     plgpu.wait_smem_to_gmem(0)
 
 
-@functools.partial(jax.jit, static_argnames=("splits", "pdl", "interpret"))
-def matvec_mgpu(x: jax.Array, w: jax.Array, *, splits: int, pdl: bool = True,
+@functools.partial(jax.jit, static_argnames=("splits", "pdl", "pdl_wait", "interpret"))
+def matvec_mgpu(x: jax.Array, w: jax.Array, *, splits: int, pdl: bool = True, pdl_wait: bool = True,
                 interpret: bool | None = None) -> jax.Array:
     """Partial products (splits, N, 8) float32 of x (M <= 8, K) and w (K, N), both bfloat16 or float16.
 
     K must be a multiple of 64·splits with at most ``MAX_TILES`` 64-row tiles a split, N a multiple of 64. Row m of
     the product is ``matvec_mgpu_finish(p, M)[m]``; rows past M are zeros. ``pdl`` lets the kernel overlap the one
-    before it (on the GPU; the interpreter runs it in order).
+    before it (on the GPU; the interpreter runs it in order). ``pdl_wait=False`` drops the wait for the previous
+    kernel: only for timing kernels that read nothing another kernel writes (bench.pdl_chain).
     """
     if plgpu is None:
         raise ValueError("Mosaic GPU needs jax.experimental.pallas.mosaic_gpu (and absl-py on jax 0.10)")
@@ -107,7 +116,7 @@ def matvec_mgpu(x: jax.Array, w: jax.Array, *, splits: int, pdl: bool = True,
     def entry(x_ref, w_ref, o_ref):
         pl.run_scoped(
             lambda *s: _kernel(x_ref, w_ref, o_ref, s, tiles=tiles, pdl=pdl and not interpret,
-                               interpret=interpret),
+                               pdl_wait=pdl_wait, interpret=interpret),
             (plgpu.SMEM((tiles, TILE, TILE), w.dtype, transforms=tiled),
              plgpu.SMEM((tiles, ROWS, TILE), x.dtype, transforms=tiled),
              plgpu.SMEM((TILE, ROWS), jnp.float32)),

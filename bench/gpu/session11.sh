@@ -13,4 +13,19 @@ pdl)
   timeout 200 python -m bench.pdl_chain --blocks 8 --json $OUT/pdl.json 2>&1 | grep -v Warning | tee $OUT/pdl.txt
   XLA_FLAGS="$CB" timeout 150 python -m bench.pdl_chain --blocks 8 --json $OUT/pdl_cb.json 2>&1 | grep -v Warning | tee $OUT/pdl_cb.txt
   ;;
+pdl2)
+  J=$(python3 -c "import jax,os;print(os.path.dirname(jax.__file__))")
+  grep -n "_pdl_effect" -B2 -A4 $J/_src/pallas/mosaic_gpu/core.py $J/_src/pallas/mosaic_gpu/lowering.py | head -60 > $OUT/src.txt
+  grep -n "uses_pdl" -B3 -A12 $J/experimental/mosaic/gpu/core.py | head -60 >> $OUT/src.txt
+  python - <<'PY' >> $OUT/src.txt 2>&1
+import jax, jax.numpy as jnp
+from pallas_kernels.matvec_mgpu import matvec_mgpu
+for pdl in (True, False):
+    t = jax.jit(lambda x, w: matvec_mgpu(x, w, splits=5, pdl=pdl)).lower(jnp.zeros((1, 1600), jnp.bfloat16), jnp.zeros((1600, 4800), jnp.bfloat16)).as_text()
+    print("pdl", pdl, "uses_pdl in lowered text:", "uses_pdl" in t, "griddepcontrol" in t)
+PY
+  tail -5 $OUT/src.txt
+  timeout 250 python -m bench.pdl_chain --blocks 8 --reps 7 --json $OUT/pdl.json 2>&1 | grep -v Warning | tee $OUT/pdl.txt
+  XLA_FLAGS="$CB" timeout 200 python -m bench.pdl_chain --blocks 8 --reps 7 --json $OUT/pdl_cb.json 2>&1 | grep -v Warning | tee $OUT/pdl_cb.txt
+  ;;
 esac
