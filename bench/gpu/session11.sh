@@ -28,4 +28,10 @@ PY
   timeout 250 python -m bench.pdl_chain --blocks 8 --reps 7 --json $OUT/pdl.json 2>&1 | grep -v Warning | tee $OUT/pdl.txt
   XLA_FLAGS="$CB" timeout 200 python -m bench.pdl_chain --blocks 8 --reps 7 --json $OUT/pdl_cb.json 2>&1 | grep -v Warning | tee $OUT/pdl_cb.txt
   ;;
+pdl3)  # the same with XLA's PDL switch on
+  for F in "--xla_gpu_enable_pdl=true" "--xla_gpu_enable_pdl=true $CB"; do
+    echo "XLA_FLAGS=$F"
+    XLA_FLAGS="$F" timeout 200 python -m bench.pdl_chain --blocks 8 --reps 5 2>&1 | grep -v Warning
+  done 2>&1 | tee $OUT/pdl3.txt
+  ;;
 esac
