@@ -1,0 +1,246 @@
+"""Experiment (session 11): can one persistent Mosaic GPU kernel stream a decode block's weights across grid
+barriers at the copy rate?
+
+The skeleton of a block kernel: gpt2-xl's four projections at B = 1 as four phases of one kernel, one block per
+SM, a grid-wide barrier (a global semaphore counted up, waited on without decrement) between phases. Each block
+has two warpgroups: a producer that only TMA-copies its weight tiles, phase after phase, into a ring of shared
+memory slots (weights depend on nothing, so it never waits for a barrier, only for free slots), and a consumer that
+waits for the barrier, loads its x tiles, multiplies each item's landed tiles (swap-AB ``wgmma`` as in
+``pallas_kernels/matvec_mgpu.py``) and writes (64, 8) float32 partials. x is a fixed input per phase here (no
+LayerNorm, no attention, no partial sums between phases): this measures the stream and the barriers, which the
+Triton block kernel (41 µs a gpt2-xl block, ~20 µs of it fixed work in series with the stream) cannot overlap.
+
+    python -m bench.block_skeleton_mgpu --blocks 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+TILE, ROWS = 64, 8
+SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  # (K, N, splits) per phase
+
+
+def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, interpret: bool = False):
+    """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p)."""
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+
+    P = len(ws)
+    phases = []
+    for x, w in zip(xs, ws):
+        K, N = w.shape
+        splits = next(s for K_, N_, s in SHAPES if (K_, N_) == (K, N)) if (K, N) in [(a, b) for a, b, _ in SHAPES] \
+            else 1
+        phases.append((K, N, splits, K // (TILE * splits), (N // TILE) * splits))  # K, N, splits, tiles, items
+    tmax = max(p[3] for p in phases)
+    if stages < tmax:  # an item waits for all its tiles before freeing any
+        raise ValueError(f"{stages=} must be at least the tiles of an item ({tmax})")
+    dtype = ws[0].dtype
+    tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+
+    def n_items(p, c):  # items of phase p that block c takes: c, c + grid, ...
+        return (phases[p][4] - c + grid - 1) // grid
+
+    def item_coords(p, it):
+        splits, tiles = phases[p][2], phases[p][3]
+        return (it // splits) * TILE, (it % splits) * (tiles * TILE)  # n0, k0
+
+    def entry(*refs):
+        x_refs, w_refs, o_refs = refs[:P], refs[P:2 * P], refs[2 * P:]
+        sem = pl.get_global(plgpu.SemaphoreType.REGULAR((2,)))
+
+        def body(w_ring, x_buf, o_buf, landed, x_landed, consumed):
+            c = lax.axis_index("c")
+            wg = lax.axis_index("wg")
+
+            @pl.when(wg == 0)
+            def _consumer():
+                def load_x(p, j, buf):  # item j's x tiles into buffer buf
+                    it = c + j * grid
+                    _, k0 = item_coords(p, it)
+                    for i in range(phases[p][3]):
+                        plgpu.copy_gmem_to_smem(x_refs[p].at[:, pl.ds(k0 + i * TILE, TILE)], x_buf.at[buf, i],
+                                                x_landed.at[buf * tmax + i])
+
+                t = jnp.int32(0)
+                for p in range(P):
+                    tiles = phases[p][3]
+                    if p > 0 and barriers:  # every block's phase p-1 is done
+                        plgpu.semaphore_signal(sem.at[0], 1, memory_scope="gpu")
+                        pl.semaphore_wait(sem.at[0], p * grid, decrement=False)
+                    items = n_items(p, c)
+
+                    @pl.when(items > 0)
+                    def _():
+                        load_x(p, 0, 0)
+
+                    def item(j, t):
+                        buf = lax.rem(j, 2)
+
+                        @pl.when(j + 1 < items)
+                        def _():
+                            load_x(p, j + 1, 1 - buf)
+
+                        it = c + j * grid
+                        n0, _ = item_coords(p, it)
+                        split = lax.rem(it, phases[p][2])
+
+                        def wait_tiles():
+                            for i in range(tiles):
+                                plgpu.barrier_wait(landed.at[lax.rem(t + i, stages)])
+                                plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+
+                        def release_tiles():
+                            for i in range(tiles):
+                                plgpu.barrier_arrive(consumed.at[lax.rem(t + i, stages)])
+
+                        if interpret:  # the interpreter: the same product as jnp dots
+                            wait_tiles()
+                            acc = jnp.zeros((TILE, ROWS), jnp.float32)
+                            for i in range(tiles):
+                                acc += jnp.dot(w_ring[lax.rem(t + i, stages)].T, x_buf[buf, i].T,
+                                               preferred_element_type=jnp.float32)
+                            release_tiles()
+                        else:
+                            def product(acc_ref):
+                                for i in range(tiles):
+                                    slot = lax.rem(t + i, stages)
+                                    plgpu.barrier_wait(landed.at[slot])
+                                    plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+                                    plgpu.wgmma(acc_ref, w_ring.at[slot].T, x_buf.at[buf, i].T)
+                                plgpu.wgmma_wait(0)
+                                release_tiles()
+                                return acc_ref[...]
+
+                            acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
+                        plgpu.wait_smem_to_gmem(0)  # the previous item's store has left o_buf
+                        o_buf[...] = acc
+                        plgpu.commit_smem()
+                        plgpu.copy_smem_to_gmem(o_buf, o_refs[p].at[split, pl.ds(n0, TILE)])
+                        return t + tiles
+
+                    t = lax.fori_loop(0, items, item, t)
+                plgpu.wait_smem_to_gmem(0)
+                if barriers:  # leave the semaphore at zero for the next call: all blocks past the last wait first
+                    plgpu.semaphore_signal(sem.at[1], 1, memory_scope="gpu")
+
+                    @pl.when(c == 0)
+                    def _():
+                        pl.semaphore_wait(sem.at[1], grid)
+                        pl.semaphore_wait(sem.at[0], (P - 1) * grid)
+
+            @pl.when(wg == 1)
+            def _producer():
+                t = jnp.int32(0)
+                for p in range(P):
+                    tiles = phases[p][3]
+
+                    def item(j, t):
+                        n0, k0 = item_coords(p, c + j * grid)
+                        for i in range(tiles):
+                            slot = lax.rem(t + i, stages)
+
+                            @pl.when(t + i >= stages)
+                            def _():
+                                plgpu.barrier_wait(consumed.at[slot])
+
+                            plgpu.copy_gmem_to_smem(w_refs[p].at[pl.ds(k0 + i * TILE, TILE), pl.ds(n0, TILE)],
+                                                    w_ring.at[slot], landed.at[slot])
+                        return t + tiles
+
+                    t = lax.fori_loop(0, n_items(p, c), item, t)
+
+                def drain(u, _):  # observe the last slots' consumed phases too
+                    @pl.when(u >= stages)
+                    def _():
+                        plgpu.barrier_wait(consumed.at[lax.rem(u, stages)])
+                lax.fori_loop(t, t + stages, drain, None)
+
+        pl.run_scoped(
+            body,
+            plgpu.SMEM((stages, TILE, TILE), dtype, transforms=tiled),
+            plgpu.SMEM((2, tmax, ROWS, TILE), dtype, transforms=tiled),
+            plgpu.SMEM((TILE, ROWS), jnp.float32),
+            plgpu.Barrier(num_barriers=stages),
+            plgpu.Barrier(num_barriers=2 * tmax),
+            plgpu.Barrier(num_barriers=stages),
+            collective_axes="wg",
+        )
+
+    kw = {}
+    if interpret:
+        from pallas_kernels.flash_attention_mgpu import interpret_params
+        kw["interpret"] = interpret_params()
+    return plgpu.kernel(
+        entry,
+        out_type=tuple(jax.ShapeDtypeStruct((splits, N, ROWS), jnp.float32) for K, N, splits, _, _ in phases),
+        grid=(grid,),
+        grid_names=("c",),
+        num_threads=2,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        **kw,
+    )(*xs, *ws)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--stages", default="16,24")
+    ap.add_argument("--grid", type=int, default=0, help="blocks of the kernel (default: the SM count)")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if jax.default_backend() != "gpu":
+        print("error: bench.block_skeleton_mgpu needs a GPU", file=sys.stderr)
+        return 2
+    from jax.experimental.mosaic.gpu import profiler
+
+    from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
+    grid = args.grid or jax.devices()[0].core_count
+    key = jax.random.key(0)
+    ws = [[(jax.random.normal(jax.random.fold_in(key, 10 * b + j), (K, N), jnp.float32) * 0.02).astype(jnp.bfloat16)
+           for j, (K, N, _) in enumerate(SHAPES)] for b in range(args.blocks)]
+    xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (ROWS, K), jnp.bfloat16).at[1:].set(0)
+          for j, (K, _, _) in enumerate(SHAPES)]
+    wbytes = sum(w.size * 2 for w in ws[0])
+    rows = []
+    for stages in (int(v) for v in args.stages.split(",")):
+        for barriers in (True, False):
+            f = jax.jit(lambda xs, ws, st=stages, b=barriers: [skeleton(xs, w, grid=grid, stages=st, barriers=b)
+                                                             for w in ws])
+            out = jax.block_until_ready(f(xs, ws))
+            errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
+                    for o, x, w in zip(out[-1], xs, ws[-1])]
+            _, times = profiler.measure(f, iterations=args.reps)(xs, ws)
+            per = [t * 1e3 / args.blocks for t in times]
+            t0 = time.perf_counter()
+            for _ in range(10):
+                out = f(xs, ws)
+            jax.block_until_ready(out)
+            wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
+            us = statistics.median(per)
+            row = {"stages": stages, "barriers": barriers, "us_per_block": us, "min_us": min(per), "wall_us": wall,
+                   "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
+            rows.append(row)
+            print(f"stages {stages:2d} barriers {int(barriers)}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+                  f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"rows": rows, "shapes": SHAPES, "blocks": args.blocks,
+                       "method": f"CUPTI device time of {args.blocks} block kernels / blocks, median of {args.reps}"},
+                      fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
