@@ -30,8 +30,10 @@ TILE, ROWS = 64, 8
 SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  # (K, N, splits) per phase
 
 
-def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, interpret: bool = False):
-    """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p)."""
+def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
+             interpret: bool = False):
+    """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
+    waits for each tile and frees its slot (the stream alone; outputs left unwritten)."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -71,10 +73,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, interpret
                         plgpu.copy_gmem_to_smem(x_refs[p].at[:, pl.ds(k0 + i * TILE, TILE)], x_buf.at[buf, i],
                                                 x_landed.at[buf * tmax + i])
 
-                t = jnp.int32(0)
+                t, u = jnp.int32(0), jnp.int32(0)
                 for p in range(P):
                     tiles = phases[p][3]
-                    if p > 0 and barriers:  # every block's phase p-1 is done
+                    if p > 0 and barriers:  # every block's phase p-1 is done (its stores landed)
+                        plgpu.wait_smem_to_gmem(0)
                         plgpu.semaphore_signal(sem.at[0], 1, memory_scope="gpu")
                         pl.semaphore_wait(sem.at[0], p * grid, decrement=False)
                     items = n_items(p, c)
@@ -83,8 +86,10 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, interpret
                     def _():
                         load_x(p, 0, 0)
 
-                    def item(j, t):
+                    def item(j, carry):
+                        t, u = carry  # tiles and items this block has consumed before this one
                         buf = lax.rem(j, 2)
+                        ob = lax.rem(u, 2)
 
                         @pl.when(j + 1 < items)
                         def _():
@@ -103,6 +108,10 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, interpret
                             for i in range(tiles):
                                 plgpu.barrier_arrive(consumed.at[lax.rem(t + i, stages)])
 
+                        if not compute:
+                            wait_tiles()
+                            release_tiles()
+                            return t + tiles, u + 1
                         if interpret:  # the interpreter: the same product as jnp dots
                             wait_tiles()
                             acc = jnp.zeros((TILE, ROWS), jnp.float32)
@@ -122,13 +131,14 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, interpret
                                 return acc_ref[...]
 
                             acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
-                        plgpu.wait_smem_to_gmem(0)  # the previous item's store has left o_buf
-                        o_buf[...] = acc
+                        # the store of two items ago has read its buffer (stores complete in the background)
+                        plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                        o_buf.at[ob][...] = acc
                         plgpu.commit_smem()
-                        plgpu.copy_smem_to_gmem(o_buf, o_refs[p].at[split, pl.ds(n0, TILE)])
-                        return t + tiles
+                        plgpu.copy_smem_to_gmem(o_buf.at[ob], o_refs[p].at[split, pl.ds(n0, TILE)])
+                        return t + tiles, u + 1
 
-                    t = lax.fori_loop(0, items, item, t)
+                    t, u = lax.fori_loop(0, items, item, (t, u))
                 plgpu.wait_smem_to_gmem(0)
                 if barriers:  # leave the semaphore at zero for the next call: all blocks past the last wait first
                     plgpu.semaphore_signal(sem.at[1], 1, memory_scope="gpu")
@@ -169,7 +179,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, interpret
             body,
             plgpu.SMEM((stages, TILE, TILE), dtype, transforms=tiled),
             plgpu.SMEM((2, tmax, ROWS, TILE), dtype, transforms=tiled),
-            plgpu.SMEM((TILE, ROWS), jnp.float32),
+            plgpu.SMEM((2, TILE, ROWS), jnp.float32),
             plgpu.Barrier(num_barriers=stages),
             plgpu.Barrier(num_barriers=2 * tmax),
             plgpu.Barrier(num_barriers=stages),
@@ -215,9 +225,9 @@ def main(argv=None) -> int:
     wbytes = sum(w.size * 2 for w in ws[0])
     rows = []
     for stages in (int(v) for v in args.stages.split(",")):
-        for barriers in (True, False):
-            f = jax.jit(lambda xs, ws, st=stages, b=barriers: [skeleton(xs, w, grid=grid, stages=st, barriers=b)
-                                                             for w in ws])
+        for barriers, compute in ((True, True), (False, True), (True, False), (False, False)):
+            f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute: [
+                skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp) for w in ws])
             out = jax.block_until_ready(f(xs, ws))
             errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
                     for o, x, w in zip(out[-1], xs, ws[-1])]
@@ -229,10 +239,10 @@ def main(argv=None) -> int:
             jax.block_until_ready(out)
             wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
             us = statistics.median(per)
-            row = {"stages": stages, "barriers": barriers, "us_per_block": us, "min_us": min(per), "wall_us": wall,
+            row = {"stages": stages, "barriers": barriers, "compute": compute, "us_per_block": us, "min_us": min(per), "wall_us": wall,
                    "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
             rows.append(row)
-            print(f"stages {stages:2d} barriers {int(barriers)}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+            print(f"stages {stages:2d} barriers {int(barriers)} compute {int(compute)}: {us:6.2f} us/block (min {min(per):.2f}, wall "
                   f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
