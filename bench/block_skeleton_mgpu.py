@@ -79,7 +79,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                     if p > 0 and barriers:  # every block's phase p-1 is done (its stores landed)
                         plgpu.wait_smem_to_gmem(0)
                         plgpu.semaphore_signal(sem.at[0], 1, memory_scope="gpu")
-                        pl.semaphore_wait(sem.at[0], p * grid, decrement=False)
+                        plgpu.semaphore_wait(sem.at[0], p * grid, decrement=False, memory_scope="gpu")
                     items = n_items(p, c)
 
                     @pl.when(items > 0)
@@ -145,8 +145,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
 
                     @pl.when(c == 0)
                     def _():
-                        pl.semaphore_wait(sem.at[1], grid)
-                        pl.semaphore_wait(sem.at[0], (P - 1) * grid)
+                        plgpu.semaphore_wait(sem.at[1], grid, memory_scope="gpu")
+                        plgpu.semaphore_wait(sem.at[0], (P - 1) * grid, memory_scope="gpu")
 
             @pl.when(wg == 1)
             def _producer():
