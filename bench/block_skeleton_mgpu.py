@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="16,24")
     ap.add_argument("--grid", type=int, default=0, help="blocks of the kernel (default: the SM count)")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--modes", default="11,01,10,00", help="barriers,compute pairs as digits")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if jax.default_backend() != "gpu":
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
     wbytes = sum(w.size * 2 for w in ws[0])
     rows = []
     for stages in (int(v) for v in args.stages.split(",")):
-        for barriers, compute in ((True, True), (False, True), (True, False), (False, False)):
+        for barriers, compute in ((m[0] == "1", m[1] == "1") for m in args.modes.split(",")):
             f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute: [
                 skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp) for w in ws])
             out = jax.block_until_ready(f(xs, ws))

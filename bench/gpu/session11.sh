@@ -37,4 +37,7 @@ pdl3)  # the same with XLA's PDL switch on
 skel)  # the persistent four-phase skeleton (bench/block_skeleton_mgpu.py)
   timeout 240 python -m bench.block_skeleton_mgpu --blocks 8 --stages 16 --json $OUT/skel.json 2>&1 | grep -v Warning | tee $OUT/skel.txt
   ;;
+skel2)  # ring depth with barriers
+  timeout 240 python -m bench.block_skeleton_mgpu --blocks 8 --stages 8,16,26 --modes 10,11 --json $OUT/skel2.json 2>&1 | grep -v Warning | tee $OUT/skel2.txt
+  ;;
 esac
