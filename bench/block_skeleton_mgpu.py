@@ -31,9 +31,11 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 
 
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
-             interpret: bool = False):
+             xload: bool = True, wait: bool = True, interpret: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
-    waits for each tile and frees its slot (the stream alone; outputs left unwritten)."""
+    waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
+    wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
+    waiting for it."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -79,10 +81,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                     if p > 0 and barriers:  # every block's phase p-1 is done (its stores landed)
                         plgpu.wait_smem_to_gmem(0)
                         plgpu.semaphore_signal(sem.at[0], 1, memory_scope="gpu")
-                        plgpu.semaphore_wait(sem.at[0], p * grid, decrement=False, memory_scope="gpu")
+                        if wait:
+                            plgpu.semaphore_wait(sem.at[0], p * grid, decrement=False, memory_scope="gpu")
                     items = n_items(p, c)
 
-                    @pl.when(items > 0)
+                    @pl.when(jnp.logical_and(items > 0, xload))
                     def _():
                         load_x(p, 0, 0)
 
@@ -91,7 +94,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         buf = lax.rem(j, 2)
                         ob = lax.rem(u, 2)
 
-                        @pl.when(j + 1 < items)
+                        @pl.when(jnp.logical_and(j + 1 < items, xload))
                         def _():
                             load_x(p, j + 1, 1 - buf)
 
@@ -102,7 +105,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         def wait_tiles():
                             for i in range(tiles):
                                 plgpu.barrier_wait(landed.at[lax.rem(t + i, stages)])
-                                plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+                                if xload:
+                                    plgpu.barrier_wait(x_landed.at[buf * tmax + i])
 
                         def release_tiles():
                             for i in range(tiles):
@@ -208,7 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="16,24")
     ap.add_argument("--grid", type=int, default=0, help="blocks of the kernel (default: the SM count)")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--modes", default="11,01,10,00", help="barriers,compute pairs as digits")
+    ap.add_argument("--modes", default="11,01,10,00",
+                    help="digits: barriers, compute[, xload, wait] (1 = on; xload and wait default on)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if jax.default_backend() != "gpu":
@@ -226,9 +231,10 @@ def main(argv=None) -> int:
     wbytes = sum(w.size * 2 for w in ws[0])
     rows = []
     for stages in (int(v) for v in args.stages.split(",")):
-        for barriers, compute in ((m[0] == "1", m[1] == "1") for m in args.modes.split(",")):
-            f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute: [
-                skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp) for w in ws])
+        for mode in args.modes.split(","):
+            barriers, compute, xload, wait = [c == "1" for c in (mode + "11")[:4]]
+            f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait: [
+                skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt) for w in ws])
             out = jax.block_until_ready(f(xs, ws))
             errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
                     for o, x, w in zip(out[-1], xs, ws[-1])]
@@ -240,10 +246,11 @@ def main(argv=None) -> int:
             jax.block_until_ready(out)
             wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
             us = statistics.median(per)
-            row = {"stages": stages, "barriers": barriers, "compute": compute, "us_per_block": us, "min_us": min(per), "wall_us": wall,
+            row = {"stages": stages, "mode": mode, "barriers": barriers, "compute": compute, "xload": xload,
+                   "wait": wait, "us_per_block": us, "min_us": min(per), "wall_us": wall,
                    "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
             rows.append(row)
-            print(f"stages {stages:2d} barriers {int(barriers)} compute {int(compute)}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+            print(f"stages {stages:2d} barriers/compute/xload/wait {mode:4s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
                   f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

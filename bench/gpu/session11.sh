@@ -40,4 +40,7 @@ skel)  # the persistent four-phase skeleton (bench/block_skeleton_mgpu.py)
 skel2)  # ring depth with barriers
   timeout 240 python -m bench.block_skeleton_mgpu --blocks 8 --stages 8,16,26 --modes 10,11 --json $OUT/skel2.json 2>&1 | grep -v Warning | tee $OUT/skel2.txt
   ;;
+skel3)  # what the barrier costs: x loads off, the wait off
+  timeout 240 python -m bench.block_skeleton_mgpu --blocks 8 --stages 16 --modes 10,1000,1010,1001,00,0000 --json $OUT/skel3.json 2>&1 | grep -v Warning | tee $OUT/skel3.txt
+  ;;
 esac
