@@ -31,7 +31,7 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 
 
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
-             xload: bool = True, wait: bool = True, interpret: bool = False):
+             xload: bool = True, wait: bool = True, profile_dir: str = "", interpret: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -79,10 +79,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                 for p in range(P):
                     tiles = phases[p][3]
                     if p > 0 and barriers:  # every block's phase p-1 is done (its stores landed)
-                        plgpu.wait_smem_to_gmem(0)
-                        plgpu.semaphore_signal(sem.at[0], 1, memory_scope="gpu")
-                        if wait:
-                            plgpu.semaphore_wait(sem.at[0], p * grid, decrement=False, memory_scope="gpu")
+                        with jax.named_scope(f"bar{p}"):
+                            plgpu.wait_smem_to_gmem(0)
+                            plgpu.semaphore_signal(sem.at[0], 1, memory_scope="gpu")
+                            if wait:
+                                plgpu.semaphore_wait(sem.at[0], p * grid, decrement=False, memory_scope="gpu")
                     items = n_items(p, c)
 
                     @pl.when(jnp.logical_and(items > 0, xload))
@@ -104,9 +105,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
 
                         def wait_tiles():
                             for i in range(tiles):
-                                plgpu.barrier_wait(landed.at[lax.rem(t + i, stages)])
+                                with jax.named_scope("w"):
+                                    plgpu.barrier_wait(landed.at[lax.rem(t + i, stages)])
                                 if xload:
-                                    plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+                                    with jax.named_scope("x"):
+                                        plgpu.barrier_wait(x_landed.at[buf * tmax + i])
 
                         def release_tiles():
                             for i in range(tiles):
@@ -165,7 +168,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
 
                             @pl.when(t + i >= stages)
                             def _():
-                                plgpu.barrier_wait(consumed.at[slot])
+                                with jax.named_scope("slot"):
+                                    plgpu.barrier_wait(consumed.at[slot])
 
                             plgpu.copy_gmem_to_smem(w_refs[p].at[pl.ds(k0 + i * TILE, TILE), pl.ds(n0, TILE)],
                                                     w_ring.at[slot], landed.at[slot])
@@ -201,7 +205,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         grid_names=("c",),
         num_threads=2,
         thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        compiler_params=plgpu.CompilerParams(approx_math=True, **(
+            {"profile_space": 512, "profile_dir": profile_dir} if profile_dir else {})),
         **kw,
     )(*xs, *ws)
 
@@ -215,10 +220,30 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="11,01,10,00",
                     help="digits: barriers, compute[, xload, wait] (1 = on; xload and wait default on)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
     if jax.default_backend() != "gpu":
         print("error: bench.block_skeleton_mgpu needs a GPU", file=sys.stderr)
         return 2
+    if args.profile:
+        import os
+        grid = args.grid or jax.devices()[0].core_count
+        key = jax.random.key(0)
+        ws = [(jax.random.normal(jax.random.fold_in(key, j), (K, N), jnp.float32) * 0.02).astype(jnp.bfloat16)
+              for j, (K, N, _) in enumerate(SHAPES)]
+        xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (ROWS, K), jnp.bfloat16)
+              for j, (K, _, _) in enumerate(SHAPES)]
+        for mode in args.modes.split(","):
+            barriers, compute, xload, wait = [c == "1" for c in (mode + "11")[:4]]
+            d = os.path.join(args.profile, f"m{mode}")
+            os.makedirs(d, exist_ok=True)
+            f = jax.jit(lambda xs, ws: skeleton(xs, ws, grid=grid, stages=int(args.stages.split(",")[0]),
+                                                 barriers=barriers, compute=compute, xload=xload, wait=wait,
+                                                 profile_dir=d))
+            for _ in range(3):
+                jax.block_until_ready(f(xs, ws))
+            print(mode, os.listdir(d))
+        return 0
     from jax.experimental.mosaic.gpu import profiler
 
     from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
