@@ -43,6 +43,9 @@ skel2)  # ring depth with barriers
 skel3)  # what the barrier costs: x loads off, the wait off
   timeout 240 python -m bench.block_skeleton_mgpu --blocks 8 --stages 16 --modes 10,1000,1010,1001,00,0000 --json $OUT/skel3.json 2>&1 | grep -v Warning | tee $OUT/skel3.txt
   ;;
+skel4)  # shallow rings: in-flight bytes set the memory latency the barriers see (Little's law)
+  timeout 280 python -m bench.block_skeleton_mgpu --blocks 8 --stages 5,6,8,12 --modes 11,10,01 --json $OUT/skel4.json 2>&1 | grep -v Warning | tee $OUT/skel4.txt
+  ;;
 prof)  # Mosaic GPU profiler traces of one skeleton call, full and without compute
   timeout 240 python -m bench.block_skeleton_mgpu --stages 16 --modes 11,10 --profile /tmp/prof 2>&1 | grep -v Warning | tee $OUT/prof.txt
   for m in 11 10; do
