@@ -31,11 +31,13 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 
 
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
-             xload: bool = True, wait: bool = True, profile_dir: str = "", interpret: bool = False):
+             xload: bool = True, wait: bool = True, eager: bool = False, profile_dir: str = "",
+             interpret: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
-    waiting for it."""
+    waiting for it. ``eager`` frees each slot as soon as its tile's MMA has retired (``wgmma_wait(1)``) instead of
+    after the item's last tile, so a ring may be shallower than an item."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -46,7 +48,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
             else 1
         phases.append((K, N, splits, K // (TILE * splits), (N // TILE) * splits))  # K, N, splits, tiles, items
     tmax = max(p[3] for p in phases)
-    if stages < tmax:  # an item waits for all its tiles before freeing any
+    if stages < (2 if eager else tmax):  # without eager, an item waits for all its tiles before freeing any
         raise ValueError(f"{stages=} must be at least the tiles of an item ({tmax})")
     dtype = ws[0].dtype
     tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
@@ -116,10 +118,25 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 plgpu.barrier_arrive(consumed.at[lax.rem(t + i, stages)])
 
                         if not compute:
-                            wait_tiles()
-                            release_tiles()
+                            if eager:
+                                for i in range(tiles):
+                                    plgpu.barrier_wait(landed.at[lax.rem(t + i, stages)])
+                                    if xload:
+                                        plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+                                    plgpu.barrier_arrive(consumed.at[lax.rem(t + i, stages)])
+                            else:
+                                wait_tiles()
+                                release_tiles()
                             return t + tiles, u + 1
-                        if interpret:  # the interpreter: the same product as jnp dots
+                        if interpret and eager:
+                            acc = jnp.zeros((TILE, ROWS), jnp.float32)
+                            for i in range(tiles):
+                                slot = lax.rem(t + i, stages)
+                                plgpu.barrier_wait(landed.at[slot])
+                                plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+                                acc += jnp.dot(w_ring[slot].T, x_buf[buf, i].T, preferred_element_type=jnp.float32)
+                                plgpu.barrier_arrive(consumed.at[slot])
+                        elif interpret:  # the interpreter: the same product as jnp dots
                             wait_tiles()
                             acc = jnp.zeros((TILE, ROWS), jnp.float32)
                             for i in range(tiles):
@@ -133,8 +150,14 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                     plgpu.barrier_wait(landed.at[slot])
                                     plgpu.barrier_wait(x_landed.at[buf * tmax + i])
                                     plgpu.wgmma(acc_ref, w_ring.at[slot].T, x_buf.at[buf, i].T)
+                                    if eager and i > 0:  # tile i-1's MMA has retired: free its slot
+                                        plgpu.wgmma_wait(1)
+                                        plgpu.barrier_arrive(consumed.at[lax.rem(t + i - 1, stages)])
                                 plgpu.wgmma_wait(0)
-                                release_tiles()
+                                if eager:
+                                    plgpu.barrier_arrive(consumed.at[lax.rem(t + tiles - 1, stages)])
+                                else:
+                                    release_tiles()
                                 return acc_ref[...]
 
                             acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
@@ -218,7 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", type=int, default=0, help="blocks of the kernel (default: the SM count)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--modes", default="11,01,10,00",
-                    help="digits: barriers, compute[, xload, wait] (1 = on; xload and wait default on)")
+                    help="digits: barriers, compute[, xload, wait, eager] (1 = on; xload and wait default on, "
+                         "eager off)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -234,12 +258,12 @@ def main(argv=None) -> int:
         xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (ROWS, K), jnp.bfloat16)
               for j, (K, _, _) in enumerate(SHAPES)]
         for mode in args.modes.split(","):
-            barriers, compute, xload, wait = [c == "1" for c in (mode + "11")[:4]]
+            barriers, compute, xload, wait, eager = [c == "1" for c in (mode + "110"[len(mode) - 2:])[:5]]
             d = os.path.join(args.profile, f"m{mode}")
             os.makedirs(d, exist_ok=True)
             f = jax.jit(lambda xs, ws: skeleton(xs, ws, grid=grid, stages=int(args.stages.split(",")[0]),
                                                  barriers=barriers, compute=compute, xload=xload, wait=wait,
-                                                 profile_dir=d))
+                                                 eager=eager, profile_dir=d))
             for _ in range(3):
                 jax.block_until_ready(f(xs, ws))
             print(mode, os.listdir(d))
@@ -257,9 +281,12 @@ def main(argv=None) -> int:
     rows = []
     for stages in (int(v) for v in args.stages.split(",")):
         for mode in args.modes.split(","):
-            barriers, compute, xload, wait = [c == "1" for c in (mode + "11")[:4]]
-            f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait: [
-                skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt) for w in ws])
+            barriers, compute, xload, wait, eager = [c == "1" for c in (mode + "110"[len(mode) - 2:])[:5]]
+            if stages < (2 if eager else max(K // (TILE * s) for K, _, s in SHAPES)):
+                continue
+            f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait, ea=eager: [
+                skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt, eager=ea)
+                for w in ws])
             out = jax.block_until_ready(f(xs, ws))
             errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
                     for o, x, w in zip(out[-1], xs, ws[-1])]
@@ -272,10 +299,10 @@ def main(argv=None) -> int:
             wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
             us = statistics.median(per)
             row = {"stages": stages, "mode": mode, "barriers": barriers, "compute": compute, "xload": xload,
-                   "wait": wait, "us_per_block": us, "min_us": min(per), "wall_us": wall,
+                   "wait": wait, "eager": eager, "us_per_block": us, "min_us": min(per), "wall_us": wall,
                    "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
             rows.append(row)
-            print(f"stages {stages:2d} barriers/compute/xload/wait {mode:4s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+            print(f"stages {stages:2d} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
                   f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

@@ -100,7 +100,8 @@ def test_hf_peer_harness_runs_on_cpu():
 
 @pytest.mark.skipif(__import__("jax").default_backend() == "gpu", reason="on a GPU the sweeps run for minutes")
 @pytest.mark.parametrize("tool", ["bench.decode_sweep", "bench.attention_sweep", "bench.matmul_tiles",
-                                  "bench.decode_layer", "bench.launch_barrier"])
+                                  "bench.decode_layer", "bench.launch_barrier", "bench.pdl_chain",
+                                  "bench.block_skeleton_mgpu"])
 def test_gpu_only_sweeps_refuse_a_cpu_with_one_line(tool):
     import subprocess
     import sys
@@ -130,3 +131,35 @@ def test_attention_table_ranks_each_variant_and_flags_wrong_outputs(tmp_path):
     assert row["best"]["cudnn"] == (45.0, "")
     assert any("kv256 s2" in b and "max_err" in b for b in row["bad"])
     assert any(b.startswith("tokamax_mosaic") for b in row["bad"])
+
+
+def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
+    """Session 11's persistent Mosaic GPU skeleton (bench/block_skeleton_mgpu.py): its producer ring and swap-AB
+    products give every phase's partials in the interpreter (which has no global semaphores: barriers off there),
+    and the kernel with its grid barriers lowers for CUDA at gpt2-xl's shapes."""
+    pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bench import block_skeleton_mgpu as sk
+    from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
+
+    key = jax.random.key(1)
+    shapes = [(128, 128), (256, 64), (128, 192)]
+    ws = [jax.random.normal(jax.random.fold_in(key, i), s, jnp.bfloat16) for i, s in enumerate(shapes)]
+    xs = [jax.random.normal(jax.random.fold_in(key, 9 + i), (8, s[0]), jnp.bfloat16) for i, s in enumerate(shapes)]
+    runs = (sk.skeleton(xs, ws, grid=3, stages=5, barriers=False, interpret=True),
+            sk.skeleton(xs, ws, grid=3, stages=2, barriers=False, eager=True, interpret=True))
+    for o, x, w in ((o, x, w) for outs in runs for o, x, w in zip(outs, xs, ws)):
+        want = matvec_mgpu_reference(x, w)
+        assert not bool(jnp.isnan(o).any())
+        np.testing.assert_allclose(np.asarray(o.sum(0).T), np.asarray(want), rtol=0,
+                                   atol=1e-4 * float(jnp.abs(want).max()))
+    with pytest.raises(ValueError, match="stages"):
+        sk.skeleton(xs, ws, grid=3, stages=3, barriers=False, interpret=True)
+    W = [jax.ShapeDtypeStruct((K, N), jnp.bfloat16) for K, N, _ in sk.SHAPES]
+    X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sk.SHAPES]
+    for kw in ({"stages": 16}, {"stages": 3, "eager": True}):
+        f = jax.jit(lambda xs, ws: sk.skeleton(xs, ws, grid=132, **kw))
+        assert "mosaic_gpu" in f.trace(X, W).lower(lowering_platforms=("cuda",)).as_text()
