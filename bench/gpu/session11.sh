@@ -47,7 +47,8 @@ skel4)  # shallow rings: in-flight bytes set the memory latency the barriers see
   timeout 280 python -m bench.block_skeleton_mgpu --blocks 8 --stages 5,6,8,12 --modes 11,10,01 --json $OUT/skel4.json 2>&1 | grep -v Warning | tee $OUT/skel4.txt
   ;;
 skel5)  # slots freed as each MMA retires, so shallow rings stream: the in-flight depth sweep again
-  timeout 300 python -m bench.block_skeleton_mgpu --blocks 8 --stages 2,3,4,6,8,16 --modes 11001,11111,10111 --reps 10 --json $OUT/skel5.json 2>&1 | grep -v Warning | tee $OUT/skel5.txt
+  timeout 100 python -m bench.block_skeleton_mgpu --blocks 4 --stages 16 --modes 11,10 --reps 10 2>&1 | grep -v Warning | tee $OUT/skel5.txt
+  timeout 330 python -m bench.block_skeleton_mgpu --blocks 4 --stages 2,3,4,8,16 --modes 11111,10111 --reps 10 --json $OUT/skel5.json 2>&1 | grep -v Warning | tee -a $OUT/skel5.txt
   ;;
 prof)  # Mosaic GPU profiler traces of one skeleton call, full and without compute
   timeout 240 python -m bench.block_skeleton_mgpu --stages 16 --modes 11,10 --profile /tmp/prof 2>&1 | grep -v Warning | tee $OUT/prof.txt
