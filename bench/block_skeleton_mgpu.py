@@ -31,13 +31,15 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 
 
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
-             xload: bool = True, wait: bool = True, eager: bool = False, profile_dir: str = "",
-             interpret: bool = False):
+             xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
+             profile_dir: str = "", interpret: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
     waiting for it. ``eager`` frees each slot as soon as its tile's MMA has retired (``wgmma_wait(1)``) instead of
-    after the item's last tile, so a ring may be shallower than an item."""
+    after the item's last tile, so a ring may be shallower than an item. ``inflight`` (> 0) caps the producer's
+    copies in flight: it issues tile t only once tile t - inflight has landed, so the memory queues stay short
+    while landed tiles pile up in the ring."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -194,11 +196,21 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 with jax.named_scope("slot"):
                                     plgpu.barrier_wait(consumed.at[slot])
 
+                            if inflight:
+                                @pl.when(t + i >= inflight)
+                                def _():
+                                    plgpu.barrier_wait(landed.at[lax.rem(t + i - inflight, stages)])
+
                             plgpu.copy_gmem_to_smem(w_refs[p].at[pl.ds(k0 + i * TILE, TILE), pl.ds(n0, TILE)],
                                                     w_ring.at[slot], landed.at[slot])
                         return t + tiles
 
                     t = lax.fori_loop(0, n_items(p, c), item, t)
+
+                if inflight:  # observe the last tiles' landed phases too
+                    def landed_drain(u, _):
+                        plgpu.barrier_wait(landed.at[lax.rem(u, stages)])
+                    lax.fori_loop(jnp.maximum(t - inflight, 0), t, landed_drain, None)
 
                 def drain(u, _):  # observe the last slots' consumed phases too
                     @pl.when(u >= stages)
@@ -243,6 +255,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="11,01,10,00",
                     help="digits: barriers, compute[, xload, wait, eager] (1 = on; xload and wait default on, "
                          "eager off)")
+    ap.add_argument("--inflight", default="0", help="caps on the producer's copies in flight (0: the ring)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -279,31 +292,31 @@ def main(argv=None) -> int:
           for j, (K, _, _) in enumerate(SHAPES)]
     wbytes = sum(w.size * 2 for w in ws[0])
     rows = []
-    for stages in (int(v) for v in args.stages.split(",")):
-        for mode in args.modes.split(","):
-            barriers, compute, xload, wait, eager = [c == "1" for c in (mode + "110"[len(mode) - 2:])[:5]]
-            if stages < (2 if eager else max(K // (TILE * s) for K, _, s in SHAPES)):
-                continue
-            f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait, ea=eager: [
-                skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt, eager=ea)
-                for w in ws])
-            out = jax.block_until_ready(f(xs, ws))
-            errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
-                    for o, x, w in zip(out[-1], xs, ws[-1])]
-            _, times = profiler.measure(f, iterations=args.reps)(xs, ws)
-            per = [t * 1e3 / args.blocks for t in times]
-            t0 = time.perf_counter()
-            for _ in range(10):
-                out = f(xs, ws)
-            jax.block_until_ready(out)
-            wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
-            us = statistics.median(per)
-            row = {"stages": stages, "mode": mode, "barriers": barriers, "compute": compute, "xload": xload,
-                   "wait": wait, "eager": eager, "us_per_block": us, "min_us": min(per), "wall_us": wall,
-                   "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
-            rows.append(row)
-            print(f"stages {stages:2d} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
-                  f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
+    for stages, mode, inflight in ((st, m, fl) for st in map(int, args.stages.split(","))
+                                   for m in args.modes.split(",") for fl in map(int, args.inflight.split(","))):
+        barriers, compute, xload, wait, eager = [c == "1" for c in (mode + "110"[len(mode) - 2:])[:5]]
+        if stages < (2 if eager else max(K // (TILE * s) for K, _, s in SHAPES)):
+            continue
+        f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait, ea=eager, fl=inflight: [
+            skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt, eager=ea,
+                     inflight=fl) for w in ws])
+        out = jax.block_until_ready(f(xs, ws))
+        errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
+                for o, x, w in zip(out[-1], xs, ws[-1])]
+        _, times = profiler.measure(f, iterations=args.reps)(xs, ws)
+        per = [t * 1e3 / args.blocks for t in times]
+        t0 = time.perf_counter()
+        for _ in range(10):
+            out = f(xs, ws)
+        jax.block_until_ready(out)
+        wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
+        us = statistics.median(per)
+        row = {"stages": stages, "mode": mode, "barriers": barriers, "compute": compute, "xload": xload,
+               "wait": wait, "eager": eager, "inflight": inflight, "us_per_block": us, "min_us": min(per), "wall_us": wall,
+               "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
+        rows.append(row)
+        print(f"stages {stages:2d} inflight {inflight:2d} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+              f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"rows": rows, "shapes": SHAPES, "blocks": args.blocks,

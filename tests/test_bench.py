@@ -150,7 +150,8 @@ def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
     ws = [jax.random.normal(jax.random.fold_in(key, i), s, jnp.bfloat16) for i, s in enumerate(shapes)]
     xs = [jax.random.normal(jax.random.fold_in(key, 9 + i), (8, s[0]), jnp.bfloat16) for i, s in enumerate(shapes)]
     runs = (sk.skeleton(xs, ws, grid=3, stages=5, barriers=False, interpret=True),
-            sk.skeleton(xs, ws, grid=3, stages=2, barriers=False, eager=True, interpret=True))
+            sk.skeleton(xs, ws, grid=3, stages=2, barriers=False, eager=True, interpret=True),
+            sk.skeleton(xs, ws, grid=3, stages=4, barriers=False, eager=True, inflight=2, interpret=True))
     for o, x, w in ((o, x, w) for outs in runs for o, x, w in zip(outs, xs, ws)):
         want = matvec_mgpu_reference(x, w)
         assert not bool(jnp.isnan(o).any())
@@ -160,6 +161,6 @@ def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
         sk.skeleton(xs, ws, grid=3, stages=3, barriers=False, interpret=True)
     W = [jax.ShapeDtypeStruct((K, N), jnp.bfloat16) for K, N, _ in sk.SHAPES]
     X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sk.SHAPES]
-    for kw in ({"stages": 16}, {"stages": 3, "eager": True}):
+    for kw in ({"stages": 16}, {"stages": 16, "eager": True, "inflight": 3}):
         f = jax.jit(lambda xs, ws: sk.skeleton(xs, ws, grid=132, **kw))
         assert "mosaic_gpu" in f.trace(X, W).lower(lowering_platforms=("cuda",)).as_text()
