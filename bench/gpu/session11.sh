@@ -53,6 +53,9 @@ skel5)  # slots freed as each MMA retires, so shallow rings stream: the in-fligh
 skel6)  # the producer's copies in flight capped, landed tiles piling up in a deep ring
   timeout 330 python -m bench.block_skeleton_mgpu --blocks 4 --stages 16,24 --inflight 2,3,4,8 --modes 11111,10111 --reps 10 --json $OUT/skel6.json 2>&1 | grep -v Warning | tee $OUT/skel6.txt
   ;;
+stages)  # the Triton block kernel's own pipeline depth (copies in flight per program), same lesson
+  timeout 250 python -m bench.decode_layer --model gpt2-xl --format bf16 --quick --no-five-call --variants '[{"num_stages": 3}, {"num_stages": 2}, {}]' --out $OUT/stages.json 2>&1 | grep -v Warning | tee $OUT/stages.txt
+  ;;
 prof)  # Mosaic GPU profiler traces of one skeleton call, full and without compute
   timeout 240 python -m bench.block_skeleton_mgpu --stages 16 --modes 11,10 --profile /tmp/prof 2>&1 | grep -v Warning | tee $OUT/prof.txt
   for m in 11 10; do
