@@ -1,7 +1,9 @@
 #!/bin/bash
-# Session 11 GPU calls: `source .gpu/env.sh && bash bench/gpu/session11.sh MODE` (logs under $OUT).
-# pdl: the Mosaic GPU decode projections (pallas_kernels/matvec_mgpu.py) chained with and without programmatic
-#      dependent launch, default XLA flags and command buffers (bench/pdl_chain.py).
+# Session 11 GPU calls: `source .gpu/env.sh && bash bench/gpu/session11.sh MODE` (logs under $OUT; call 1 ran
+# bench/gpu/probe11.sh). Modes in call order: pdl, pdl2, pdl3 (pallas_kernels/matvec_mgpu.py chained with and
+# without programmatic dependent launch, bench/pdl_chain.py), skel, skel2, skel3, prof, skel4, skel5, skel6 (the
+# persistent skeleton, bench/block_skeleton_mgpu.py, as it grew: the earlier modes' options still exist), stages
+# (the Triton block kernel's pipeline depth), final (the session's GPU tests of what it added).
 set -o pipefail
 MODE=${1:-pdl}
 OUT=${OUT:-/tmp/out}
@@ -33,6 +35,10 @@ pdl3)  # the same with XLA's PDL switch on
     echo "XLA_FLAGS=$F"
     XLA_FLAGS="$F" timeout 200 python -m bench.pdl_chain --blocks 8 --reps 5 2>&1 | grep -v Warning
   done 2>&1 | tee $OUT/pdl3.txt
+  ;;
+final)  # the new kernel's GPU tests on the final tree, and the skeleton's best configuration once more
+  timeout 200 python -m pytest -q -x tests/test_kernels_matvec_mgpu.py 2>&1 | tail -3 | tee $OUT/final_tests.txt
+  timeout 150 python -m bench.block_skeleton_mgpu --blocks 4 --stages 16,24 --inflight 4 --modes 11111,10111,11 --reps 10 2>&1 | grep -v Warning | tee $OUT/final_skel.txt
   ;;
 skel)  # the persistent four-phase skeleton (bench/block_skeleton_mgpu.py)
   timeout 240 python -m bench.block_skeleton_mgpu --blocks 8 --stages 16 --json $OUT/skel.json 2>&1 | grep -v Warning | tee $OUT/skel.txt
