@@ -10,7 +10,13 @@ waits for the barrier, loads its x tiles, multiplies each item's landed tiles (s
 LayerNorm, no attention, no partial sums between phases): this measures the stream and the barriers, which the
 Triton block kernel (41 µs a gpt2-xl block, ~20 µs of it fixed work in series with the stream) cannot overlap.
 
-    python -m bench.block_skeleton_mgpu --blocks 8
+Measured on the H100 (session 11; bench/NOTES.md): 33.7 µs a block as first built, 29.7 with ``eager`` slot
+release and the producer's copies in flight capped at 4 (``inflight``): more bytes in flight than the bandwidth
+needs seem only to lengthen the queue that every barrier poll and x load waits in. The stream alone with its three
+barriers: 25.4 µs; without barriers 22.8 (2.7 TB/s). The modes and diagnostics (``xload``, ``wait``) stay for the
+next step, which moves LayerNorm and attention into the consumer.
+
+    python -m bench.block_skeleton_mgpu --blocks 4 --stages 16 --inflight 4 --modes 11111,10111
 """
 
 from __future__ import annotations

@@ -5,8 +5,13 @@ block kernel takes ~41 µs, because its weight stream runs in series with fixed 
 LayerNorm prologues, attention; bench/NOTES.md sessions 7-10). The weights never depend on the activations, so a
 kernel can start streaming its weights before the previous kernel has finished: on Hopper, a kernel launched with
 programmatic dependent launch (PDL) may start while its predecessor runs, and waits (``griddepcontrol.wait``) only
-before it reads what the predecessor wrote. jax 0.11 launches a Mosaic GPU kernel that way when its body uses the
-``griddepcontrol`` instructions.
+before it reads what the predecessor wrote. jax 0.11 marks a Mosaic GPU kernel whose body uses the
+``griddepcontrol`` instructions for such a launch (``mosaic_gpu.uses_pdl``).
+
+Measured on the H100 (session 11, bench/pdl_chain.py): the kernels did not overlap on this jax/XLA (a chain takes
+the sum of its kernels' durations even with the wait removed, command buffers and ``--xla_gpu_enable_pdl`` or
+not), and gpt2-xl's four projections take 32 µs a block (1.9 TB/s) as four such kernels: an experiment, not on the
+model's path. bench/block_skeleton_mgpu.py carries the same product into one persistent kernel.
 
 What it computes: partial products ``p[s, n, m] = sum_{k in split s} w[k, n] * x[m, k]`` for x (M <= 8, K) and
 w (K, N), in float32, transposed (N before M) because the product runs as ``wgmma`` with the weight tile as the
@@ -17,7 +22,8 @@ prologue instead.
 A block is one warpgroup and one (K split, 64 columns) item. It issues every weight tile of its item (TMA, one
 barrier each) first, then lets the next kernel launch, then waits for the previous kernel, then loads its x tiles
 and multiplies tile by tile as they land. An item holds at most ``MAX_TILES`` 64×64 tiles (shared memory), so
-several blocks fit on an SM and the next kernel's blocks can start streaming while this one finishes.
+several blocks fit on an SM and, where PDL takes effect, the next kernel's blocks could start streaming while this
+one finishes.
 """
 
 from __future__ import annotations
