@@ -38,14 +38,15 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
-             profile_dir: str = "", interpret: bool = False):
+             consumers: int = 1, profile_dir: str = "", interpret: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
     waiting for it. ``eager`` frees each slot as soon as its tile's MMA has retired (``wgmma_wait(1)``) instead of
     after the item's last tile, so a ring may be shallower than an item. ``inflight`` (> 0) caps the producer's
     copies in flight: it issues tile t only once tile t - inflight has landed, so the memory queues stay short
-    while landed tiles pile up in the ring."""
+    while landed tiles pile up in the ring. ``consumers`` warpgroups take a block's items in turn (a slot then
+    always serves the same consumer: every item has the same tile count and the ring holds whole rounds)."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -58,6 +59,9 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     tmax = max(p[3] for p in phases)
     if stages < (2 if eager else tmax):  # without eager, an item waits for all its tiles before freeing any
         raise ValueError(f"{stages=} must be at least the tiles of an item ({tmax})")
+    if consumers > 1 and (len({p[3] for p in phases}) > 1 or stages % (consumers * tmax)):
+        raise ValueError(f"{consumers=} needs one tile count for every item and {stages=} a multiple of "
+                         f"{consumers} x {tmax}")
     dtype = ws[0].dtype
     tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
@@ -76,16 +80,21 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
             c = lax.axis_index("c")
             wg = lax.axis_index("wg")
 
-            @pl.when(wg == 0)
+            @pl.when(wg < consumers)
             def _consumer():
+                me = wg  # this consumer takes the block's items u with u % consumers == me
+
+                def xbar(buf, i):
+                    return x_landed.at[(me * 2 + buf) * tmax + i]
+
                 def load_x(p, j, buf):  # item j's x tiles into buffer buf
                     it = c + j * grid
                     _, k0 = item_coords(p, it)
                     for i in range(phases[p][3]):
-                        plgpu.copy_gmem_to_smem(x_refs[p].at[:, pl.ds(k0 + i * TILE, TILE)], x_buf.at[buf, i],
-                                                x_landed.at[buf * tmax + i])
+                        plgpu.copy_gmem_to_smem(x_refs[p].at[:, pl.ds(k0 + i * TILE, TILE)], x_buf.at[me, buf, i],
+                                                xbar(buf, i))
 
-                t, u = jnp.int32(0), jnp.int32(0)
+                t, u, v = jnp.int32(0), jnp.int32(0), jnp.int32(0)  # the block's tiles and items; this one's items
                 for p in range(P):
                     tiles = phases[p][3]
                     if p > 0 and barriers:  # every block's phase p-1 is done (its stores landed)
@@ -93,21 +102,26 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                             plgpu.wait_smem_to_gmem(0)
                             plgpu.semaphore_signal(sem.at[0], 1, memory_scope="gpu")
                             if wait:
-                                plgpu.semaphore_wait(sem.at[0], p * grid, decrement=False, memory_scope="gpu")
+                                plgpu.semaphore_wait(sem.at[0], p * grid * consumers, decrement=False,
+                                                     memory_scope="gpu")
                     items = n_items(p, c)
+                    j0 = lax.rem(me - lax.rem(u, consumers) + consumers, consumers)  # this consumer's first item
+                    own = jnp.maximum(items - j0 + consumers - 1, 0) // consumers
 
-                    @pl.when(jnp.logical_and(items > 0, xload))
+                    @pl.when(jnp.logical_and(own > 0, xload))
                     def _():
-                        load_x(p, 0, 0)
+                        load_x(p, j0, 0)
 
-                    def item(j, carry):
-                        t, u = carry  # tiles and items this block has consumed before this one
-                        buf = lax.rem(j, 2)
-                        ob = lax.rem(u, 2)
+                    def item(m, carry, t_p=t):
+                        v = carry  # items this consumer has taken before this one
+                        j = j0 + m * consumers
+                        t = t_p + j * tiles  # the item's first tile in the block's sequence
+                        buf = lax.rem(m, 2)
+                        ob = lax.rem(v, 2)
 
-                        @pl.when(jnp.logical_and(j + 1 < items, xload))
+                        @pl.when(jnp.logical_and(m + 1 < own, xload))
                         def _():
-                            load_x(p, j + 1, 1 - buf)
+                            load_x(p, j + consumers, 1 - buf)
 
                         it = c + j * grid
                         n0, _ = item_coords(p, it)
@@ -119,7 +133,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                     plgpu.barrier_wait(landed.at[lax.rem(t + i, stages)])
                                 if xload:
                                     with jax.named_scope("x"):
-                                        plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+                                        plgpu.barrier_wait(xbar(buf, i))
 
                         def release_tiles():
                             for i in range(tiles):
@@ -130,25 +144,25 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 for i in range(tiles):
                                     plgpu.barrier_wait(landed.at[lax.rem(t + i, stages)])
                                     if xload:
-                                        plgpu.barrier_wait(x_landed.at[buf * tmax + i])
+                                        plgpu.barrier_wait(xbar(buf, i))
                                     plgpu.barrier_arrive(consumed.at[lax.rem(t + i, stages)])
                             else:
                                 wait_tiles()
                                 release_tiles()
-                            return t + tiles, u + 1
+                            return v + 1
                         if interpret and eager:
                             acc = jnp.zeros((TILE, ROWS), jnp.float32)
                             for i in range(tiles):
                                 slot = lax.rem(t + i, stages)
                                 plgpu.barrier_wait(landed.at[slot])
-                                plgpu.barrier_wait(x_landed.at[buf * tmax + i])
-                                acc += jnp.dot(w_ring[slot].T, x_buf[buf, i].T, preferred_element_type=jnp.float32)
+                                plgpu.barrier_wait(xbar(buf, i))
+                                acc += jnp.dot(w_ring[slot].T, x_buf[me, buf, i].T, preferred_element_type=jnp.float32)
                                 plgpu.barrier_arrive(consumed.at[slot])
                         elif interpret:  # the interpreter: the same product as jnp dots
                             wait_tiles()
                             acc = jnp.zeros((TILE, ROWS), jnp.float32)
                             for i in range(tiles):
-                                acc += jnp.dot(w_ring[lax.rem(t + i, stages)].T, x_buf[buf, i].T,
+                                acc += jnp.dot(w_ring[lax.rem(t + i, stages)].T, x_buf[me, buf, i].T,
                                                preferred_element_type=jnp.float32)
                             release_tiles()
                         else:
@@ -156,8 +170,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 for i in range(tiles):
                                     slot = lax.rem(t + i, stages)
                                     plgpu.barrier_wait(landed.at[slot])
-                                    plgpu.barrier_wait(x_landed.at[buf * tmax + i])
-                                    plgpu.wgmma(acc_ref, w_ring.at[slot].T, x_buf.at[buf, i].T)
+                                    plgpu.barrier_wait(xbar(buf, i))
+                                    plgpu.wgmma(acc_ref, w_ring.at[slot].T, x_buf.at[me, buf, i].T)
                                     if eager and i > 0:  # tile i-1's MMA has retired: free its slot
                                         plgpu.wgmma_wait(1)
                                         plgpu.barrier_arrive(consumed.at[lax.rem(t + i - 1, stages)])
@@ -171,22 +185,23 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                             acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
                         # the store of two items ago has read its buffer (stores complete in the background)
                         plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-                        o_buf.at[ob][...] = acc
+                        o_buf.at[me, ob][...] = acc
                         plgpu.commit_smem()
-                        plgpu.copy_smem_to_gmem(o_buf.at[ob], o_refs[p].at[split, pl.ds(n0, TILE)])
-                        return t + tiles, u + 1
+                        plgpu.copy_smem_to_gmem(o_buf.at[me, ob], o_refs[p].at[split, pl.ds(n0, TILE)])
+                        return v + 1
 
-                    t, u = lax.fori_loop(0, items, item, (t, u))
+                    v = lax.fori_loop(0, own, item, v)
+                    t, u = t + items * tiles, u + items
                 plgpu.wait_smem_to_gmem(0)
                 if barriers:  # leave the semaphore at zero for the next call: all blocks past the last wait first
                     plgpu.semaphore_signal(sem.at[1], 1, memory_scope="gpu")
 
-                    @pl.when(c == 0)
+                    @pl.when(jnp.logical_and(c == 0, me == 0))
                     def _():
-                        plgpu.semaphore_wait(sem.at[1], grid, memory_scope="gpu")
-                        plgpu.semaphore_wait(sem.at[0], (P - 1) * grid, memory_scope="gpu")
+                        plgpu.semaphore_wait(sem.at[1], grid * consumers, memory_scope="gpu")
+                        plgpu.semaphore_wait(sem.at[0], (P - 1) * grid * consumers, memory_scope="gpu")
 
-            @pl.when(wg == 1)
+            @pl.when(wg == consumers)
             def _producer():
                 t = jnp.int32(0)
                 for p in range(P):
@@ -227,10 +242,10 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         pl.run_scoped(
             body,
             plgpu.SMEM((stages, TILE, TILE), dtype, transforms=tiled),
-            plgpu.SMEM((2, tmax, ROWS, TILE), dtype, transforms=tiled),
-            plgpu.SMEM((2, TILE, ROWS), jnp.float32),
+            plgpu.SMEM((consumers, 2, tmax, ROWS, TILE), dtype, transforms=tiled),
+            plgpu.SMEM((consumers, 2, TILE, ROWS), jnp.float32),
             plgpu.Barrier(num_barriers=stages),
-            plgpu.Barrier(num_barriers=2 * tmax),
+            plgpu.Barrier(num_barriers=consumers * 2 * tmax),
             plgpu.Barrier(num_barriers=stages),
             collective_axes="wg",
         )
@@ -244,7 +259,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         out_type=tuple(jax.ShapeDtypeStruct((splits, N, ROWS), jnp.float32) for K, N, splits, _, _ in phases),
         grid=(grid,),
         grid_names=("c",),
-        num_threads=2,
+        num_threads=consumers + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True, **(
             {"profile_space": 512, "profile_dir": profile_dir} if profile_dir else {})),
@@ -261,6 +276,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="11,01,10,00",
                     help="digits: barriers, compute[, xload, wait, eager] (1 = on; xload and wait default on, "
                          "eager off)")
+    ap.add_argument("--consumers", default="1", help="consumer warpgroups a block, e.g. 1,2")
     ap.add_argument("--inflight", default="0", help="caps on the producer's copies in flight (0: the ring)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
@@ -298,14 +314,17 @@ def main(argv=None) -> int:
           for j, (K, _, _) in enumerate(SHAPES)]
     wbytes = sum(w.size * 2 for w in ws[0])
     rows = []
-    for stages, mode, inflight in ((st, m, fl) for st in map(int, args.stages.split(","))
-                                   for m in args.modes.split(",") for fl in map(int, args.inflight.split(","))):
+    for stages, mode, inflight, consumers in (
+            (st, m, fl, cs) for st in map(int, args.stages.split(",")) for m in args.modes.split(",")
+            for fl in map(int, args.inflight.split(",")) for cs in map(int, args.consumers.split(","))):
         barriers, compute, xload, wait, eager = [c == "1" for c in (mode + "110"[len(mode) - 2:])[:5]]
-        if stages < (2 if eager else max(K // (TILE * s) for K, _, s in SHAPES)):
+        tiles = max(K // (TILE * s) for K, _, s in SHAPES)
+        if stages < (2 if eager else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
-        f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait, ea=eager, fl=inflight: [
+        f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait, ea=eager, fl=inflight,
+                    cs=consumers: [
             skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt, eager=ea,
-                     inflight=fl) for w in ws])
+                     inflight=fl, consumers=cs) for w in ws])
         out = jax.block_until_ready(f(xs, ws))
         errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
                 for o, x, w in zip(out[-1], xs, ws[-1])]
@@ -318,10 +337,10 @@ def main(argv=None) -> int:
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
         row = {"stages": stages, "mode": mode, "barriers": barriers, "compute": compute, "xload": xload,
-               "wait": wait, "eager": eager, "inflight": inflight, "us_per_block": us, "min_us": min(per), "wall_us": wall,
+               "wait": wait, "eager": eager, "inflight": inflight, "consumers": consumers, "us_per_block": us, "min_us": min(per), "wall_us": wall,
                "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
         rows.append(row)
-        print(f"stages {stages:2d} inflight {inflight:2d} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

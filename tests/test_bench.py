@@ -149,10 +149,13 @@ def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
     shapes = [(128, 128), (256, 64), (128, 192)]
     ws = [jax.random.normal(jax.random.fold_in(key, i), s, jnp.bfloat16) for i, s in enumerate(shapes)]
     xs = [jax.random.normal(jax.random.fold_in(key, 9 + i), (8, s[0]), jnp.bfloat16) for i, s in enumerate(shapes)]
-    runs = (sk.skeleton(xs, ws, grid=3, stages=5, barriers=False, interpret=True),
-            sk.skeleton(xs, ws, grid=3, stages=2, barriers=False, eager=True, interpret=True),
-            sk.skeleton(xs, ws, grid=3, stages=4, barriers=False, eager=True, inflight=2, interpret=True))
-    for o, x, w in ((o, x, w) for outs in runs for o, x, w in zip(outs, xs, ws)):
+    same_w, same_x = [ws[0], ws[1][:128], ws[2]], [xs[0], xs[1][:, :128], xs[2]]  # every item two tiles
+    cases = [(sk.skeleton(xs, ws, grid=3, stages=5, barriers=False, interpret=True), xs, ws),
+             (sk.skeleton(xs, ws, grid=3, stages=2, barriers=False, eager=True, interpret=True), xs, ws),
+             (sk.skeleton(xs, ws, grid=3, stages=4, barriers=False, eager=True, inflight=2, interpret=True), xs, ws),
+             (sk.skeleton(same_x, same_w, grid=1, stages=4, barriers=False, consumers=2, eager=True, inflight=2,
+                          interpret=True), same_x, same_w)]  # one block: the two consumers take items in turn
+    for o, x, w in ((o, x, w) for outs, xs_, ws_ in cases for o, x, w in zip(outs, xs_, ws_)):
         want = matvec_mgpu_reference(x, w)
         assert not bool(jnp.isnan(o).any())
         np.testing.assert_allclose(np.asarray(o.sum(0).T), np.asarray(want), rtol=0,
@@ -161,6 +164,9 @@ def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
         sk.skeleton(xs, ws, grid=3, stages=3, barriers=False, interpret=True)
     W = [jax.ShapeDtypeStruct((K, N), jnp.bfloat16) for K, N, _ in sk.SHAPES]
     X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sk.SHAPES]
-    for kw in ({"stages": 16}, {"stages": 16, "eager": True, "inflight": 3}):
+    with pytest.raises(ValueError, match="consumers"):
+        sk.skeleton(xs, ws, grid=1, stages=4, barriers=False, consumers=2, interpret=True)
+    for kw in ({"stages": 16}, {"stages": 16, "eager": True, "inflight": 3},
+               {"stages": 20, "eager": True, "inflight": 4, "consumers": 2}):
         f = jax.jit(lambda xs, ws: sk.skeleton(xs, ws, grid=132, **kw))
         assert "mosaic_gpu" in f.trace(X, W).lower(lowering_platforms=("cuda",)).as_text()
