@@ -63,7 +63,7 @@ stages)  # the Triton block kernel's own pipeline depth (copies in flight per pr
   timeout 250 python -m bench.decode_layer --model gpt2-xl --format bf16 --quick --no-five-call --variants '[{"num_stages": 3}, {"num_stages": 2}, {}]' --out $OUT/stages.json 2>&1 | grep -v Warning | tee $OUT/stages.txt
   ;;
 two)  # two consumer warpgroups taking a block's items in turn (the consumer's ~4 µs), against one
-  timeout 300 python -m bench.block_skeleton_mgpu --blocks 4 --stages 20,30 --inflight 4 --consumers 1,2 --modes 11111 --reps 10 --json $OUT/two.json 2>&1 | grep -v Warning | tee $OUT/two.txt
+  timeout 300 python -m bench.block_skeleton_mgpu --blocks 4 --stages 10,20 --inflight 4 --consumers 1,2 --modes 11111 --reps 10 --json $OUT/two.json 2>&1 | grep -v Warning | tee $OUT/two.txt
   ;;
 prof)  # Mosaic GPU profiler traces of one skeleton call, full and without compute
   timeout 240 python -m bench.block_skeleton_mgpu --stages 16 --modes 11,10 --profile /tmp/prof 2>&1 | grep -v Warning | tee $OUT/prof.txt
