@@ -3,7 +3,8 @@
 # bench/gpu/probe11.sh). Modes in call order: pdl, pdl2, pdl3 (pallas_kernels/matvec_mgpu.py chained with and
 # without programmatic dependent launch, bench/pdl_chain.py), skel, skel2, skel3, prof, skel4, skel5, skel6 (the
 # persistent skeleton, bench/block_skeleton_mgpu.py, as it grew: the earlier modes' options still exist), stages
-# (the Triton block kernel's pipeline depth), final (the session's GPU tests of what it added).
+# (the Triton block kernel's pipeline depth), final (the session's GPU tests of what it added), two (two consumer
+# warpgroups).
 set -o pipefail
 MODE=${1:-pdl}
 OUT=${OUT:-/tmp/out}
