@@ -62,6 +62,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     if consumers > 1 and (len({p[3] for p in phases}) > 1 or stages % (consumers * tmax)):
         raise ValueError(f"{consumers=} needs one tile count for every item and {stages=} a multiple of "
                          f"{consumers} x {tmax}")
+    if interpret and barriers:
+        raise ValueError("Mosaic GPU's interpreter has no global semaphores: pass barriers=False to interpret")
     dtype = ws[0].dtype
     tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
