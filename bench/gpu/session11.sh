@@ -4,7 +4,7 @@
 # without programmatic dependent launch, bench/pdl_chain.py), skel, skel2, skel3, prof, skel4, skel5, skel6 (the
 # persistent skeleton, bench/block_skeleton_mgpu.py, as it grew: the earlier modes' options still exist), stages
 # (the Triton block kernel's pipeline depth), final (the session's GPU tests of what it added), two (two consumer
-# warpgroups).
+# warpgroups), ncu (Nsight Compute on the skeleton).
 set -o pipefail
 MODE=${1:-pdl}
 OUT=${OUT:-/tmp/out}
@@ -65,6 +65,11 @@ stages)  # the Triton block kernel's own pipeline depth (copies in flight per pr
   ;;
 two)  # two consumer warpgroups taking a block's items in turn (the consumer's ~4 µs), against one
   timeout 300 python -m bench.block_skeleton_mgpu --blocks 4 --stages 10,20 --inflight 4 --consumers 1,2 --modes 11111 --reps 10 --json $OUT/two.json 2>&1 | grep -v Warning | tee $OUT/two.txt
+  ;;
+ncu)  # Nsight Compute on the skeleton, copies in flight uncapped and capped at 4 (bench/skeleton_once.py)
+  timeout 400 ncu --kernel-name regex:entry --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section SchedulerStats --page details python -m bench.skeleton_once > $OUT/ncu.txt 2>&1
+  echo "ncu rc=$?"; grep -E "inflight|Duration|DRAM Throughput|Memory Throughput|L2 Hit|Stall|Warp Cycles|==PROF==|==ERROR==" $OUT/ncu.txt | head -60
   ;;
 prof)  # Mosaic GPU profiler traces of one skeleton call, full and without compute
   timeout 240 python -m bench.block_skeleton_mgpu --stages 16 --modes 11,10 --profile /tmp/prof 2>&1 | grep -v Warning | tee $OUT/prof.txt
