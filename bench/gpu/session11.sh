@@ -67,7 +67,7 @@ two)  # two consumer warpgroups taking a block's items in turn (the consumer's ~
   timeout 300 python -m bench.block_skeleton_mgpu --blocks 4 --stages 10,20 --inflight 4 --consumers 1,2 --modes 11111 --reps 10 --json $OUT/two.json 2>&1 | grep -v Warning | tee $OUT/two.txt
   ;;
 ncu)  # Nsight Compute on the skeleton, copies in flight uncapped and capped at 4 (bench/skeleton_once.py)
-  timeout 400 ncu --kernel-name regex:entry --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+  timeout 400 ncu --kernel-name "regex:entry|mosaic" --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section SchedulerStats --page details python -m bench.skeleton_once > $OUT/ncu.txt 2>&1
   echo "ncu rc=$?"; grep -E "inflight|Duration|DRAM Throughput|Memory Throughput|L2 Hit|Stall|Warp Cycles|==PROF==|==ERROR==" $OUT/ncu.txt | head -60
   ;;
