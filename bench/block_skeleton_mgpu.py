@@ -38,7 +38,7 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
-             consumers: int = 1, profile_dir: str = "", interpret: bool = False):
+             consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -46,7 +46,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     after the item's last tile, so a ring may be shallower than an item. ``inflight`` (> 0) caps the producer's
     copies in flight: it issues tile t only once tile t - inflight has landed, so the memory queues stay short
     while landed tiles pile up in the ring. ``consumers`` warpgroups take a block's items in turn (a slot then
-    always serves the same consumer: every item has the same tile count and the ring holds whole rounds)."""
+    always serves the same consumer: every item has the same tile count and the ring holds whole rounds).
+    ``stream=False`` (with compute=False) copies no weights at all: the barriers and x loads on a quiet GPU."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -62,6 +63,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     if consumers > 1 and (len({p[3] for p in phases}) > 1 or stages % (consumers * tmax)):
         raise ValueError(f"{consumers=} needs one tile count for every item and {stages=} a multiple of "
                          f"{consumers} x {tmax}")
+    if not stream and compute:
+        raise ValueError("stream=False needs compute=False (there are no weights to multiply)")
     if interpret and barriers:
         raise ValueError("Mosaic GPU's interpreter has no global semaphores: pass barriers=False to interpret")
     dtype = ws[0].dtype
@@ -141,6 +144,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                             for i in range(tiles):
                                 plgpu.barrier_arrive(consumed.at[lax.rem(t + i, stages)])
 
+                        if not compute and not stream:
+                            if xload:
+                                for i in range(tiles):
+                                    plgpu.barrier_wait(xbar(buf, i))
+                            return v + 1
                         if not compute:
                             if eager:
                                 for i in range(tiles):
@@ -203,7 +211,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         plgpu.semaphore_wait(sem.at[1], grid * consumers, memory_scope="gpu")
                         plgpu.semaphore_wait(sem.at[0], (P - 1) * grid * consumers, memory_scope="gpu")
 
-            @pl.when(wg == consumers)
+            @pl.when(jnp.logical_and(wg == consumers, stream))
             def _producer():
                 t = jnp.int32(0)
                 for p in range(P):
@@ -276,8 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", type=int, default=0, help="blocks of the kernel (default: the SM count)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--modes", default="11,01,10,00",
-                    help="digits: barriers, compute[, xload, wait, eager] (1 = on; xload and wait default on, "
-                         "eager off)")
+                    help="digits: barriers, compute[, xload, wait, eager, stream] (1 = on; xload, wait and stream "
+                         "default on, eager off)")
     ap.add_argument("--consumers", default="1", help="consumer warpgroups a block, e.g. 1,2")
     ap.add_argument("--inflight", default="0", help="caps on the producer's copies in flight (0: the ring)")
     ap.add_argument("--json", default=None)
@@ -319,14 +327,14 @@ def main(argv=None) -> int:
     for stages, mode, inflight, consumers in (
             (st, m, fl, cs) for st in map(int, args.stages.split(",")) for m in args.modes.split(",")
             for fl in map(int, args.inflight.split(",")) for cs in map(int, args.consumers.split(","))):
-        barriers, compute, xload, wait, eager = [c == "1" for c in (mode + "110"[len(mode) - 2:])[:5]]
+        barriers, compute, xload, wait, eager, stream = [c == "1" for c in (mode + "1101"[len(mode) - 2:])[:6]]
         tiles = max(K // (TILE * s) for K, _, s in SHAPES)
         if stages < (2 if eager else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
         f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait, ea=eager, fl=inflight,
-                    cs=consumers: [
+                    cs=consumers, sm=stream: [
             skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt, eager=ea,
-                     inflight=fl, consumers=cs) for w in ws])
+                     inflight=fl, consumers=cs, stream=sm) for w in ws])
         out = jax.block_until_ready(f(xs, ws))
         errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
                 for o, x, w in zip(out[-1], xs, ws[-1])]
@@ -339,7 +347,7 @@ def main(argv=None) -> int:
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
         row = {"stages": stages, "mode": mode, "barriers": barriers, "compute": compute, "xload": xload,
-               "wait": wait, "eager": eager, "inflight": inflight, "consumers": consumers, "us_per_block": us, "min_us": min(per), "wall_us": wall,
+               "wait": wait, "eager": eager, "inflight": inflight, "consumers": consumers, "stream": stream, "us_per_block": us, "min_us": min(per), "wall_us": wall,
                "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
         rows.append(row)
         print(f"stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "

@@ -4,7 +4,7 @@
 # without programmatic dependent launch, bench/pdl_chain.py), skel, skel2, skel3, prof, skel4, skel5, skel6 (the
 # persistent skeleton, bench/block_skeleton_mgpu.py, as it grew: the earlier modes' options still exist), stages
 # (the Triton block kernel's pipeline depth), final (the session's GPU tests of what it added), two (two consumer
-# warpgroups), ncu (Nsight Compute on the skeleton).
+# warpgroups), ncu (Nsight Compute on the skeleton), quiet (barriers without the stream).
 set -o pipefail
 MODE=${1:-pdl}
 OUT=${OUT:-/tmp/out}
@@ -70,6 +70,9 @@ ncu)  # Nsight Compute on the skeleton, copies in flight uncapped and capped at 
   timeout 400 ncu --kernel-name "regex:entry|mosaic" --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section SchedulerStats --page details python -m bench.skeleton_once > $OUT/ncu.txt 2>&1
   echo "ncu rc=$?"; grep -E "inflight|Duration|DRAM Throughput|Memory Throughput|L2 Hit|Stall|Warp Cycles|==PROF==|==ERROR==" $OUT/ncu.txt | head -60
+  ;;
+quiet)  # the barriers and x loads with no weight stream at all, against the same with the stream (queueing?)
+  timeout 300 python -m bench.block_skeleton_mgpu --blocks 4 --stages 16 --inflight 0,4 --modes 000100,001100,100100,101100,00,10 --reps 10 --json $OUT/quiet.json 2>&1 | grep -v Warning | tee $OUT/quiet.txt
   ;;
 prof)  # Mosaic GPU profiler traces of one skeleton call, full and without compute
   timeout 240 python -m bench.block_skeleton_mgpu --stages 16 --modes 11,10 --profile /tmp/prof 2>&1 | grep -v Warning | tee $OUT/prof.txt
