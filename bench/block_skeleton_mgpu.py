@@ -54,8 +54,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     phases = []
     for x, w in zip(xs, ws):
         K, N = w.shape
-        splits = next(s for K_, N_, s in SHAPES if (K_, N_) == (K, N)) if (K, N) in [(a, b) for a, b, _ in SHAPES] \
-            else 1
+        splits = {(K_, N_): s for K_, N_, s in SHAPES}.get((K, N), 1)
         phases.append((K, N, splits, K // (TILE * splits), (N // TILE) * splits))  # K, N, splits, tiles, items
     tmax = max(p[3] for p in phases)
     if stages < (2 if eager else tmax):  # without eager, an item waits for all its tiles before freeing any
@@ -63,8 +62,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     if consumers > 1 and (len({p[3] for p in phases}) > 1 or stages % (consumers * tmax)):
         raise ValueError(f"{consumers=} needs one tile count for every item and {stages=} a multiple of "
                          f"{consumers} x {tmax}")
-    if not stream and compute:
-        raise ValueError("stream=False needs compute=False (there are no weights to multiply)")
+    if compute and not (stream and xload):
+        raise ValueError("stream=False and xload=False need compute=False (the product waits for both operands)")
     if interpret and barriers:
         raise ValueError("Mosaic GPU's interpreter has no global semaphores: pass barriers=False to interpret")
     dtype = ws[0].dtype
@@ -277,6 +276,24 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     )(*xs, *ws)
 
 
+def inputs(blocks: int):
+    """(ws, xs): ``blocks`` lists of gpt2-xl's four projection weights (distinct per block, so the chain reads HBM,
+    not L2) and one x (8, K) per phase with only row 0 nonzero (B = 1)."""
+    key = jax.random.key(0)
+    ws = [[(jax.random.normal(jax.random.fold_in(key, 10 * b + j), (K, N), jnp.float32) * 0.02).astype(jnp.bfloat16)
+           for j, (K, N, _) in enumerate(SHAPES)] for b in range(blocks)]
+    xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (ROWS, K), jnp.bfloat16).at[1:].set(0)
+          for j, (K, _, _) in enumerate(SHAPES)]
+    return ws, xs
+
+
+def mode_flags(mode: str) -> dict:
+    """``--modes`` digits (barriers, compute[, xload, wait, eager, stream]; the last four default 1, 1, 0, 1) as
+    ``skeleton`` keywords."""
+    names = ("barriers", "compute", "xload", "wait", "eager", "stream")
+    return dict(zip(names, (c == "1" for c in (mode + "1101"[len(mode) - 2:])[:6])))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", type=int, default=8)
@@ -294,21 +311,15 @@ def main(argv=None) -> int:
     if jax.default_backend() != "gpu":
         print("error: bench.block_skeleton_mgpu needs a GPU", file=sys.stderr)
         return 2
+    grid = args.grid or jax.devices()[0].core_count
     if args.profile:
         import os
-        grid = args.grid or jax.devices()[0].core_count
-        key = jax.random.key(0)
-        ws = [(jax.random.normal(jax.random.fold_in(key, j), (K, N), jnp.float32) * 0.02).astype(jnp.bfloat16)
-              for j, (K, N, _) in enumerate(SHAPES)]
-        xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (ROWS, K), jnp.bfloat16)
-              for j, (K, _, _) in enumerate(SHAPES)]
+        ws, xs = inputs(1)
         for mode in args.modes.split(","):
-            barriers, compute, xload, wait, eager = [c == "1" for c in (mode + "110"[len(mode) - 2:])[:5]]
             d = os.path.join(args.profile, f"m{mode}")
             os.makedirs(d, exist_ok=True)
-            f = jax.jit(lambda xs, ws: skeleton(xs, ws, grid=grid, stages=int(args.stages.split(",")[0]),
-                                                 barriers=barriers, compute=compute, xload=xload, wait=wait,
-                                                 eager=eager, profile_dir=d))
+            f = jax.jit(lambda xs, ws: skeleton(xs, ws[0], grid=grid, stages=int(args.stages.split(",")[0]),
+                                                 profile_dir=d, **mode_flags(mode)))
             for _ in range(3):
                 jax.block_until_ready(f(xs, ws))
             print(mode, os.listdir(d))
@@ -316,25 +327,18 @@ def main(argv=None) -> int:
     from jax.experimental.mosaic.gpu import profiler
 
     from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
-    grid = args.grid or jax.devices()[0].core_count
-    key = jax.random.key(0)
-    ws = [[(jax.random.normal(jax.random.fold_in(key, 10 * b + j), (K, N), jnp.float32) * 0.02).astype(jnp.bfloat16)
-           for j, (K, N, _) in enumerate(SHAPES)] for b in range(args.blocks)]
-    xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (ROWS, K), jnp.bfloat16).at[1:].set(0)
-          for j, (K, _, _) in enumerate(SHAPES)]
+    ws, xs = inputs(args.blocks)
     wbytes = sum(w.size * 2 for w in ws[0])
     rows = []
     for stages, mode, inflight, consumers in (
             (st, m, fl, cs) for st in map(int, args.stages.split(",")) for m in args.modes.split(",")
             for fl in map(int, args.inflight.split(",")) for cs in map(int, args.consumers.split(","))):
-        barriers, compute, xload, wait, eager, stream = [c == "1" for c in (mode + "1101"[len(mode) - 2:])[:6]]
+        flags = mode_flags(mode)
         tiles = max(K // (TILE * s) for K, _, s in SHAPES)
-        if stages < (2 if eager else tiles) or (consumers > 1 and stages % (consumers * tiles)):
+        if stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
-        f = jax.jit(lambda xs, ws, st=stages, b=barriers, cp=compute, xl=xload, wt=wait, ea=eager, fl=inflight,
-                    cs=consumers, sm=stream: [
-            skeleton(xs, w, grid=grid, stages=st, barriers=b, compute=cp, xload=xl, wait=wt, eager=ea,
-                     inflight=fl, consumers=cs, stream=sm) for w in ws])
+        kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers)
+        f = jax.jit(lambda xs, ws, kw=kw: [skeleton(xs, w, **kw) for w in ws])
         out = jax.block_until_ready(f(xs, ws))
         errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
                 for o, x, w in zip(out[-1], xs, ws[-1])]
@@ -346,9 +350,9 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"stages": stages, "mode": mode, "barriers": barriers, "compute": compute, "xload": xload,
-               "wait": wait, "eager": eager, "inflight": inflight, "consumers": consumers, "stream": stream, "us_per_block": us, "min_us": min(per), "wall_us": wall,
-               "gbps": wbytes / us / 1e3, "max_err": max(errs), "grid": grid}
+        row = {"stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
+               "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
+               "grid": grid}
         rows.append(row)
         print(f"stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)

@@ -11,23 +11,18 @@ from __future__ import annotations
 import sys
 
 import jax
-import jax.numpy as jnp
 
 
 def main() -> int:
     if jax.default_backend() != "gpu":
         print("error: bench.skeleton_once needs a GPU", file=sys.stderr)
         return 2
-    from bench.block_skeleton_mgpu import ROWS, SHAPES, skeleton
-    key = jax.random.key(0)
-    ws = [(jax.random.normal(jax.random.fold_in(key, j), (K, N), jnp.float32) * 0.02).astype(jnp.bfloat16)
-          for j, (K, N, _) in enumerate(SHAPES)]
-    xs = [jax.random.normal(jax.random.fold_in(key, 100 + j), (ROWS, K), jnp.bfloat16) for j, (K, _, _) in
-          enumerate(SHAPES)]
+    from bench.block_skeleton_mgpu import inputs, skeleton
+    ws, xs = inputs(1)
     grid = jax.devices()[0].core_count
     for inflight in (0, 4):
         f = jax.jit(lambda xs, ws, fl=inflight: skeleton(xs, ws, grid=grid, stages=16, eager=True, inflight=fl))
-        jax.block_until_ready(f(xs, ws))
+        jax.block_until_ready(f(xs, ws[0]))
         print(f"inflight {inflight}: ran", flush=True)
     return 0
 

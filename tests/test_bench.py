@@ -166,6 +166,8 @@ def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
     X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sk.SHAPES]
     with pytest.raises(ValueError, match="semaphores"):
         sk.skeleton(xs, ws, grid=1, stages=5, interpret=True)
+    with pytest.raises(ValueError, match="xload=False"):
+        sk.skeleton(xs, ws, grid=1, stages=5, barriers=False, xload=False, interpret=True)
     with pytest.raises(ValueError, match="consumers"):
         sk.skeleton(xs, ws, grid=1, stages=4, barriers=False, consumers=2, interpret=True)
     for kw in ({"stages": 16}, {"stages": 16, "eager": True, "inflight": 3},
