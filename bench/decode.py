@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bench.timing import device_time_ms, group_kernels, kernel_breakdown, random_weights
+from bench.timing import device_time_ms, group_kernels, kernel_breakdown, kernels_of, random_weights
 from jaxgpt import GPTConfig
 from jaxgpt.engine import Engine, bucket_length
 from jaxgpt.generate import _compiled
@@ -84,6 +84,13 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
         if r:  # the first run warms up
             pre_ms.append((t1 - t0) * 1e3)
             dec_ms.append((t2 - t1) * 1e3)
+    loop_groups = None
+    if jax.default_backend() == "gpu":  # the loop's own kernels (CUPTI, one run): wall clock minus this = idle GPU
+        tok, cache = pre(engine.state, ids, lengths, rows, key, *params)
+        jax.block_until_ready(tok)
+        (out, _, cache), per_kernel = kernels_of(
+            lambda: dec(engine.state, cache, tok, lengths, done, rows, n, key, eos, *params))
+        loop_groups = group_kernels(per_kernel)
     out = np.asarray(out)
     finite = bool((out[:, :tokens] >= 0).all())
     steps = int(np.max(np.asarray(steps))) - 1
@@ -92,6 +99,9 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
            "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}
+    if loop_groups is not None:
+        row["loop_kernel_ms_per_token"] = sum(g[2] for g in loop_groups) / steps
+        row["loop_groups"] = [(name, count / steps, ms / steps) for name, count, ms in loop_groups[:8]]
     # One decode step as its own jitted function (no donation): CUPTI kernel time and where it goes.
     def one_step(state, tok, pos, cache):
         m = nnx.merge(engine.graphdef, state)
@@ -248,6 +258,12 @@ def main(argv=None):
     print("jaxgpt: wall clock of the compiled decode loop / steps (median of reps); step kern = CUPTI device time "
           "of one jitted decode step (#kern: its kernels, counted with --breakdown N); HF: wall clock with cuda "
           "synchronize, (generate(N) - generate(1)) / (N-1), the fastest of the reps.")
+    for r in rows:
+        if r.get("loop_groups"):
+            print(f"\n{r['model']} B{r['batch']} {r['impl']}: the decode loop's kernels (CUPTI, one run) "
+                  f"{r['loop_kernel_ms_per_token']:.3f} ms a token against {r['ms_per_token']:.3f} wall; per token:")
+            for name, count, ms in r["loop_groups"]:
+                print(f"  {count:7.2f} x {ms * 1e3:9.1f} us  {name[:90]}")
     if args.breakdown:
         for r in rows:
             if r.get("kernels"):

@@ -53,6 +53,20 @@ def kernel_breakdown(fn, *args) -> list[tuple[str, float]]:
     return sorted(per_kernel, key=lambda kv: -kv[1])
 
 
+def kernels_of(thunk) -> tuple[object, list[tuple[str, float]]]:
+    """Run ``thunk()`` once (no warm-up, no jit: it may donate its inputs) and return its result and the device
+    time (ms) of every kernel it launched, in order (GPU only; CUPTI through jax's Mosaic GPU profiler's
+    extension, the hook ``profiler.measure`` uses)."""
+    from jax.experimental.mosaic.gpu import profiler
+    ext = profiler.mosaic_gpu_lib._mosaic_gpu_ext
+    ext._cupti_init()
+    try:
+        out = jax.block_until_ready(thunk())
+    finally:
+        timings = ext._cupti_get_timings(True)
+    return out, list(timings or [])
+
+
 def group_kernels(kernels: list[tuple[str, float]]) -> list[tuple[str, int, float]]:
     """(name without its numeric suffixes, count, total ms) per kind of kernel, largest total first."""
     groups: dict[str, list] = {}

@@ -205,5 +205,11 @@ class GPT(nnx.Module):
 
     def decode(self, tok: jax.Array, pos: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
         """One step: token ``tok[b]`` (B,) at position ``pos[b]`` -> float32 logits (B, V) and the cache with it."""
+        cfg = self.config
+        x = self.wte.weight[...][tok[:, None]] + self.wpe.weight[...][pos][:, None]  # (B, 1, C)
+        done = ops.decode_logits(x, [blk.params() for blk in self.h], (self.ln_f.weight[...], self.ln_f.bias[...]),
+                                 self.head(), cache, pos, n_head=cfg.n_head, eps=cfg.layer_norm_epsilon)
+        if done is not None:  # a backend may run the whole step, LM head included, on its own kernels
+            return done
         h, cache = self._run(tok[:, None], ops, cache, pos)  # (B, 1, C)
         return ops.lm_head(h[:, 0], self.head()), cache  # (B, V) float32

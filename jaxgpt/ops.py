@@ -68,6 +68,12 @@ class XlaOps:
         return None
 
     @staticmethod
+    def decode_logits(x, blocks: list[BlockParams], ln_f: tuple, head, cache, pos, *, n_head: int, eps: float):
+        """Like ``decode_blocks`` and on to the LM head: x (B, 1, C) -> (float32 logits (B, V), cache), or None
+        where the backend has no such path. ``head`` is the LM head's weight as ``lm_head`` takes it."""
+        return None
+
+    @staticmethod
     def layer_norm(x: jax.Array, w: jax.Array, b: jax.Array, *, eps: float) -> jax.Array:
         xf = x.astype(jnp.float32)
         mean = xf.mean(-1, keepdims=True)

@@ -34,6 +34,7 @@ from pallas_kernels.decode_attention import decode_attention, decode_attention_a
 from pallas_kernels.decode_layer import LayerWeights, counter_slots, decode_layer
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
+from pallas_kernels.lm_head import lm_head_decode
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import SplitK, resolve
@@ -134,6 +135,11 @@ DECODE_LAYER: bool | None = {"1": True, "0": False}.get(os.environ.get("JAXGPT_D
 DECODE_LAYER_INT8 = os.environ.get("JAXGPT_DECODE_LAYER_INT8", "1") != "0"
 
 
+# JAXGPT_FUSED_HEAD=0: after the block kernels, ln_f and the LM head as two kernels (the residual+LayerNorm kernel,
+# XLA's cuBLAS product) instead of ``lm_head_decode``. Read when a step is traced.
+FUSED_HEAD = os.environ.get("JAXGPT_FUSED_HEAD", "1") != "0"
+
+
 def _block_kernel(rows: int, width: int) -> bool:
     """Whether a decode step of ``rows`` rows at model width ``width`` runs each block as one kernel.
 
@@ -161,6 +167,30 @@ class PallasOps(XlaOps):
     def decode_blocks(x, blocks, ln_f, cache, pos, *, n_head: int, eps: float):
         """Each block's decode step as one kernel (``decode_layer``); its MLP partials are finished by the next
         block's kernel and, after the last, by the final residual+LayerNorm kernel."""
+        done = PallasOps._block_stack(x, blocks, cache, pos, n_head=n_head, eps=eps)
+        if done is None:
+            return None
+        r, parts, cache = done
+        _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C): ln_f(r + finish(parts))
+        return normed.reshape(x.shape), cache
+
+    @staticmethod
+    def decode_logits(x, blocks, ln_f, head, cache, pos, *, n_head: int, eps: float):
+        """The block kernels, then ``ln_f`` and the tied LM head as one kernel (``lm_head_decode``; a quantized
+        head keeps its own matmul after the residual+LayerNorm kernel). ``JAXGPT_FUSED_HEAD=0``: the two kernels."""
+        done = PallasOps._block_stack(x, blocks, cache, pos, n_head=n_head, eps=eps)
+        if done is None:
+            return None
+        r, parts, cache = done
+        if FUSED_HEAD and not isinstance(head, QWeight) and head.dtype == r.dtype:
+            return lm_head_decode(r, parts, *ln_f, head, eps=eps), cache  # (B, V) float32
+        _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C)
+        return PallasOps.lm_head(normed, head), cache
+
+    @staticmethod
+    def _block_stack(x, blocks, cache, pos, *, n_head: int, eps: float):
+        """Every block's decode step as one kernel each: (the last block's residual (B, C), its MLP's ``SplitK``
+        partials, the cache), or None where the block kernel does not apply."""
         B, T, C = x.shape
         D = C // n_head
         quant = [w for p in blocks for w in p if isinstance(w, QWeight)]
@@ -177,8 +207,7 @@ class PallasOps(XlaOps):
                                                     counters, jnp.full((1,), i, jnp.int32), eps=eps, n_head=n_head)
             ks.append(k)
             vs.append(v)
-        _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C): ln_f(r + finish(parts))
-        return normed.reshape(B, T, C), type(cache)(tuple(ks), tuple(vs))
+        return r, parts, type(cache)(tuple(ks), tuple(vs))
 
     @staticmethod
     def layer_norm(x, w, b, *, eps: float):

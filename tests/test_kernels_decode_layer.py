@@ -180,18 +180,24 @@ def test_bad_plans_are_clear_errors():
         DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_phases=(5,))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_model_decode_with_block_kernels_matches_xla(dtype, monkeypatch):
-    """Greedy generation with every block's decode step in one kernel equals the XLA backend's tokens."""
+@pytest.mark.parametrize("dtype,fused_head", [("float32", True), ("bfloat16", True), ("bfloat16", False)])
+def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, monkeypatch):
+    """Greedy generation with every block's decode step in one kernel, then ln_f and the LM head in one
+    (``lm_head_decode``; or the two-kernel path), equals the XLA backend's tokens."""
     from jaxgpt import GPTConfig, ops_pallas, random_state_dict
     from jaxgpt.engine import Engine
     from jaxgpt.generate import generate
     monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
+    monkeypatch.setattr(ops_pallas, "FUSED_HEAD", fused_head)
+    calls = []
+    real = ops_pallas.lm_head_decode
+    monkeypatch.setattr(ops_pallas, "lm_head_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=64, vocab_size=211)
     sd = random_state_dict(cfg, seed=3)
     prompts = [[5, 9, 11], [7, 1, 2, 3, 4, 8, 30]]
     got = generate(Engine(cfg, sd, dtype=dtype, backend="pallas"), prompts, max_new_tokens=12, stop_at_eos=False)
     want = generate(Engine(cfg, sd, dtype=dtype, backend="xla"), prompts, max_new_tokens=12, stop_at_eos=False)
+    assert bool(calls) == fused_head
     assert [r.ids for r in got] == [r.ids for r in want]
 
 

@@ -17,8 +17,10 @@ import pytest
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
+from pallas_kernels.lm_head import LMHeadPlan, lm_head_decode
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
+from pallas_kernels.partials import SplitK
 from pallas_kernels.quant_matmul import QWeight, quant_matmul, quant_matmul_split_k, quantize
 
 BF16 = jnp.bfloat16
@@ -82,6 +84,11 @@ CASES["quant_lm_head_int8"] = (
     lambda h, q, s: quant_matmul(h, QWeight(q, s, 8, None, C), jnp.zeros((50257,), BF16), out_dtype=jnp.float32,
                                  interpret=False),
     (S(1, C), _HEAD.q, _HEAD.scale))
+
+CASES["lm_head_decode"] = (
+    lambda r, p, pb, w, b, wte: lm_head_decode(r, SplitK(p, pb, "none", jnp.dtype(BF16)), w, b, wte, eps=1e-5,
+                                               plan=LMHeadPlan(programs=132), interpret=False),
+    (S(1, C), S(8, 1, C, dtype=jnp.float32), S(C), S(C), S(C), S(50257, C)))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Session 12's GPU calls, one mode each:  source .gpu/env.sh && bash bench/gpu/session12.sh MODE
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+mode=${1:-base}
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | head -1
+case "$mode" in
+base)  # same-machine baseline: decode with the step's kernel breakdown
+  timeout 300 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --breakdown 14 --out "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
+  echo "== decode rc=$?"; sed -n '/^decode,/,$p' "$OUT/decode.txt" | cut -c1-140 ;;
+gap)  # wall clock against the loop's own kernel time, under loop and XLA settings (gpt2-xl B1)
+  for v in "default" "JAXGPT_COMMAND_BUFFERS=0" "JAXGPT_DECODE_CHUNK=64"; do
+    tag=${v//[^A-Za-z0-9]/_}
+    env $( [ "$v" = default ] || echo "$v" ) timeout 150 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 \
+      --tokens 256 --reps 3 --out "$OUT/gap_$tag.json" > "$OUT/gap_$tag.txt" 2>&1
+    echo "== $v rc=$?"; grep -E "^gpt2-xl +1|decode loop" "$OUT/gap_$tag.txt" | cut -c1-140
+    grep -A6 "decode loop" "$OUT/gap_$tag.txt" | tail -6 | cut -c1-120
+  done ;;
+head)  # ln_f + LM head: two kernels vs lm_head_decode plans; then decode with the fused head on / off
+  timeout 200 python -m pytest -q -x tests/test_kernels_lm_head.py > "$OUT/head_tests.txt" 2>&1
+  echo "== head tests rc=$?"; tail -2 "$OUT/head_tests.txt"
+  timeout 200 python -m bench.lm_head --model gpt2,gpt2-xl --batch 1 --out "$OUT/lm_head.json" > "$OUT/lm_head.txt" 2>&1
+  echo "== bench.lm_head rc=$?"; sed -n '/^ln_f + LM head/,$p' "$OUT/lm_head.txt" | cut -c1-130
+  for fh in 1 0; do
+    JAXGPT_FUSED_HEAD=$fh timeout 150 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 \
+      --reps 3 --out "$OUT/decode_fh$fh.json" > "$OUT/decode_fh$fh.txt" 2>&1
+    echo "== decode fused_head=$fh rc=$?"; grep -E "^gpt2-xl +1" "$OUT/decode_fh$fh.txt" | cut -c1-140
+    grep -A9 "decode loop" "$OUT/decode_fh$fh.txt" | cut -c1-120
+  done ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
