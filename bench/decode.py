@@ -101,7 +101,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}
     if loop_groups is not None:
         row["loop_kernel_ms_per_token"] = sum(g[2] for g in loop_groups) / steps
-        row["loop_groups"] = [(name, count / steps, ms / steps) for name, count, ms in loop_groups[:8]]
+        row["loop_groups"] = [(name, count / steps, ms / steps) for name, count, ms in loop_groups[:16]]
     # One decode step as its own jitted function (no donation): CUPTI kernel time and where it goes.
     def one_step(state, tok, pos, cache):
         m = nnx.merge(engine.graphdef, state)

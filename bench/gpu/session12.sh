@@ -26,7 +26,7 @@ head)  # ln_f + LM head: two kernels vs lm_head_decode plans; then decode with t
     JAXGPT_FUSED_HEAD=$fh timeout 150 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 \
       --reps 3 --out "$OUT/decode_fh$fh.json" > "$OUT/decode_fh$fh.txt" 2>&1
     echo "== decode fused_head=$fh rc=$?"; grep -E "^gpt2-xl +1" "$OUT/decode_fh$fh.txt" | cut -c1-140
-    grep -A9 "decode loop" "$OUT/decode_fh$fh.txt" | cut -c1-120
+    grep -A17 "decode loop" "$OUT/decode_fh$fh.txt" | cut -c1-120
   done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
