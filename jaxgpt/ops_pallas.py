@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from jaxgpt.ops import BACKENDS, XlaOps, append_kv, gelu_tanh
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
-from pallas_kernels.decode_layer import LayerWeights, counter_slots, decode_layers
+from pallas_kernels.decode_layer import LayerWeights, counter_slots, decode_layer
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.lm_head import lm_head_decode
@@ -140,11 +140,6 @@ DECODE_LAYER_INT8 = os.environ.get("JAXGPT_DECODE_LAYER_INT8", "1") != "0"
 FUSED_HEAD = os.environ.get("JAXGPT_FUSED_HEAD", "1") != "0"
 
 
-# JAXGPT_BLOCKS_PER_KERNEL: consecutive blocks a decode kernel runs (``decode_layers``; the boundary between two a
-# grid barrier instead of a launch). Read when a step is traced.
-BLOCKS_PER_KERNEL = int(os.environ.get("JAXGPT_BLOCKS_PER_KERNEL", "1") or 1)
-
-
 def _block_kernel(rows: int, width: int) -> bool:
     """Whether a decode step of ``rows`` rows at model width ``width`` runs each block as one kernel.
 
@@ -207,14 +202,11 @@ class PallasOps(XlaOps):
         parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
         counters = jnp.zeros((len(blocks) * counter_slots(B, n_head),), jnp.int32)
         ks, vs = [], []
-        per = max(1, BLOCKS_PER_KERNEL)
-        for i in range(0, len(blocks), per):  # ``per`` consecutive blocks a kernel, a grid barrier between them
-            j = min(i + per, len(blocks))
-            r, parts, k, v, counters = decode_layers(
-                r, parts, tuple(LayerWeights(*p) for p in blocks[i:j]), cache.k[i:j], cache.v[i:j], pos, counters,
-                i, eps=eps, n_head=n_head)
-            ks.extend(k)
-            vs.extend(v)
+        for i, p in enumerate(blocks):
+            r, parts, k, v, counters = decode_layer(r, parts, LayerWeights(*p), cache.k[i], cache.v[i], pos,
+                                                    counters, jnp.full((1,), i, jnp.int32), eps=eps, n_head=n_head)
+            ks.append(k)
+            vs.append(v)
         return r, parts, type(cache)(tuple(ks), tuple(vs))
 
     @staticmethod

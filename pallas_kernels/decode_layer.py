@@ -59,9 +59,8 @@ BARRIERS = 4  # per block: after phases 1-4
 
 def counter_slots(batch: int, n_head: int) -> int:
     """int32 counters one block's step uses: its four barriers, and one per (row, head) whose attention splits' last
-    finisher merges them, plus the barrier before phase 1 where the block follows another in the same kernel
-    (``decode_layers``). A step of L blocks takes ``L * counter_slots``, zero at its start."""
-    return BARRIERS + 1 + batch * n_head
+    finisher merges them. A step of L blocks takes ``L * counter_slots``, zero at its start."""
+    return BARRIERS + batch * n_head
 
 
 class LayerWeights(NamedTuple):
@@ -506,15 +505,14 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
         if direct:
             pltriton.store(R.att_y.at[b, pl.ds(h * d.D, d.D)], out.astype(d.dtype))
         elif plan.merge_heads:
-            done = _count(R.cnt, _slots(R, d) + BARRIERS + 1 + b * d.H + h, d)
+            done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
     _items(d.B * d.H * splits, item)
 
 
 def _slots(R: _Refs, d: _Dims):
-    """This block's first counter: barriers at +0..3, the entry barrier at +BARRIERS, head merges at
-    +BARRIERS + 1 + b*H + h."""
+    """This block's first counter: barriers at +0..3, head merges at +BARRIERS + b*H + h."""
     return R.layer[0] * counter_slots(d.B, d.H)
 
 
@@ -616,33 +614,6 @@ def _barrier(cnt_ref, slot, volatile: bool, during=None):
 def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims):
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
-    _block_body(R, phases, plan, dims, entry=False)
-
-
-def _blocks_kernel(*refs, n_blocks: int, plan: DecodeLayerPlan, dims: _Dims):
-    """``n_blocks`` consecutive blocks in one kernel (``decode_layers``). refs: each block's inputs; the caches
-    (k, v per block) and counters aliased to outputs; the counters out; each block's other outputs. Block i > 0
-    takes block i - 1's h1 and MLP partials (written in this kernel, behind the entry barrier) as its input, and
-    every block has its own scratch outputs, so no program reads an address it may hold a stale L1 line of."""
-    n_in = N_IN + (4 if dims.int8 else 0)
-    ins = [list(refs[i * n_in:(i + 1) * n_in]) for i in range(n_blocks)]
-    rest = refs[n_blocks * n_in + 2 * n_blocks + 1:]  # past the aliased state inputs
-    cnt, outs = rest[0], rest[1:]
-    n_own = N_OUT - 1  # a block's outputs but the shared counters
-    prev = None
-    for i in range(n_blocks):
-        o = list(outs[i * n_own:(i + 1) * n_own])
-        if prev is not None:  # r, mp, mpb: the previous block's h1, MLP partials and their bias
-            ins[i][0], ins[i][1], ins[i][2] = prev.h1, prev.mp_out, prev.bp2
-        scales = ins[i][N_IN:] + [None] * (4 - (n_in - N_IN))
-        R = _Refs(*ins[i][:N_IN], *scales, *o[:4], cnt, *o[4:])
-        _block_body(R, tuple(range(len(PHASES))), plan, dims, entry=prev is not None)
-        prev = R
-
-
-def _block_body(R: _Refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims, entry: bool):
-    """The block's phases, a barrier before each but the first (and before the first too where ``entry``: the
-    block's input is the previous block's output, written in the same kernel)."""
     D = dims.D
     ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, (plan.proj[0], D, plan.proj[1])),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
@@ -656,18 +627,30 @@ def _block_body(R: _Refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: 
         during = None
         if plan.prefetch_rows and p in phases and p in plan.prefetch_phases:
             during = functools.partial(fetch, p)
-        if dims.fused and (p or entry):
-            slot = _slots(R, dims) + (p - 1 if p else BARRIERS)
-            early = _barrier(R.cnt, slot, plan.poll_volatile, during=during)
+        if dims.fused and p:
+            early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=during)
         else:
             early = during() if during else None
         if p in phases:
             PHASES[p](R, plan, dims, early)
 
 
-def _setup(r, mlp_in: SplitK, w: LayerWeights, k_cache, v_cache, pos, counters, layer, *, eps: float, n_head: int,
-           plan: DecodeLayerPlan | None, fused: bool | None, interpret: bool | None):
-    """Validation, plan and dims of one block's step: (inputs, output shapes, plan, dims, fused, interpret)."""
+@functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
+def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Array, v_cache: jax.Array,
+                 pos: jax.Array, counters: jax.Array, layer: jax.Array, *, eps: float, n_head: int,
+                 plan: DecodeLayerPlan | None = None, fused: bool | None = None, interpret: bool | None = None,
+                 phases: tuple[int, ...] | None = None):
+    """One decode step of a block: r (B, C) and the previous block's MLP partials ``mlp_in`` (``SplitK`` (P, B, C);
+    zeros for the first block) in, ``(h1, mlp_out, k_cache, v_cache, counters)`` out.
+
+    ``x = r + finish(mlp_in)`` is the block's input; ``h1 = x + attn(LN1(x))`` and ``mlp_out`` the MLP's unfinished
+    partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
+    ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
+    (n_layer * counter_slots(B, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
+    (1,) int32 picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
+    ``phases`` (for benchmarks only: the outputs are then incomplete) runs a subset of the phases 0-4; the
+    one-kernel form keeps all its barriers.
+    """
     B, C = r.shape
     if C % n_head or (C // n_head) & (C // n_head - 1) or C // n_head < 16:
         raise ValueError(f"n_embd {C} / n_head {n_head} must be a power-of-two head_dim >= 16")
@@ -729,30 +712,6 @@ def _setup(r, mlp_in: SplitK, w: LayerWeights, k_cache, v_cache, pos, counters, 
     ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)
     n_in = len(ins)  # N_IN, + 4 scales for int8 weights
-    return ins, out_shape, plan, dims, fused, interpret
-
-
-@functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
-def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Array, v_cache: jax.Array,
-                 pos: jax.Array, counters: jax.Array, layer: jax.Array, *, eps: float, n_head: int,
-                 plan: DecodeLayerPlan | None = None, fused: bool | None = None, interpret: bool | None = None,
-                 phases: tuple[int, ...] | None = None):
-    """One decode step of a block: r (B, C) and the previous block's MLP partials ``mlp_in`` (``SplitK`` (P, B, C);
-    zeros for the first block) in, ``(h1, mlp_out, k_cache, v_cache, counters)`` out.
-
-    ``x = r + finish(mlp_in)`` is the block's input; ``h1 = x + attn(LN1(x))`` and ``mlp_out`` the MLP's unfinished
-    partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
-    ``pos[b]`` and its query attends to slots ``0..pos[b]``; the caches are updated in place (aliased). ``counters``
-    (n_layer * counter_slots(B, n_head),) int32, zero at the step's start, is shared by the step's blocks; ``layer``
-    (1,) int32 picks this block's slots. ``fused`` (default: on a GPU) runs one kernel with barriers, else five calls.
-    ``phases`` (for benchmarks only: the outputs are then incomplete) runs a subset of the phases 0-4; the
-    one-kernel form keeps all its barriers.
-    """
-    ins, out_shape, plan, dims, fused, interpret = _setup(
-        r, mlp_in, w, k_cache, v_cache, pos, counters, layer, eps=eps, n_head=n_head, plan=plan, fused=fused,
-        interpret=interpret)
-    n_in = len(ins)  # N_IN, + 4 scales for int8 weights
-    dtype = r.dtype
     params = compiler_params(plan.num_warps, plan.num_stages)
 
     def call(phases, state, aliases):
@@ -775,58 +734,6 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
             outs = call((p,), outs, {n_in + i: i for i in range(N_OUT)})
     h1, mp, kc, vc, cnt = outs[:5]
     return h1, SplitK(mp, w.mlp_proj_b, "none", jnp.dtype(dtype)), kc, vc, cnt
-
-
-@functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "interpret"))
-def decode_layers(r: jax.Array, mlp_in: SplitK, ws: tuple, k_caches: tuple, v_caches: tuple, pos: jax.Array,
-                  counters: jax.Array, layer0: int | jax.Array, *, eps: float, n_head: int,
-                  plan: DecodeLayerPlan | None = None, interpret: bool | None = None):
-    """Consecutive blocks' decode steps in one kernel: ``decode_layer`` for blocks ``layer0, layer0 + 1, ...``
-    (weights ``ws``, caches ``k_caches``/``v_caches``, one per block), the boundary between two blocks a grid
-    barrier instead of a kernel launch. Returns (h1, mlp_out of the last block, k_caches, v_caches, counters).
-
-    Why: a kernel boundary costs a launch (~1.2 µs of kernel time, bench.launch_barrier) plus the idle gap between
-    kernels (~0.8 µs, which CUPTI's kernel time leaves out), a barrier ~1.3 µs. In interpret mode (no barriers)
-    the blocks run one ``decode_layer`` each."""
-    n = len(ws)
-    if not n or len(k_caches) != n or len(v_caches) != n:
-        raise ValueError(f"{len(ws)} blocks need as many caches, got {len(k_caches)} and {len(v_caches)}")
-    layer0 = jnp.asarray(layer0, jnp.int32).reshape(-1)[:1]
-    if default_interpret(interpret) or n == 1:
-        ks, vs = [], []
-        for i, w in enumerate(ws):
-            r, mlp_in, k, v, counters = decode_layer(r, mlp_in, w, k_caches[i], v_caches[i], pos, counters,
-                                                     layer0 + i, eps=eps, n_head=n_head, plan=plan,
-                                                     interpret=interpret)
-            ks.append(k)
-            vs.append(v)
-        return r, mlp_in, tuple(ks), tuple(vs), counters
-    setups = [_setup(r, mlp_in, w, k_caches[i], v_caches[i], pos, counters, layer0 + i, eps=eps, n_head=n_head,
-                     plan=plan, fused=True, interpret=False) for i, w in enumerate(ws)]
-    plan, dims = setups[0][2], setups[0][3]
-    if any(s[2] != plan or s[3] != dims for s in setups):
-        raise ValueError("the blocks of one kernel must share their shapes and weight format")
-    ins = [a for s in setups for a in s[0]]
-    state = [c for i in range(n) for c in (k_caches[i], v_caches[i])] + [counters]
-    own = [sh for j, sh in enumerate(setups[0][1]) if j != 4]  # a block's outputs but the counters
-    out_shape = [setups[0][1][4]] + own * n
-    n_own = len(own)
-    aliases = {len(ins) + 2 * n: 0}  # counters
-    for i in range(n):  # block i's caches -> its kc, vc outputs (third and fourth of its own)
-        aliases[len(ins) + 2 * i] = 1 + i * n_own + 2
-        aliases[len(ins) + 2 * i + 1] = 1 + i * n_own + 3
-    outs = pl.pallas_call(
-        functools.partial(_blocks_kernel, n_blocks=n, plan=plan, dims=dims), out_shape=out_shape,
-        grid=(plan.programs,), in_specs=[pl.no_block_spec] * (len(ins) + len(state)),
-        out_specs=[pl.no_block_spec] * len(out_shape), input_output_aliases=aliases,
-        compiler_params=compiler_params(plan.num_warps, plan.num_stages), interpret=False,
-        name=f"jaxgpt_decode_layers{n}",
-    )(*ins, *state)
-    counters, mine = outs[0], outs[1:]
-    last = mine[(n - 1) * n_own:]
-    ks = tuple(mine[i * n_own + 2] for i in range(n))
-    vs = tuple(mine[i * n_own + 3] for i in range(n))
-    return last[0], SplitK(last[1], ws[-1].mlp_proj_b, "none", jnp.dtype(r.dtype)), ks, vs, counters
 
 
 def decode_layer_reference(r, mlp_in: SplitK, w: LayerWeights, k_cache, v_cache, pos, *, eps: float, n_head: int):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.decode_layer import (BARRIERS, DecodeLayerPlan, LayerWeights, counter_slots, decode_layer,
-                                         decode_layer_reference, decode_layers)
+                                         decode_layer_reference)
 from pallas_kernels.partials import SplitK, resolve
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
 
@@ -60,9 +60,8 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     check(h1.astype(jnp.float32) + resolve(mlp_out).astype(jnp.float32), rout, dtype, 4 * C, "block output")
     check(kc, rk, dtype, C, "k cache")
     check(vc, rv, dtype, C, "v cache")
-    counts, entry, merges = np.split(np.asarray(counters), [BARRIERS, BARRIERS + 1])
+    counts, merges = np.split(np.asarray(counters), [BARRIERS])
     assert counts.tolist() == [programs if fused else 0] * BARRIERS  # every program passed every barrier once
-    assert entry.tolist() == [0]  # (a block first in its kernel has no entry barrier)
     # every (row, head) counted each of its splits once
     assert merges.tolist() == [plan.att_splits if plan.merge_heads and plan.att_splits > 1 else 0] * (B * H)
 
@@ -181,9 +180,8 @@ def test_bad_plans_are_clear_errors():
         DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_phases=(5,))
 
 
-@pytest.mark.parametrize("dtype,fused_head,per_kernel", [("float32", True, 1), ("bfloat16", True, 2),
-                                                         ("bfloat16", False, 3)])
-def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, per_kernel, monkeypatch):
+@pytest.mark.parametrize("dtype,fused_head", [("float32", True), ("bfloat16", True), ("bfloat16", False)])
+def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, monkeypatch):
     """Greedy generation with every block's decode step in one kernel, then ln_f and the LM head in one
     (``lm_head_decode``; or the two-kernel path), equals the XLA backend's tokens."""
     from jaxgpt import GPTConfig, ops_pallas, random_state_dict
@@ -191,11 +189,10 @@ def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, per_kern
     from jaxgpt.generate import generate
     monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
     monkeypatch.setattr(ops_pallas, "FUSED_HEAD", fused_head)
-    monkeypatch.setattr(ops_pallas, "BLOCKS_PER_KERNEL", per_kernel)
     calls = []
     real = ops_pallas.lm_head_decode
     monkeypatch.setattr(ops_pallas, "lm_head_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = GPTConfig(n_layer=4, n_head=4, n_embd=64, n_ctx=64, vocab_size=211)  # 3 a kernel: groups of 3 and 1
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=64, vocab_size=211)
     sd = random_state_dict(cfg, seed=3)
     prompts = [[5, 9, 11], [7, 1, 2, 3, 4, 8, 30]]
     got = generate(Engine(cfg, sd, dtype=dtype, backend="pallas"), prompts, max_new_tokens=12, stop_at_eos=False)
@@ -212,8 +209,8 @@ def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch):
     monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
     monkeypatch.setattr(ops_pallas, "DECODE_LAYER_INT8", True)
     calls = []
-    real = ops_pallas.decode_layers
-    monkeypatch.setattr(ops_pallas, "decode_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ops_pallas.decode_layer
+    monkeypatch.setattr(ops_pallas, "decode_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=64, vocab_size=150)
     sd = random_state_dict(cfg, seed=4)
     prompts = [[3, 1, 4, 1, 5]]
@@ -267,56 +264,5 @@ def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     text = jax.jit(f).trace(S(1, C), S(3, 1, C, dt=jnp.float32), S(C), w, S(1, 512, H, 64), S(1, 512, H, 64),
                             S(1, dt=jnp.int32), S(48 * counter_slots(1, H), dt=jnp.int32),
                             S(1, dt=jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
-    calls = re.findall(r"custom_call @([\w$.]+)", text)
-    assert calls == ["__gpu$xla.gpu.triton"], calls
-
-
-@pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_blocks_in_one_kernel_match_chained_blocks(n, dtype):
-    """``decode_layers``: n blocks in one kernel (an entry barrier between them) against the same blocks one kernel
-    each; on the CPU both run the one-kernel-a-block form (no barriers in the interpreter)."""
-    rng = np.random.default_rng(n)
-    B, C, H, S = 2, 128, 4, 70
-    blocks = [_inputs(rng, B, C, H, S, dtype) for _ in range(n)]
-    r, mlp_in, _, _, _, pos = blocks[0]
-    ws, kcs, vcs = [b[2] for b in blocks], [b[3] for b in blocks], [b[4] for b in blocks]
-    plan = DecodeLayerPlan.heuristic(B, C, H, S, 5, jnp.dtype(dtype).itemsize)
-    cnt = jnp.zeros(((n + 1) * counter_slots(B, H),), jnp.int32)
-    h1, out, ks, vs, counters = decode_layers(r, mlp_in, tuple(ws), tuple(kcs), tuple(vcs), pos, cnt, 1, eps=1e-5,
-                                              n_head=H, plan=plan)
-    want_r, want_in = r, mlp_in
-    for i in range(n):
-        want_r, want_in, k, v, _ = decode_layer(want_r, want_in, ws[i], kcs[i], vcs[i], pos, cnt,
-                                                jnp.array([1 + i]), eps=1e-5, n_head=H, plan=plan)
-        check(ks[i], k, dtype, C, f"k cache {i}")
-        check(vs[i], v, dtype, C, f"v cache {i}")
-    check(h1, want_r, dtype, C, "h1")
-    check(resolve(out), resolve(want_in), dtype, 4 * C, "mlp out")
-    if ON_GPU:  # every program passed each block's barriers once, and the entry barrier of every block but the first
-        per = np.asarray(counters).reshape(n + 1, -1)
-        assert per[0].tolist() == [0] * per.shape[1]
-        for i in range(n):
-            assert per[1 + i, :BARRIERS].tolist() == [plan.programs] * BARRIERS
-            assert per[1 + i, BARRIERS] == (plan.programs if i else 0)
-
-
-def test_blocks_in_one_kernel_lower_to_triton_for_cuda():
-    """Three gpt2-xl blocks in one kernel (entry barriers, each block's own scratch) lower through Triton."""
-    import re
-    S = lambda *s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)  # noqa: E731
-    C, H = 1600, 25
-    w = LayerWeights(S(C), S(C), S(C, 3 * C), S(3 * C), S(C, C), S(C), S(C), S(C), S(C, 4 * C), S(4 * C),
-                     S(4 * C, C), S(C))
-    plan = DecodeLayerPlan.heuristic(1, C, H, 512, 132)
-
-    def f(r, p, pb, ws, kc, vc, pos, cnt):
-        return decode_layers(r, SplitK(p, pb, "none", jnp.dtype(jnp.bfloat16)), ws, kc, vc, pos, cnt, 0,
-                             eps=1e-5, n_head=H, plan=plan, interpret=False)
-
-    kv = S(1, 512, H, 64)
-    text = jax.jit(f).trace(S(1, C), S(3, 1, C, dt=jnp.float32), S(C), (w,) * 3, (kv,) * 3, (kv,) * 3,
-                            S(1, dt=jnp.int32), S(48 * counter_slots(1, H), dt=jnp.int32)
-                            ).lower(lowering_platforms=("cuda",)).as_text()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls == ["__gpu$xla.gpu.triton"], calls

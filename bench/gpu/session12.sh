@@ -28,14 +28,5 @@ head)  # ln_f + LM head: two kernels vs lm_head_decode plans; then decode with t
     echo "== decode fused_head=$fh rc=$?"; grep -E "^gpt2-xl +1" "$OUT/decode_fh$fh.txt" | cut -c1-140
     grep -A17 "decode loop" "$OUT/decode_fh$fh.txt" | cut -c1-120
   done ;;
-blocks)  # several blocks a kernel: GPU tests, then decode at 1, 2, 4, 8 blocks a kernel (fused head on)
-  timeout 170 python -m pytest -q -x tests/test_kernels_decode_layer.py -k "blocks_in or model_decode or (matches_reference and scratch)" > "$OUT/blocks_tests.txt" 2>&1
-  echo "== blocks tests rc=$?"; grep -E "passed|failed|Error" "$OUT/blocks_tests.txt" | tail -3
-  for n in ${NS:-1 2 4 8}; do
-    JAXGPT_BLOCKS_PER_KERNEL=$n timeout 110 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 \
-      --tokens 256 --reps 3 --out "$OUT/decode_n$n.json" > "$OUT/decode_n$n.txt" 2>&1
-    echo "== decode blocks/kernel=$n rc=$?"; grep -E "^gpt2-xl +1|decode loop" "$OUT/decode_n$n.txt" | cut -c1-140
-    grep -A3 "decode loop" "$OUT/decode_n$n.txt" | tail -3 | cut -c1-100
-  done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
