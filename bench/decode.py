@@ -54,14 +54,14 @@ def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int, weigh
 
 
 def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int,
-             quantize: str | None = None) -> dict:
+             quantize: str | None = None, sampler: str = "static") -> dict:
     cfg, sd = random_weights(model)
     engine = Engine(cfg, sd, dtype=dtype, backend=backend, quantize=quantize)
     weights = sum(x.nbytes for x in jax.tree.leaves(engine.state)) - cfg.n_ctx * cfg.n_embd * jnp.dtype(engine.dtype).itemsize
     P = bucket_length(PROMPT, cfg.n_ctx)
     S = bucket_length(PROMPT + tokens, cfg.n_ctx)
     t0 = time.perf_counter()
-    pre, dec, _ = _compiled(engine, batch, P, S, False)
+    pre, dec, _ = _compiled(engine, batch, P, S, False, True if sampler == "static" else None)
     compile_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     put = lambda a: jax.device_put(a, engine.device)  # noqa: E731
@@ -95,7 +95,8 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     finite = bool((out[:, :tokens] >= 0).all())
     steps = int(np.max(np.asarray(steps))) - 1
     ms_tok = statistics.median(dec_ms) / steps
-    row = {"impl": f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else ""), "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
+    row = {"impl": f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "") + ("-cond" if sampler == "cond" else ""),
+           "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
            "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}
@@ -210,6 +211,9 @@ def main(argv=None):
     ap.add_argument("--quantize", default="none", help="comma list of none,int8,int4: weight formats to run")
     ap.add_argument("--command-buffers", choices=("on", "off"), default="on",
                     help="XLA command buffers (CUDA graphs) as the CLI sets them (jaxgpt.xla_flags); off: XLA's default")
+    ap.add_argument("--sampler", default="static",
+                    help="comma list of static,cond: the greedy loop as jaxgpt.generate compiles it (static), or "
+                         "deciding greedy vs sampled on the device each step (lax.cond, before session 12)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.command_buffers == "on":
@@ -220,11 +224,12 @@ def main(argv=None):
     rows = []
     for model in args.model.split(","):
         for batch in map(int, args.batch.split(",")):
-            for backend, quant in itertools.product(args.backend.split(","), args.quantize.split(",")):
+            for backend, quant, sampler in itertools.product(args.backend.split(","), args.quantize.split(","),
+                                                             args.sampler.split(",")):
                 quant = None if quant == "none" else quant
                 try:
                     rows.append(jax_case(model, backend, args.dtype, batch, args.tokens, args.reps, args.breakdown,
-                                         quant))
+                                         quant, sampler))
                 except Exception as e:  # noqa: BLE001 - a failing case is reported, the others still run
                     rows.append({"impl": f"jaxgpt-{backend}" + (f"-{quant}" if quant else ""), "model": model,
                                  "batch": batch, "error": repr(e)[:300]})

@@ -98,17 +98,18 @@ class GenerateResult:
 
 # --------------------------------------------------------------------------------------------- compiled functions
 
-def _prefill(graphdef, backend: str, cache_len: int, state, ids, lengths, rows, key, temperature, top_k, top_p):
+def _prefill(graphdef, backend: str, cache_len: int, greedy: bool | None, state, ids, lengths, rows, key, temperature,
+             top_k, top_p):
     model = nnx.merge(graphdef, state)
     B = ids.shape[0]
     cache = KVCache.zeros(model.config, B, cache_len, model.wte.weight.dtype)  # (B, S, H, D) per layer
     logits, cache = model.prefill(ids, lengths - 1, cache, get_ops(backend))  # (B, V)
-    tok = sample(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, rows)  # (B,)
+    tok = sample(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, rows, greedy=greedy)  # (B,)
     return tok, cache
 
 
-def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache, tok, lengths, done, rows,
-            max_new, key, eos, temperature, top_k, top_p):
+def _decode(graphdef, backend: str, host: Callable | None, greedy: bool | None, state, cache: KVCache, tok, lengths,
+            done, rows, max_new, key, eos, temperature, top_k, top_p):
     """Tokens 1..max_new-1 after the prefill's token 0: out (B, S) int32 with -1 after a row is done, the number
     of loop iterations (shape (1,): per shard when the batch is split over devices), and the cache (donated in,
     returned: XLA updates it in place)."""
@@ -123,7 +124,7 @@ def _decode(graphdef, backend: str, host: Callable | None, state, cache: KVCache
     def step(c):
         i, tok, cache, out, done = c
         logits, cache = model.decode(tok, lengths + i - 1, cache, ops)  # token i-1 sits at slot len + i - 1
-        nxt = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, rows)  # (B,)
+        nxt = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, rows, greedy=greedy)  # (B,)
         rec = jnp.where(done, -1, nxt)
         out = jax.lax.dynamic_update_slice(out, rec[:, None], (0, i))
         done = done | (nxt == eos)
@@ -152,21 +153,23 @@ class _HostHook:
         return self.handler(int(i), np.asarray(toks))
 
 
-def _compiled(engine: Engine, batch: int, prompt_len: int, cache_len: int, hooked: bool):
+def _compiled(engine: Engine, batch: int, prompt_len: int, cache_len: int, hooked: bool, greedy: bool | None):
+    """The prefill and decode functions for a shape bucket, compiled once each; ``greedy`` (static: True, False, or
+    None to decide on the device, see ``sample``) is part of their key."""
     scalars = [jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32),
                jax.ShapeDtypeStruct((), jnp.float32)]
     key_spec = jax.eval_shape(lambda: jax.random.key(0))
     row_i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    pre = engine.aot(("prefill", batch, prompt_len, cache_len), _prefill, engine.graphdef, engine.backend,
-                     cache_len, args=(jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32), row_i32, row_i32,
-                                      key_spec, *scalars),
+    pre = engine.aot(("prefill", batch, prompt_len, cache_len, greedy), _prefill, engine.graphdef, engine.backend,
+                     cache_len, greedy, args=(jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32), row_i32,
+                                              row_i32, key_spec, *scalars),
                      kinds=("batch", "batch", "batch", "rep", "rep", "rep", "rep"), out_kinds=("batch", "cache"))
     cache_spec = jax.eval_shape(lambda: KVCache.zeros(engine.config, batch, cache_len, engine.dtype))
     hook = engine.hooks.setdefault((batch, cache_len), _HostHook()) if hooked else None
-    dec = engine.aot(("decode", batch, cache_len, hooked), _decode, engine.graphdef, engine.backend, hook,
-                     args=(cache_spec, row_i32, row_i32, jax.ShapeDtypeStruct((batch,), jnp.bool_), row_i32,
-                           jax.ShapeDtypeStruct((), jnp.int32), key_spec, jax.ShapeDtypeStruct((), jnp.int32),
-                           *scalars), donate=(0,),
+    dec = engine.aot(("decode", batch, cache_len, hooked, greedy), _decode, engine.graphdef, engine.backend, hook,
+                     greedy, args=(cache_spec, row_i32, row_i32, jax.ShapeDtypeStruct((batch,), jnp.bool_),
+                                   row_i32, jax.ShapeDtypeStruct((), jnp.int32), key_spec,
+                                   jax.ShapeDtypeStruct((), jnp.int32), *scalars), donate=(0,),
                      kinds=("cache", "batch", "batch", "batch", "batch", "rep", "rep", "rep", "rep", "rep", "rep"),
                      out_kinds=("batch", "steps", "cache"))
     return pre, dec, hook
@@ -270,7 +273,7 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
     # Host callbacks need the whole batch in one place: a sharded engine streams each row's text when it is done
     # and cuts stop strings afterwards (the loop then runs to max_new_tokens or EOS).
     hooked = (stream is not None or bool(stops)) and engine.layout is None
-    pre, dec, hook = _compiled(engine, batch, prompt_len, cache_len, hooked)
+    pre, dec, hook = _compiled(engine, batch, prompt_len, cache_len, hooked, sampling.greedy)
 
     ids = np.zeros((batch, prompt_len), np.int32)
     lengths = np.ones((batch,), np.int32)

@@ -28,5 +28,9 @@ head)  # ln_f + LM head: two kernels vs lm_head_decode plans; then decode with t
     echo "== decode fused_head=$fh rc=$?"; grep -E "^gpt2-xl +1" "$OUT/decode_fh$fh.txt" | cut -c1-140
     grep -A17 "decode loop" "$OUT/decode_fh$fh.txt" | cut -c1-120
   done ;;
+sampler)  # greedy decided statically vs lax.cond on the device each step; both models, 5 reps
+  timeout 280 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 5 \
+    --sampler static,cond,static --out "$OUT/decode_sampler.json" > "$OUT/decode_sampler.txt" 2>&1
+  echo "== decode rc=$?"; grep -E "^gpt2(-xl)? +1|decode loop" "$OUT/decode_sampler.txt" | cut -c1-140 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
