@@ -25,8 +25,9 @@ from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.lm_head import LMHeadPlan, lm_head_decode
 from pallas_kernels.partials import SplitK
 
-PLANS = [{}, {"block_n": 64}, {"block_n": 256}, {"block_k": 128}, {"num_stages": 3}, {"num_stages": 5},
-         {"num_warps": 4}, {"programs": 264}, {"programs": 264, "num_warps": 4}]
+PLANS = [{}, {"block_k": 128}, {"num_stages": 5}, {"block_k": 128, "num_stages": 5}, {"flat": True},
+         {"flat": True, "block_k": 128}, {"flat": True, "num_stages": 5}, {"flat": True, "block_k": 128, "num_stages": 3},
+         {"flat": True, "block_n": 256, "block_k": 64}, {"flat": True, "num_warps": 4}]
 
 
 def main(argv=None):

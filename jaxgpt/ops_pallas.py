@@ -199,7 +199,7 @@ class PallasOps(XlaOps):
         if T != 1 or B > DECODE_ROWS or not _block_kernel(B, C) or D < 16 or D & (D - 1) or (quant and not int8):
             return None  # the per-op path serves int4 (and int8 when opted out) and head sizes the kernel lacks
         r = x.reshape(B, C)  # (B, C)
-        parts = SplitK(jnp.zeros((1, B, C), jnp.float32), jnp.zeros((C,), x.dtype), "none", jnp.dtype(x.dtype))
+        parts = None  # the first block's input is the embedding alone (no partials to finish, no zeros to make)
         counters = jnp.zeros((len(blocks) * counter_slots(B, n_head),), jnp.int32)
         ks, vs = [], []
         for i, p in enumerate(blocks):

@@ -259,11 +259,14 @@ def _sum_parts(p_ref, c0, width: int, mask):
 
 
 def _residual_chunk(base_ref, p_ref, pb_ref, c0, width: int, d: _Dims, rows: int = BM):
-    """``base + round(Σ partials + bias)`` over columns [c0, c0+width) in float32, zero where masked."""
+    """``base + round(Σ partials + bias)`` over columns [c0, c0+width) in float32, zero where masked (``p_ref``
+    None: ``base`` alone)."""
     m, cols = _tile_mask(c0, width, d.B, d.C, rows)
+    base = _ld(base_ref.at[pl.ds(0, rows), pl.ds(c0, width)], m).astype(jnp.float32)
+    if p_ref is None:
+        return jnp.where(m, base, 0.0), m
     y = finish(_sum_parts(p_ref, c0, width, m), _ld(pb_ref.at[pl.ds(c0, width)], cols < d.C)[None, :],
                "none", d.dtype).astype(jnp.float32)
-    base = _ld(base_ref.at[pl.ds(0, rows), pl.ds(c0, width)], m).astype(jnp.float32)
     return jnp.where(m, base + y, 0.0), m
 
 
@@ -611,9 +614,11 @@ def _barrier(cnt_ref, slot, volatile: bool, during=None):
     return early
 
 
-def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims):
+def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _Dims, first: bool):
     n_scales = 4 if dims.int8 else 0  # (float weights: no scale inputs at all)
     R = _Refs(*refs[:N_IN + n_scales], *[None] * (4 - n_scales), *refs[-N_OUT:])
+    if first:  # no previous block: its partials' slots hold placeholders, never read
+        R = R._replace(mp=None, mpb=None)
     D = dims.D
     ahead = {0: (R.wqkv, 3 * dims.C, dims.C, plan.qkv), 2: (R.wo, dims.C, dims.C, (plan.proj[0], D, plan.proj[1])),
              3: (R.wfc, 4 * dims.C, dims.C, plan.fc), 4: (R.wp2, dims.C, 4 * dims.C, plan.out)}
@@ -636,12 +641,12 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "n_head", "plan", "fused", "interpret", "phases"))
-def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Array, v_cache: jax.Array,
+def decode_layer(r: jax.Array, mlp_in: SplitK | None, w: LayerWeights, k_cache: jax.Array, v_cache: jax.Array,
                  pos: jax.Array, counters: jax.Array, layer: jax.Array, *, eps: float, n_head: int,
                  plan: DecodeLayerPlan | None = None, fused: bool | None = None, interpret: bool | None = None,
                  phases: tuple[int, ...] | None = None):
     """One decode step of a block: r (B, C) and the previous block's MLP partials ``mlp_in`` (``SplitK`` (P, B, C);
-    zeros for the first block) in, ``(h1, mlp_out, k_cache, v_cache, counters)`` out.
+    None for the first block, whose input is r alone) in, ``(h1, mlp_out, k_cache, v_cache, counters)`` out.
 
     ``x = r + finish(mlp_in)`` is the block's input; ``h1 = x + attn(LN1(x))`` and ``mlp_out`` the MLP's unfinished
     partials of ``LN2(h1)``, so the block's output is ``h1 + finish(mlp_out)``. Row b's key and value go to cache slot
@@ -671,7 +676,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     scales = [m.scale.reshape(-1).astype(jnp.float32) for m in mats] if int8 else []
     if int8:
         w = w._replace(**{name: m.q for name, m in zip(expect, mats)})
-    if mlp_in.parts.ndim != 3 or mlp_in.parts.shape[1:] != (B, C):
+    if mlp_in is not None and (mlp_in.parts.ndim != 3 or mlp_in.parts.shape[1:] != (B, C)):
         raise ValueError(f"mlp_in partials {mlp_in.parts.shape} must be (P, {B}, {C})")
     if pos.shape != (B,):
         raise ValueError(f"{pos.shape=} must be ({B},)")
@@ -709,13 +714,14 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
         jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block), max(16, D)), f32),  # sink
     ]
-    ins = (r, mlp_in.parts.astype(f32), mlp_in.bias, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
+    parts_in = (r, r) if mlp_in is None else (mlp_in.parts.astype(f32), mlp_in.bias)  # (placeholders: unread)
+    ins = (r, *parts_in, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
            layer.astype(jnp.int32).reshape(1), *scales)
     n_in = len(ins)  # N_IN, + 4 scales for int8 weights
     params = compiler_params(plan.num_warps, plan.num_stages)
 
     def call(phases, state, aliases):
-        kernel = functools.partial(_layer_kernel, phases=phases, plan=plan, dims=dims)
+        kernel = functools.partial(_layer_kernel, phases=phases, plan=plan, dims=dims, first=mlp_in is None)
         args = (*ins, *state)
         return pl.pallas_call(
             kernel, out_shape=out_shape, grid=(plan.programs,), in_specs=[pl.no_block_spec] * len(args),
@@ -736,7 +742,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK, w: LayerWeights, k_cache: jax.Arr
     return h1, SplitK(mp, w.mlp_proj_b, "none", jnp.dtype(dtype)), kc, vc, cnt
 
 
-def decode_layer_reference(r, mlp_in: SplitK, w: LayerWeights, k_cache, v_cache, pos, *, eps: float, n_head: int):
+def decode_layer_reference(r, mlp_in: SplitK | None, w: LayerWeights, k_cache, v_cache, pos, *, eps: float, n_head: int):
     """Pure jnp, float32 math with the kernel's rounding points: returns (h1, block output, k_cache, v_cache)."""
     f32, dtype = jnp.float32, r.dtype
     B, C = r.shape
@@ -754,7 +760,9 @@ def decode_layer_reference(r, mlp_in: SplitK, w: LayerWeights, k_cache, v_cache,
         wt = dequantize(wt, f32) if isinstance(wt, QWeight) else wt.astype(f32)
         return jnp.dot(a, wt, precision=jax.lax.Precision.HIGHEST) + b.astype(f32)
 
-    x_f = r.astype(f32) + rnd(mlp_in.parts.astype(f32).sum(0) + mlp_in.bias.astype(f32))
+    x_f = r.astype(f32)
+    if mlp_in is not None:
+        x_f = x_f + rnd(mlp_in.parts.astype(f32).sum(0) + mlp_in.bias.astype(f32))
     x = rnd(x_f)
     qkv = rnd(mm(ln(x_f, w.ln_1_w, w.ln_1_b), w.c_attn_w, w.c_attn_b)).reshape(B, 3, H, D)
     rows = jnp.arange(B)

@@ -38,6 +38,9 @@ class LMHeadPlan:
     block_k: int = 64
     num_warps: int = 8
     num_stages: int = 4
+    # One loop over (item, K step) pairs, the accumulator reset at each item's first step and stored at its last,
+    # so the software pipeline runs on across items instead of draining and refilling at each one.
+    flat: bool = False
 
     def __post_init__(self):
         if self.programs < 1:
@@ -51,7 +54,8 @@ class LMHeadPlan:
 
 def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, B, C) f32, (C,), (C,), (C,), (V, C)
                     o_ref, xn_ref,  # outputs: (B, V) float32 logits; (G, BM, Cp) scratch, each program's rows
-                    *, B: int, C: int, V: int, eps: float, dtype, precision, bn: int, bk: int, interpret: bool):
+                    *, B: int, C: int, V: int, eps: float, dtype, precision, bn: int, bk: int, flat: bool,
+                    interpret: bool):
     pid, g = pl.program_id(0), pl.num_programs(0)
     br, cp = next_pow2(B), next_pow2(C)
     rows = jax.lax.broadcasted_iota(jnp.int32, (br, cp), 0)
@@ -81,25 +85,39 @@ def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, 
     steps = pl.cdiv(C, bk)
     xrows = jnp.arange(BM)[:, None] < B
 
-    def item(t, carry):
-        v0 = (pid + t * g) * bn
+    def product(v0, kk):  # (BM, bn) float32: this K step of vocab rows [v0, v0 + bn)
+        k0 = kk * bk
         vrows = (v0 + jnp.arange(bn))[:, None] < V  # (bn, 1)
+        kcols = (k0 + jnp.arange(bk))[None, :] < C  # (1, bk)
+        xt = ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], xrows & kcols)  # (BM, bk)
+        wt = ld(w_ref.at[pl.ds(v0, bn), pl.ds(k0, bk)], vrows & kcols)  # (bn, bk): wte rows, K contiguous
+        return jax.lax.dot_general(xt, wt, (((1,), (1,)), ((), ())), precision=precision,
+                                   preferred_element_type=jnp.float32)
 
-        def step(kk, acc):
-            k0 = kk * bk
-            kcols = (k0 + jnp.arange(bk))[None, :] < C  # (1, bk)
-            xt = ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], xrows & kcols)  # (BM, bk)
-            wt = ld(w_ref.at[pl.ds(v0, bn), pl.ds(k0, bk)], vrows & kcols)  # (bn, bk): wte rows, K contiguous
-            return acc + jax.lax.dot_general(xt, wt, (((1,), (1,)), ((), ())), precision=precision,
-                                             preferred_element_type=jnp.float32)  # (BM, bn)
-
-        acc = jax.lax.fori_loop(0, steps, step, jnp.zeros((BM, bn), jnp.float32))
+    def store(v0, acc, when=True):
         vcols = (v0 + jnp.arange(bn))[None, :] < V
-        pltriton.store(o_ref.at[pl.ds(0, BM), pl.ds(v0, bn)], acc, mask=xrows & vcols)
-        return carry
+        pltriton.store(o_ref.at[pl.ds(0, BM), pl.ds(v0, bn)], acc, mask=xrows & vcols & when)
 
     n_items = pl.cdiv(V, bn)
-    jax.lax.fori_loop(0, jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g), item, jnp.int32(0))
+    mine = jax.lax.div(jnp.maximum(n_items - pid + g - 1, 0), g)  # items pid, pid + g, ...
+    if flat:
+        def flat_step(t, acc):
+            it, kk = jax.lax.div(t, jnp.int32(steps)), jax.lax.rem(t, jnp.int32(steps))
+            v0 = (pid + it * g) * bn
+            acc = jnp.where(kk == 0, 0.0, acc) + product(v0, kk)
+            store(v0, acc, kk == steps - 1)
+            return acc
+
+        jax.lax.fori_loop(0, mine * steps, flat_step, jnp.zeros((BM, bn), jnp.float32))
+        return
+
+    def item(t, carry):
+        v0 = (pid + t * g) * bn
+        store(v0, jax.lax.fori_loop(0, steps, lambda kk, acc: acc + product(v0, kk),
+                                    jnp.zeros((BM, bn), jnp.float32)))
+        return carry
+
+    jax.lax.fori_loop(0, mine, item, jnp.int32(0))
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "plan", "interpret"))
@@ -130,7 +148,7 @@ def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array
     kernel = functools.partial(
         _lm_head_kernel, B=B, C=C, V=V, eps=float(eps), dtype=dtype,
         precision=jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, bn=plan.block_n, bk=plan.block_k,
-        interpret=interpret)
+        flat=plan.flat, interpret=interpret)
     logits, _ = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct((B, V), jnp.float32),

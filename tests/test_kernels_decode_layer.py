@@ -266,3 +266,20 @@ def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
                             S(1, dt=jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls == ["__gpu$xla.gpu.triton"], calls
+
+
+@pytest.mark.parametrize("fused", FORMS)
+def test_first_block_takes_no_partials(fused):
+    """``mlp_in=None`` (the first block of a step): the block's input is r alone, as with zero partials."""
+    rng = np.random.default_rng(11)
+    B, C, H, S = 2, 128, 4, 40
+    r, _, w, kc, vc, pos = _inputs(rng, B, C, H, S, "float32")
+    plan = DecodeLayerPlan.heuristic(B, C, H, S, 4, 4)
+    zeros = SplitK(jnp.zeros((1, B, C)), jnp.zeros((C,)), "none", jnp.dtype(jnp.float32))
+    got = _run((r, None, w, kc, vc, pos), H, plan, fused)
+    want = decode_layer_reference(r, None, w, kc, vc, pos, eps=1e-5, n_head=H)
+    same = _run((r, zeros, w, kc, vc, pos), H, plan, fused)
+    check(got[0], want[0], "float32", C, "h1")
+    check(got[0].astype(jnp.float32) + resolve(got[1]), want[1], "float32", 4 * C, "block output")
+    for a, b in zip(got[:4], same[:4]):
+        np.testing.assert_array_equal(np.asarray(resolve(a)), np.asarray(resolve(b)))

@@ -32,5 +32,15 @@ sampler)  # greedy decided statically vs lax.cond on the device each step; both 
   timeout 280 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 5 \
     --sampler static,cond,static --out "$OUT/decode_sampler.json" > "$OUT/decode_sampler.txt" 2>&1
   echo "== decode rc=$?"; grep -E "^gpt2(-xl)? +1|decode loop" "$OUT/decode_sampler.txt" | cut -c1-140 ;;
+final1)  # GPU tests of the head kernel and the first block without partials; head plans; decode (static greedy)
+  timeout 150 python -m pytest -q -x tests/test_kernels_lm_head.py tests/test_kernels_decode_layer.py \
+    -k "lm_head or first_block or model_decode or (matches_reference and scratch)" > "$OUT/tests.txt" 2>&1
+  echo "== tests rc=$?"; grep -E "passed|failed" "$OUT/tests.txt" | tail -2
+  timeout 150 python -m bench.lm_head --model gpt2-xl,gpt2 --batch 1 --out "$OUT/lm_head.json" > "$OUT/lm_head.txt" 2>&1
+  echo "== bench.lm_head rc=$?"; sed -n '/^ln_f + LM head/,$p' "$OUT/lm_head.txt" | cut -c1-130
+  timeout 200 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas --batch 1 --tokens 256 --reps 5 \
+    --out "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
+  echo "== decode rc=$?"; grep -E "^gpt2(-xl)? +1" "$OUT/decode.txt" | cut -c1-140
+  grep -A13 "decode loop" "$OUT/decode.txt" | cut -c1-110 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
