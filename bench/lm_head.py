@@ -25,9 +25,10 @@ from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.lm_head import LMHeadPlan, lm_head_decode
 from pallas_kernels.partials import SplitK
 
-PLANS = [{}, {"block_k": 128}, {"num_stages": 5}, {"block_k": 128, "num_stages": 5}, {"flat": True},
-         {"flat": True, "block_k": 128}, {"flat": True, "num_stages": 5}, {"flat": True, "block_k": 128, "num_stages": 3},
-         {"flat": True, "block_n": 256, "block_k": 64}, {"flat": True, "num_warps": 4}]
+PLANS = [{}, {"flat": True, "block_k": 128}, {"flat": True, "block_n": 64, "block_k": 256},
+         {"flat": True, "block_n": 32, "block_k": 512}, {"flat": True, "block_n": 32, "block_k": 256},
+         {"flat": True, "block_n": 64, "block_k": 128}, {"flat": True, "block_n": 16, "block_k": 1024},
+         {"flat": True, "block_n": 64, "block_k": 256, "num_stages": 3}]
 
 
 def main(argv=None):

@@ -48,6 +48,10 @@ EOS_ID = tokenizer.EOT_ID
 # but a positive integer keeps the default).
 _CHUNK_ENV = os.environ.get("JAXGPT_DECODE_CHUNK", "")
 DECODE_CHUNK = int(_CHUNK_ENV) if _CHUNK_ENV.isdigit() and int(_CHUNK_ENV) > 0 else 16
+# Steps unrolled within a chunk's loop (``fori_loop(unroll=)``): each loop iteration costs a small condition kernel
+# on the GPU (``set_while_condition``, ~2 µs). JAXGPT_DECODE_UNROLL overrides.
+_UNROLL_ENV = os.environ.get("JAXGPT_DECODE_UNROLL", "")
+DECODE_UNROLL = int(_UNROLL_ENV) if _UNROLL_ENV.isdigit() and int(_UNROLL_ENV) > 0 else 1
 
 
 @dataclasses.dataclass
@@ -134,7 +138,8 @@ def _decode(graphdef, backend: str, host: Callable | None, greedy: bool | None, 
 
     def steps(k: int, c):  # while a whole chunk of k steps fits below max_new and some row is still going
         return jax.lax.while_loop(lambda c: (c[0] + k <= max_new) & ~jnp.all(c[4]),
-                                  lambda c: jax.lax.fori_loop(0, k, lambda _, c: step(c), c) if k > 1 else step(c), c)
+                                  lambda c: jax.lax.fori_loop(0, k, lambda _, c: step(c), c,
+                                                              unroll=min(DECODE_UNROLL, k)) if k > 1 else step(c), c)
 
     c = (jnp.int32(1), tok, cache, out, done)
     if DECODE_CHUNK > 1:

@@ -42,5 +42,14 @@ final1)  # GPU tests of the head kernel and the first block without partials; he
     --out "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
   echo "== decode rc=$?"; grep -E "^gpt2(-xl)? +1" "$OUT/decode.txt" | cut -c1-140
   grep -A13 "decode loop" "$OUT/decode.txt" | cut -c1-110 ;;
+unroll)  # head tiles; decode with 1, 2, 4 steps unrolled a loop iteration (gpt2-xl, static greedy)
+  timeout 100 python -m bench.lm_head --model gpt2-xl,gpt2 --batch 1 --out "$OUT/lm_head.json" > "$OUT/lm_head.txt" 2>&1
+  echo "== bench.lm_head rc=$?"; sed -n '/^ln_f + LM head/,$p' "$OUT/lm_head.txt" | cut -c1-130
+  for u in 1 4 2; do
+    JAXGPT_DECODE_UNROLL=$u timeout 130 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 \
+      --reps 5 --out "$OUT/decode_u$u.json" > "$OUT/decode_u$u.txt" 2>&1
+    echo "== decode unroll=$u rc=$?"; grep -E "^gpt2-xl +1|decode loop" "$OUT/decode_u$u.txt" | cut -c1-140
+    grep -A6 "decode loop" "$OUT/decode_u$u.txt" | grep -E "while|reduce" | cut -c1-100
+  done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
