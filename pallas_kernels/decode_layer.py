@@ -455,7 +455,7 @@ def _att_item(it, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     b = jax.lax.div(it, jnp.int32(d.H * splits))
     h = jax.lax.rem(jax.lax.div(it, jnp.int32(splits)), jnp.int32(d.H))
     sp = jax.lax.rem(it, jnp.int32(splits))
-    pos = R.pos[b]
+    pos = jnp.clip(R.pos[b], 0, R.kc.shape[1] - 1)  # (clamped here, not by an XLA kernel before the call)
     if plan.live_splits:  # whole blocks, as even as they allow
         chunk = pl.cdiv(pl.cdiv(pos, jnp.int32(splits)), jnp.int32(bk)) * bk
     else:
@@ -715,7 +715,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK | None, w: LayerWeights, k_cache: 
         jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block), max(16, D)), f32),  # sink
     ]
     parts_in = (r, r) if mlp_in is None else (mlp_in.parts.astype(f32), mlp_in.bias)  # (placeholders: unread)
-    ins = (r, *parts_in, *w, jnp.clip(pos.astype(jnp.int32), 0, S - 1),
+    ins = (r, *parts_in, *w, pos.astype(jnp.int32),
            layer.astype(jnp.int32).reshape(1), *scales)
     n_in = len(ins)  # N_IN, + 4 scales for int8 weights
     params = compiler_params(plan.num_warps, plan.num_stages)

@@ -64,3 +64,28 @@ def test_sampled_frequencies_follow_the_distribution():
 def test_bad_settings(kw, needle):
     with pytest.raises(UsageError, match=needle):
         Sampling(**kw)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_static_branch_equals_the_device_choice(temperature):
+    """``greedy=`` compiles one branch: the same tokens as ``lax.cond`` picking it on the device."""
+    logits = jnp.asarray(np.random.default_rng(3).standard_normal((4, 300)), jnp.float32)
+    args = (logits, jax.random.key(7), jnp.float32(temperature), jnp.int32(20), jnp.float32(0.9))
+    want = np.asarray(sample(*args))
+    got = np.asarray(sample(*args, greedy=temperature == 0.0))
+    assert got.tolist() == want.tolist()
+    if temperature == 0.0:
+        assert got.tolist() == np.argmax(np.asarray(logits), axis=-1).tolist()
+
+
+def test_static_greedy_has_no_conditional():
+    """A conditional in the decode loop costs a host round trip a step on a GPU (XLA reads its predicate back):
+    the greedy program has none."""
+    logits = jax.ShapeDtypeStruct((2, 50), jnp.float32)
+    scal = (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32),
+            jax.ShapeDtypeStruct((), jnp.float32))
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    text = lambda g: jax.jit(lambda l, k, t, kk, p: sample(l, k, t, kk, p, greedy=g)).lower(  # noqa: E731
+        logits, key, *scal).as_text()
+    assert "conditional" not in text(True) and "cond" not in text(True)
+    assert "cond" in text(None)
