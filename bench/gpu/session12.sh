@@ -51,5 +51,25 @@ unroll)  # head tiles; decode with 1, 2, 4 steps unrolled a loop iteration (gpt2
     echo "== decode unroll=$u rc=$?"; grep -E "^gpt2-xl +1|decode loop" "$OUT/decode_u$u.txt" | cut -c1-140
     grep -A6 "decode loop" "$OUT/decode_u$u.txt" | grep -E "while|reduce" | cut -c1-100
   done ;;
+tests)  # the final tree's GPU tests: block kernel (first block without partials, pos clamped inside), head, generate,
+  # full-size parity with command buffers
+  timeout 170 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_decode_layer.py \
+    -k "first_block or model_decode or chained or int8_weights or (matches_reference and (scratch or one-split))" \
+    > "$OUT/tests_block.txt" 2>&1
+  echo "== block tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/tests_block.txt" | cut -c1-160 | tail -3
+  timeout 120 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_lm_head.py tests/test_sampling.py \
+    tests/test_generate.py > "$OUT/tests_head_generate.txt" 2>&1
+  echo "== head/sampling/generate tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/tests_head_generate.txt" | tail -3
+  XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1" \
+    timeout 200 python -m pytest -q -x -s -p no:cacheprovider tests/test_pallas_backend.py -k "full_size" \
+    > "$OUT/parity.txt" 2>&1
+  echo "== full-size parity, command buffers on, rc=$?"; grep -E "^gpt2|passed|failed" "$OUT/parity.txt" | cut -c1-160 ;;
+table)  # issue 7 / 10 tables: B=1 XLA vs Pallas (gpt2, gpt2-xl), gpt2-xl int8 / int4 in the same run
+  timeout 420 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas,xla --batch 1 --tokens 256 --reps 5 \
+    --out "$OUT/decode_b1.json" > "$OUT/decode_b1.txt" 2>&1
+  echo "== decode B1 rc=$?"; sed -n '/^decode,/,/^jaxgpt:/p' "$OUT/decode_b1.txt" | cut -c1-140
+  timeout 170 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --quantize none,int8,int4 --out "$OUT/decode_quant.json" > "$OUT/decode_quant.txt" 2>&1
+  echo "== decode quant rc=$?"; sed -n '/^decode,/,/^jaxgpt:/p' "$OUT/decode_quant.txt" | cut -c1-140 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
