@@ -87,5 +87,6 @@ def test_static_greedy_has_no_conditional():
     key = jax.eval_shape(lambda: jax.random.key(0))
     text = lambda g: jax.jit(lambda l, k, t, kk, p: sample(l, k, t, kk, p, greedy=g)).lower(  # noqa: E731
         logits, key, *scal).as_text()
-    assert "conditional" not in text(True) and "cond" not in text(True)
-    assert "cond" in text(None)
+    branches = ("stablehlo.case", "stablehlo.if")  # how jax 0.10 / 0.11 lower lax.cond
+    assert any(b in text(None) for b in branches)
+    assert not any(b in text(True) or b in text(False) for b in branches)

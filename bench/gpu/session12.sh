@@ -64,8 +64,11 @@ tests)  # the final tree's GPU tests: block kernel (first block without partials
     timeout 200 python -m pytest -q -x -s -p no:cacheprovider tests/test_pallas_backend.py -k "full_size" \
     > "$OUT/parity.txt" 2>&1
   echo "== full-size parity, command buffers on, rc=$?"; grep -E "^gpt2|passed|failed" "$OUT/parity.txt" | cut -c1-160 ;;
-table)  # issue 7 / 10 tables: B=1 XLA vs Pallas (gpt2, gpt2-xl), gpt2-xl int8 / int4 in the same run
-  timeout 420 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas,xla --batch 1 --tokens 256 --reps 5 \
+table)  # sampling/generate GPU tests; issue 7 / 10 tables: B=1 XLA vs Pallas (gpt2, gpt2-xl), gpt2-xl int8 / int4
+  timeout 100 python -m pytest -q -x -p no:cacheprovider tests/test_sampling.py tests/test_generate.py \
+    > "$OUT/tests_generate.txt" 2>&1
+  echo "== sampling/generate tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/tests_generate.txt" | tail -3
+  timeout 260 python -m bench.decode --model gpt2-xl,gpt2 --backend pallas,xla --batch 1 --tokens 256 --reps 3 \
     --out "$OUT/decode_b1.json" > "$OUT/decode_b1.txt" 2>&1
   echo "== decode B1 rc=$?"; sed -n '/^decode,/,/^jaxgpt:/p' "$OUT/decode_b1.txt" | cut -c1-140
   timeout 170 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
