@@ -4,7 +4,8 @@ Per block: ``c_attn`` on the tiled matmul (its output reshaped for free to the p
 flash-attention kernel reads), flash attention, ``c_proj`` on the matmul, the fused residual+LayerNorm kernel for
 ``ln_2`` and the next block's ``ln_1`` (and ``ln_f``), and the MLP kernel (variant chosen per shape). Off a GPU the
 kernels run in Pallas' interpreter, so this backend works (slowly) everywhere. The LM head at the last position
-stays on XLA: it is one (B, C) x (C, V) product with float32 output.
+stays on XLA (one (B, C) x (C, V) product with float32 output), except in a decode step on the block kernels, where
+ln_f and the head run as one kernel (``lm_head_decode``).
 
 A decode step (T = 1, at most 16 rows) reads every weight once for a handful of rows, so launches matter as much as
 bandwidth. There each matmul splits K over programs and leaves its float32 partials unfinished (``SplitK``); the
