@@ -74,5 +74,14 @@ table)  # sampling/generate GPU tests; issue 7 / 10 tables: B=1 XLA vs Pallas (g
   timeout 170 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
     --quantize none,int8,int4 --out "$OUT/decode_quant.json" > "$OUT/decode_quant.txt" 2>&1
   echo "== decode quant rc=$?"; sed -n '/^decode,/,/^jaxgpt:/p' "$OUT/decode_quant.txt" | cut -c1-140 ;;
+last)  # generate tests on the GPU (cut by call 10's limit); B=8 table; gpt2-xl B=1 once more on this machine
+  timeout 180 python -m pytest -q -x -p no:cacheprovider tests/test_generate.py > "$OUT/tests_generate.txt" 2>&1
+  echo "== generate tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/tests_generate.txt" | tail -3
+  timeout 100 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 5 \
+    --out "$OUT/decode_xl_b1.json" > "$OUT/decode_xl_b1.txt" 2>&1
+  echo "== decode xl B1 rc=$?"; grep -E "^gpt2-xl +1" "$OUT/decode_xl_b1.txt" | cut -c1-140
+  timeout 260 python -m bench.decode --model gpt2,gpt2-xl --backend pallas,xla --batch 8 --tokens 256 --reps 3 \
+    --out "$OUT/decode_b8.json" > "$OUT/decode_b8.txt" 2>&1
+  echo "== decode B8 rc=$?"; grep -E "^gpt2(-xl)? +8" "$OUT/decode_b8.txt" | cut -c1-140 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
