@@ -95,8 +95,8 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     finite = bool((out[:, :tokens] >= 0).all())
     steps = int(np.max(np.asarray(steps))) - 1
     ms_tok = statistics.median(dec_ms) / steps
-    row = {"impl": f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "") + ("-cond" if sampler == "cond" else ""),
-           "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
+    impl = f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "") + ("-cond" if sampler == "cond" else "")
+    row = {"impl": impl, "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
            "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}

@@ -2,9 +2,9 @@
 
 The settings are traced scalars, not static arguments, so one compiled decode loop serves every setting of its kind;
 whether it is greedy (``temperature == 0``, never sorts the vocabulary) or sampled is static for the loops
-``jaxgpt.generate`` compiles (``greedy=``), since a ``lax.cond`` on the device costs a host round trip a step. Randomness comes only from
-the ``jax.random`` key the caller folds per step, so a seed gives the same tokens on every run and platform
-(up to logits that differ across devices by rounding).
+``jaxgpt.generate`` compiles (``greedy=``), since a ``lax.cond`` on the device costs a host round trip a step.
+Randomness comes only from the ``jax.random`` key the caller folds per step, so a seed gives the same tokens on
+every run and platform (up to logits that differ across devices by rounding).
 """
 
 from __future__ import annotations

@@ -742,7 +742,8 @@ def decode_layer(r: jax.Array, mlp_in: SplitK | None, w: LayerWeights, k_cache: 
     return h1, SplitK(mp, w.mlp_proj_b, "none", jnp.dtype(dtype)), kc, vc, cnt
 
 
-def decode_layer_reference(r, mlp_in: SplitK | None, w: LayerWeights, k_cache, v_cache, pos, *, eps: float, n_head: int):
+def decode_layer_reference(r, mlp_in: SplitK | None, w: LayerWeights, k_cache, v_cache, pos, *, eps: float,
+                           n_head: int):
     """Pure jnp, float32 math with the kernel's rounding points: returns (h1, block output, k_cache, v_cache)."""
     f32, dtype = jnp.float32, r.dtype
     B, C = r.shape
