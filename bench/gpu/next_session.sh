@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A baseline for the next session, as one command of under 10 minutes (everything in the tree has run on the H100
-# as of session 10: the block kernel as session 9 left it plus the one-split path, calls 5-7 of session 10;
-# re-run this first to have same-machine numbers before changing the block kernel; session 11 changed nothing on
-# the model's path; its Mosaic GPU skeleton's baseline is `bash bench/gpu/session11.sh final`):
+# A baseline for the next session, as one command of under 10 minutes (everything on the model's path has run on
+# the H100 as of session 12: its calls 9-11 tested and timed the final tree, the fused ln_f + LM head, the first
+# block without partials and the static greedy loop; `bash bench/gpu/session12.sh table` is its decode table, with
+# the loop's own kernel time; session 11's Mosaic GPU skeleton's baseline is `bash bench/gpu/session11.sh final`):
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
