@@ -6,7 +6,9 @@ Method: random weights, a 16-token random prompt, greedy, EOS ignored; the decod
 ``lax.while_loop`` over ``tokens - 1`` steps, the KV cache donated) is timed by wall clock around
 ``block_until_ready`` after a warm-up run, median of ``--reps``; ms/token = loop time / steps (the prefill is
 timed apart). That is the number a user waits for, launch gaps included. Beside it, CUPTI device time of one
-jitted decode step with its per-kernel breakdown shows how much of the step is kernel time. Achieved bandwidth counts
+jitted decode step with its per-kernel breakdown shows how much of the step is kernel time, and the kernels of one
+whole run of the loop (``loop_kernel_ms_per_token``, by kind) show how long the GPU sat idle (wall minus that).
+``--sampler cond`` times the loop as it was before session 12 (greedy chosen on the device each step). Achieved bandwidth counts
 the bytes a step must read (every weight once, the LM head included, plus the K/V cache up to the mean length) over
 the measured copy bandwidth of the same GPU in the same process.
 HF transformers (``--hf``): ``GPT2LMHeadModel`` from the same config, random weights, ``generate`` greedy with
