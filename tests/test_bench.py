@@ -101,7 +101,7 @@ def test_hf_peer_harness_runs_on_cpu():
 @pytest.mark.skipif(__import__("jax").default_backend() == "gpu", reason="on a GPU the sweeps run for minutes")
 @pytest.mark.parametrize("tool", ["bench.decode_sweep", "bench.attention_sweep", "bench.matmul_tiles",
                                   "bench.decode_layer", "bench.launch_barrier", "bench.pdl_chain",
-                                  "bench.skeleton_once", "bench.block_skeleton_mgpu"])
+                                  "bench.skeleton_once", "bench.block_skeleton_mgpu", "bench.lm_head"])
 def test_gpu_only_sweeps_refuse_a_cpu_with_one_line(tool):
     import subprocess
     import sys
