@@ -38,8 +38,8 @@ def test_matches_reference(B, C, V, P, dtype):
 
 @pytest.mark.parametrize("plan", [LMHeadPlan(programs=1, block_n=16, block_k=16),
                                   LMHeadPlan(programs=5, block_n=128, block_k=128, num_warps=4, num_stages=2),
-                                  LMHeadPlan(programs=3, block_n=32, block_k=64, flat=True)],
-                         ids=["one-program", "wide-tiles", "flat"])
+                                  LMHeadPlan(programs=3, block_n=32, block_k=64, flat=False)],
+                         ids=["one-program", "wide-tiles", "nested-loops"])
 def test_plans(plan):
     r, parts, w, b, wte = _inputs(1, 2, 160, 333, 2, "bfloat16")
     check(lm_head_decode(r, parts, w, b, wte, eps=1e-5, plan=plan),
