@@ -166,16 +166,7 @@ class GPT(nnx.Module):
         ``pos`` None: the T tokens sit at positions ``0..T-1`` (prefill; written to ``cache`` if one is given).
         ``pos`` (B,): one token per row (T = 1) at position ``pos[b]``, attending over ``cache`` (decode).
         """
-        B, T = ids.shape
-        wte, wpe = self.wte.weight[...], self.wpe.weight[...]
-        x = wte[ids] + (wpe[:T][None] if pos is None else wpe[pos][:, None])  # (B, T, C)
-        if pos is not None:  # a backend may run each block's decode step as one kernel
-            cfg = self.config
-            done = ops.decode_blocks(x, [blk.params() for blk in self.h],
-                                     (self.ln_f.weight[...], self.ln_f.bias[...]), cache, pos,
-                                     n_head=cfg.n_head, eps=cfg.layer_norm_epsilon)
-            if done is not None:
-                return done
+        x = self._embed(ids, pos)  # (B, T, C)
         lns = [blk.ln_1 for blk in self.h] + [self.ln_f]
         residual, normed = x, ops.layer_norm(x, lns[0].weight[...], lns[0].bias[...], eps=lns[0].eps)
         ks, vs = [], []
@@ -186,6 +177,11 @@ class GPT(nnx.Module):
                 ks.append(kv[0])
                 vs.append(kv[1])
         return normed, (None if cache is None else KVCache(tuple(ks), tuple(vs)))  # (B, T, C), = ln_f(residual)
+
+    def _embed(self, ids: jax.Array, pos: jax.Array | None) -> jax.Array:
+        """Token plus position embeddings: ids (B, T) at positions ``0..T-1`` (``pos`` None) or ``pos[b]`` (T = 1)."""
+        wte, wpe = self.wte.weight[...], self.wpe.weight[...]
+        return wte[ids] + (wpe[:ids.shape[1]][None] if pos is None else wpe[pos][:, None])  # (B, T, C)
 
     def _logits_at(self, h: jax.Array, last: jax.Array, ops: Ops) -> jax.Array:
         h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # (B, C)
@@ -206,9 +202,9 @@ class GPT(nnx.Module):
     def decode(self, tok: jax.Array, pos: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
         """One step: token ``tok[b]`` (B,) at position ``pos[b]`` -> float32 logits (B, V) and the cache with it."""
         cfg = self.config
-        x = self.wte.weight[...][tok[:, None]] + self.wpe.weight[...][pos][:, None]  # (B, 1, C)
-        done = ops.decode_logits(x, [blk.params() for blk in self.h], (self.ln_f.weight[...], self.ln_f.bias[...]),
-                                 self.head(), cache, pos, n_head=cfg.n_head, eps=cfg.layer_norm_epsilon)
+        done = ops.decode_logits(self._embed(tok[:, None], pos), [blk.params() for blk in self.h],
+                                 (self.ln_f.weight[...], self.ln_f.bias[...]), self.head(), cache, pos,
+                                 n_head=cfg.n_head, eps=cfg.layer_norm_epsilon)
         if done is not None:  # a backend may run the whole step, LM head included, on its own kernels
             return done
         h, cache = self._run(tok[:, None], ops, cache, pos)  # (B, 1, C)

@@ -4,8 +4,8 @@ The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.a
 ``ops.decode_attention``, ``ops.linear``, ``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA
 fuses what it can; attention goes to cuDNN for bf16/f16 on a GPU). Other backends subclass it and override the ops
 they have kernels for, so any op without a kernel falls back to the jnp version. A decode step first offers the
-whole block stack to ``ops.decode_blocks`` (a backend with a one-kernel-a-block decode takes it; XLA returns None and
-the model runs the ops above).
+whole block stack and the LM head to ``ops.decode_logits`` (a backend with a one-kernel-a-block decode takes it; XLA
+returns None and the model runs the ops above).
 
 A backend may hand a value of its own between two of its ops (the Pallas backend's decode step passes a matmul's
 unfinished split-K partials to the next kernel, which finishes them): the model passes op outputs along untouched
@@ -39,7 +39,7 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
 
 class BlockParams(NamedTuple):
     """One block's parameters as arrays (HF names, linear weights (in, out)), for backends that run a whole block's
-    decode step at once (``decode_blocks``)."""
+    decode step at once (``decode_logits``)."""
 
     ln_1_w: jax.Array
     ln_1_b: jax.Array
@@ -61,16 +61,11 @@ class XlaOps:
     name = "xla"
 
     @staticmethod
-    def decode_blocks(x, blocks: list[BlockParams], ln_f: tuple, cache, pos, *, n_head: int, eps: float):
-        """One decode step through every block and ``ln_f`` at once: x (B, 1, C) embeddings -> (ln_f output
-        (B, 1, C), the cache with the step's keys and values), or None where the backend has no such kernel (the
-        model then runs the per-op path). XLA has none."""
-        return None
-
-    @staticmethod
     def decode_logits(x, blocks: list[BlockParams], ln_f: tuple, head, cache, pos, *, n_head: int, eps: float):
-        """Like ``decode_blocks`` and on to the LM head: x (B, 1, C) -> (float32 logits (B, V), cache), or None
-        where the backend has no such path. ``head`` is the LM head's weight as ``lm_head`` takes it."""
+        """One decode step through every block, ``ln_f`` and the LM head at once: x (B, 1, C) embeddings ->
+        (float32 logits (B, V), the cache with the step's keys and values), or None where the backend has no such
+        path (the model then runs the per-op path). ``head`` is the LM head's weight as ``lm_head`` takes it. XLA
+        has none."""
         return None
 
     @staticmethod

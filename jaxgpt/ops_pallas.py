@@ -165,20 +165,10 @@ class PallasOps(XlaOps):
     name = "pallas"
 
     @staticmethod
-    def decode_blocks(x, blocks, ln_f, cache, pos, *, n_head: int, eps: float):
-        """Each block's decode step as one kernel (``decode_layer``); its MLP partials are finished by the next
-        block's kernel and, after the last, by the final residual+LayerNorm kernel."""
-        done = PallasOps._block_stack(x, blocks, cache, pos, n_head=n_head, eps=eps)
-        if done is None:
-            return None
-        r, parts, cache = done
-        _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C): ln_f(r + finish(parts))
-        return normed.reshape(x.shape), cache
-
-    @staticmethod
     def decode_logits(x, blocks, ln_f, head, cache, pos, *, n_head: int, eps: float):
-        """The block kernels, then ``ln_f`` and the tied LM head as one kernel (``lm_head_decode``; a quantized
-        head keeps its own matmul after the residual+LayerNorm kernel). ``JAXGPT_FUSED_HEAD=0``: the two kernels."""
+        """Each block's decode step as one kernel (``decode_layer``; its MLP partials are finished by the next
+        block's kernel), then ``ln_f`` and the tied LM head as one kernel (``lm_head_decode``; a quantized head
+        keeps its own matmul after the residual+LayerNorm kernel). ``JAXGPT_FUSED_HEAD=0``: those two kernels."""
         done = PallasOps._block_stack(x, blocks, cache, pos, n_head=n_head, eps=eps)
         if done is None:
             return None

@@ -228,15 +228,15 @@ def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
     C = 64
     q = quantize(np.ones((C, C), np.float32), bits=8)
     p = BlockParams(*([jnp.ones((C,))] * 4), q, *([jnp.ones((C,))] * 7))
-    assert ops_pallas.PallasOps.decode_blocks(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None,
-                                              jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
+    assert ops_pallas.PallasOps.decode_logits(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None, None,
+                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
     p = BlockParams(*([jnp.ones((96,))] * 12))  # head_dim 48: not a power of two, the per-op path serves it
-    assert ops_pallas.PallasOps.decode_blocks(jnp.ones((1, 1, 96)), [p], (jnp.ones(96), jnp.ones(96)), None,
-                                              jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
+    assert ops_pallas.PallasOps.decode_logits(jnp.ones((1, 1, 96)), [p], (jnp.ones(96), jnp.ones(96)), None, None,
+                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
     monkeypatch.setattr(ops_pallas, "DECODE_LAYER", False)
     p = BlockParams(*([jnp.ones((C,))] * 12))
-    assert ops_pallas.PallasOps.decode_blocks(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None,
-                                              jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
+    assert ops_pallas.PallasOps.decode_logits(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None, None,
+                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
 
 
 @pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"poll_volatile": False}),
