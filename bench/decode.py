@@ -55,6 +55,10 @@ def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int, weigh
     return weight_bytes + kv
 
 
+def _impl(backend: str, quantize: str | None, sampler: str) -> str:
+    return f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "") + ("-cond" if sampler == "cond" else "")
+
+
 def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int,
              quantize: str | None = None, sampler: str = "static") -> dict:
     cfg, sd = random_weights(model)
@@ -97,8 +101,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     finite = bool((out[:, :tokens] >= 0).all())
     steps = int(np.max(np.asarray(steps))) - 1
     ms_tok = statistics.median(dec_ms) / steps
-    impl = f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "") + ("-cond" if sampler == "cond" else "")
-    row = {"impl": impl, "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
+    row = {"impl": _impl(backend, quantize, sampler), "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
            "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}
@@ -233,7 +236,7 @@ def main(argv=None):
                     rows.append(jax_case(model, backend, args.dtype, batch, args.tokens, args.reps, args.breakdown,
                                          quant, sampler))
                 except Exception as e:  # noqa: BLE001 - a failing case is reported, the others still run
-                    rows.append({"impl": f"jaxgpt-{backend}" + (f"-{quant}" if quant else ""), "model": model,
+                    rows.append({"impl": _impl(backend, quant, sampler), "model": model,
                                  "batch": batch, "error": repr(e)[:300]})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "kernels"}), flush=True)
                 _save(args.out, rows, bw)
