@@ -38,7 +38,8 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
-             consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False):
+             consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False,
+             scales=None):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -47,13 +48,20 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     copies in flight: it issues tile t only once tile t - inflight has landed, so the memory queues stay short
     while landed tiles pile up in the ring. ``consumers`` warpgroups take a block's items in turn (a slot then
     always serves the same consumer: every item has the same tile count and the ring holds whole rounds).
-    ``stream=False`` (with compute=False) copies no weights at all: the barriers and x loads on a quiet GPU."""
+    ``stream=False`` (with compute=False) copies no weights at all: the barriers and x loads on a quiet GPU.
+
+    Quantized weights (session 13): ``ws`` int8 or int4 laid out (N_p, K_p) (output-major, so a (64, 64) tile is
+    wgmma's A operand as stored) and ``scales`` one (N_p,) float32 vector a phase (int4: one scale a row of the
+    tile for the whole matrix here, not group-wise; a bench of the stream and the in-register dequantisation). The
+    consumer loads each tile into registers (``WGMMA_UPCAST_2X`` / ``_4X``), widens it to x's dtype, frees the slot
+    at once and multiplies from registers; the scale multiplies the item's product."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
+    quant = ws[0].dtype in (jnp.int8, jnp.int4)
     phases = []
     for x, w in zip(xs, ws):
-        K, N = w.shape
+        K, N = w.shape[::-1] if quant else w.shape
         splits = {(K_, N_): s for K_, N_, s in SHAPES}.get((K, N), 1)
         phases.append((K, N, splits, K // (TILE * splits), (N // TILE) * splits))  # K, N, splits, tiles, items
     tmax = max(p[3] for p in phases)
@@ -66,8 +74,12 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         raise ValueError("stream=False and xload=False need compute=False (the product waits for both operands)")
     if interpret and barriers:
         raise ValueError("Mosaic GPU's interpreter has no global semaphores: pass barriers=False to interpret")
-    dtype = ws[0].dtype
+    dtype = xs[0].dtype
+    wdtype = ws[0].dtype
     tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    # a (64, 64) weight tile's rows are 64 x bits / 8 bytes: the swizzle spans one row
+    wbits = {jnp.dtype(jnp.int8): 8, jnp.dtype(jnp.int4): 4}.get(jnp.dtype(wdtype), 16)
+    wtiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(TILE * wbits // 8)) if quant else tiled
 
     def n_items(p, c):  # items of phase p that block c takes: c, c + grid, ...
         return (phases[p][4] - c + grid - 1) // grid
@@ -77,7 +89,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         return (it // splits) * TILE, (it % splits) * (tiles * TILE)  # n0, k0
 
     def entry(*refs):
-        x_refs, w_refs, o_refs = refs[:P], refs[P:2 * P], refs[2 * P:]
+        x_refs, w_refs = refs[:P], refs[P:2 * P]
+        s_refs, o_refs = (refs[2 * P:3 * P], refs[3 * P:]) if quant else (None, refs[2 * P:])
         sem = pl.get_global(plgpu.SemaphoreType.REGULAR((2,)))
 
         def body(w_ring, x_buf, o_buf, landed, x_landed, consumed):
@@ -159,21 +172,40 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 wait_tiles()
                                 release_tiles()
                             return v + 1
+                        def tile_t(slot):  # the (N, K) tile, x's dtype
+                            return w_ring[slot].astype(dtype) if quant else w_ring[slot].T
+
                         if interpret and eager:
                             acc = jnp.zeros((TILE, ROWS), jnp.float32)
                             for i in range(tiles):
                                 slot = lax.rem(t + i, stages)
                                 plgpu.barrier_wait(landed.at[slot])
                                 plgpu.barrier_wait(xbar(buf, i))
-                                acc += jnp.dot(w_ring[slot].T, x_buf[me, buf, i].T, preferred_element_type=jnp.float32)
+                                acc += jnp.dot(tile_t(slot), x_buf[me, buf, i].T, preferred_element_type=jnp.float32)
                                 plgpu.barrier_arrive(consumed.at[slot])
                         elif interpret:  # the interpreter: the same product as jnp dots
                             wait_tiles()
                             acc = jnp.zeros((TILE, ROWS), jnp.float32)
                             for i in range(tiles):
-                                acc += jnp.dot(w_ring[lax.rem(t + i, stages)].T, x_buf[me, buf, i].T,
+                                acc += jnp.dot(tile_t(lax.rem(t + i, stages)), x_buf[me, buf, i].T,
                                                preferred_element_type=jnp.float32)
                             release_tiles()
+                        elif quant:  # the tile widened in registers is wgmma's A operand; its slot is free at once
+                            upcast = plgpu.Layout.WGMMA_UPCAST_2X if wbits == 8 else plgpu.Layout.WGMMA_UPCAST_4X
+
+                            def product(acc_ref):
+                                for i in range(tiles):
+                                    slot = lax.rem(t + i, stages)
+                                    plgpu.barrier_wait(landed.at[slot])
+                                    a = plgpu.load(w_ring.at[slot], (), layout=upcast)
+                                    plgpu.barrier_arrive(consumed.at[slot])
+                                    a = plgpu.layout_cast(a, plgpu.Layout.WGMMA).astype(dtype)
+                                    plgpu.barrier_wait(xbar(buf, i))
+                                    plgpu.wgmma(acc_ref, a, x_buf.at[me, buf, i].T)
+                                    plgpu.wgmma_wait(0)
+                                return acc_ref[...]
+
+                            acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
                         else:
                             def product(acc_ref):
                                 for i in range(tiles):
@@ -192,6 +224,13 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 return acc_ref[...]
 
                             acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
+                        if quant:  # per-row scales of the item's 64 output columns
+                            if interpret:
+                                sc = s_refs[p][pl.ds(n0, TILE)]
+                            else:
+                                sc = plgpu.load(s_refs[p].at[pl.ds(n0, TILE)], (),
+                                                layout=plgpu.Layout.WGMMA.reduce(1), optimized=False)
+                            acc = acc * lax.broadcast_in_dim(sc, (TILE, ROWS), (0,))
                         # the store of two items ago has read its buffer (stores complete in the background)
                         plgpu.wait_smem_to_gmem(1, wait_read_only=True)
                         o_buf.at[me, ob][...] = acc
@@ -231,8 +270,9 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 def _():
                                     plgpu.barrier_wait(landed.at[lax.rem(t + i - inflight, stages)])
 
-                            plgpu.copy_gmem_to_smem(w_refs[p].at[pl.ds(k0 + i * TILE, TILE), pl.ds(n0, TILE)],
-                                                    w_ring.at[slot], landed.at[slot])
+                            src = (w_refs[p].at[pl.ds(n0, TILE), pl.ds(k0 + i * TILE, TILE)] if quant else
+                                   w_refs[p].at[pl.ds(k0 + i * TILE, TILE), pl.ds(n0, TILE)])
+                            plgpu.copy_gmem_to_smem(src, w_ring.at[slot], landed.at[slot])
                         return t + tiles
 
                     t = lax.fori_loop(0, n_items(p, c), item, t)
@@ -250,7 +290,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
 
         pl.run_scoped(
             body,
-            plgpu.SMEM((stages, TILE, TILE), dtype, transforms=tiled),
+            plgpu.SMEM((stages, TILE, TILE), wdtype, transforms=wtiled),
             plgpu.SMEM((consumers, 2, tmax, ROWS, TILE), dtype, transforms=tiled),
             plgpu.SMEM((consumers, 2, TILE, ROWS), jnp.float32),
             plgpu.Barrier(num_barriers=stages),
@@ -273,7 +313,19 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         compiler_params=plgpu.CompilerParams(approx_math=True, **(
             {"profile_space": 512, "profile_dir": profile_dir} if profile_dir else {})),
         **kw,
-    )(*xs, *ws)
+    )(*xs, *ws, *(scales if quant else ()))
+
+
+def quantized(ws, bits: int):
+    """Per-output-channel symmetric int8 / int4 copies of (K, N) weights: ((N, K) ints, (N,) float32 scales)."""
+    qmax = 127 if bits == 8 else 7
+    out = []
+    for w in ws:
+        wt = w.astype(jnp.float32).T  # (N, K)
+        s = jnp.maximum(jnp.abs(wt).max(axis=1), 1e-8) / qmax  # (N,)
+        q = jnp.clip(jnp.round(wt / s[:, None]), -qmax, qmax).astype(jnp.int8 if bits == 8 else jnp.int4)
+        out.append((q, s))
+    return out
 
 
 def inputs(blocks: int):
@@ -305,6 +357,7 @@ def main(argv=None) -> int:
                          "default on, eager off)")
     ap.add_argument("--consumers", default="1", help="consumer warpgroups a block, e.g. 1,2")
     ap.add_argument("--inflight", default="0", help="caps on the producer's copies in flight (0: the ring)")
+    ap.add_argument("--quant", default="none", help="weight formats, e.g. none,int8,int4 (session 13)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -327,34 +380,47 @@ def main(argv=None) -> int:
     from jax.experimental.mosaic.gpu import profiler
 
     from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
-    ws, xs = inputs(args.blocks)
-    wbytes = sum(w.size * 2 for w in ws[0])
+    ws_f, xs = inputs(args.blocks)
     rows = []
-    for stages, mode, inflight, consumers in (
-            (st, m, fl, cs) for st in map(int, args.stages.split(",")) for m in args.modes.split(",")
+    for quant, stages, mode, inflight, consumers in (
+            (q, st, m, fl, cs) for q in args.quant.split(",") for st in map(int, args.stages.split(","))
+            for m in args.modes.split(",")
             for fl in map(int, args.inflight.split(",")) for cs in map(int, args.consumers.split(","))):
+        bits = {"none": 16, "int8": 8, "int4": 4}[quant]
+        if bits == 16:
+            ws, ss, refs = ws_f, [None] * args.blocks, ws_f[-1]
+        else:
+            qs = [quantized(b, bits) for b in ws_f]
+            ws, ss = [[q for q, _ in b] for b in qs], [[s for _, s in b] for b in qs]
+            refs = [(q.astype(jnp.float32) * s[:, None]).T for q, s in qs[-1]]  # (K, N) dequantized
+        wbytes = sum(w.size * bits // 8 for w in ws[0])
         flags = mode_flags(mode)
         tiles = max(K // (TILE * s) for K, _, s in SHAPES)
         if stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
         kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers)
-        f = jax.jit(lambda xs, ws, kw=kw: [skeleton(xs, w, **kw) for w in ws])
-        out = jax.block_until_ready(f(xs, ws))
+        f = jax.jit(lambda xs, ws, ss, kw=kw: [skeleton(xs, w, scales=s, **kw) for w, s in zip(ws, ss)])
+        try:
+            out = jax.block_until_ready(f(xs, ws, ss))
+        except Exception as e:  # a lowering the toolchain refuses: one line, then the next configuration
+            print(f"{quant} stages {stages} mode {mode} inflight {inflight}: FAILED {type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:300] if str(e) else ''}", flush=True)
+            continue
         errs = [float(jnp.abs(o.sum(0).T[:1] - matvec_mgpu_reference(x[:1], w)).max())
-                for o, x, w in zip(out[-1], xs, ws[-1])]
-        _, times = profiler.measure(f, iterations=args.reps)(xs, ws)
+                for o, x, w in zip(out[-1], xs, refs)]
+        _, times = profiler.measure(f, iterations=args.reps)(xs, ws, ss)
         per = [t * 1e3 / args.blocks for t in times]
         t0 = time.perf_counter()
         for _ in range(10):
-            out = f(xs, ws)
+            out = f(xs, ws, ss)
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
+        row = {"quant": quant, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
                "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
                "grid": grid}
         rows.append(row)
-        print(f"stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"{quant:4s} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
