@@ -39,7 +39,7 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
              consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False,
-             scales=None):
+             scales=None, qtile_k: int = TILE, shapes=SHAPES):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -54,7 +54,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     wgmma's A operand as stored) and ``scales`` one (N_p,) float32 vector a phase (int4: one scale a row of the
     tile for the whole matrix here, not group-wise; a bench of the stream and the in-register dequantisation). The
     consumer loads each tile into registers (``WGMMA_UPCAST_2X`` / ``_4X``), widens it to x's dtype, frees the slot
-    at once and multiplies from registers; the scale multiplies the item's product."""
+    at once and multiplies from registers; the scale multiplies the item's product. ``qtile_k`` (64 or 128) is a
+    quantized tile's depth (its x tile's too); ``shapes`` the (K, N, splits) whose splits apply."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -62,8 +63,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     phases = []
     for x, w in zip(xs, ws):
         K, N = w.shape[::-1] if quant else w.shape
-        splits = {(K_, N_): s for K_, N_, s in SHAPES}.get((K, N), 1)
-        phases.append((K, N, splits, K // (TILE * splits), (N // TILE) * splits))  # K, N, splits, tiles, items
+        splits = {(K_, N_): s for K_, N_, s in shapes}.get((K, N), 1)
+        tk = qtile_k if quant else TILE
+        if K % (tk * splits):
+            raise ValueError(f"{K=} must be a multiple of {tk} x {splits} splits")
+        phases.append((K, N, splits, K // (tk * splits), (N // TILE) * splits))  # K, N, splits, tiles, items
     tmax = max(p[3] for p in phases)
     if stages < (2 if eager else tmax):  # without eager, an item waits for all its tiles before freeing any
         raise ValueError(f"{stages=} must be at least the tiles of an item ({tmax})")
@@ -79,14 +83,15 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     # a (64, 64) weight tile's rows are 64 x bits / 8 bytes: the swizzle spans one row
     wbits = {jnp.dtype(jnp.int8): 8, jnp.dtype(jnp.int4): 4}.get(jnp.dtype(wdtype), 16)
-    wtiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(TILE * wbits // 8)) if quant else tiled
+    tk = qtile_k if quant else TILE
+    wtiled = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(tk * wbits // 8)) if quant else tiled
 
     def n_items(p, c):  # items of phase p that block c takes: c, c + grid, ...
         return (phases[p][4] - c + grid - 1) // grid
 
     def item_coords(p, it):
         splits, tiles = phases[p][2], phases[p][3]
-        return (it // splits) * TILE, (it % splits) * (tiles * TILE)  # n0, k0
+        return (it // splits) * TILE, (it % splits) * (tiles * tk)  # n0, k0
 
     def entry(*refs):
         x_refs, w_refs = refs[:P], refs[P:2 * P]
@@ -108,7 +113,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                     it = c + j * grid
                     _, k0 = item_coords(p, it)
                     for i in range(phases[p][3]):
-                        plgpu.copy_gmem_to_smem(x_refs[p].at[:, pl.ds(k0 + i * TILE, TILE)], x_buf.at[me, buf, i],
+                        plgpu.copy_gmem_to_smem(x_refs[p].at[:, pl.ds(k0 + i * tk, tk)], x_buf.at[me, buf, i],
                                                 xbar(buf, i))
 
                 t, u, v = jnp.int32(0), jnp.int32(0), jnp.int32(0)  # the block's tiles and items; this one's items
@@ -270,7 +275,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 def _():
                                     plgpu.barrier_wait(landed.at[lax.rem(t + i - inflight, stages)])
 
-                            src = (w_refs[p].at[pl.ds(n0, TILE), pl.ds(k0 + i * TILE, TILE)] if quant else
+                            src = (w_refs[p].at[pl.ds(n0, TILE), pl.ds(k0 + i * tk, tk)] if quant else
                                    w_refs[p].at[pl.ds(k0 + i * TILE, TILE), pl.ds(n0, TILE)])
                             plgpu.copy_gmem_to_smem(src, w_ring.at[slot], landed.at[slot])
                         return t + tiles
@@ -290,8 +295,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
 
         pl.run_scoped(
             body,
-            plgpu.SMEM((stages, TILE, TILE), wdtype, transforms=wtiled),
-            plgpu.SMEM((consumers, 2, tmax, ROWS, TILE), dtype, transforms=tiled),
+            plgpu.SMEM((stages, TILE, tk), wdtype, transforms=wtiled),
+            plgpu.SMEM((consumers, 2, tmax, ROWS, tk), dtype, transforms=tiled),
             plgpu.SMEM((consumers, 2, TILE, ROWS), jnp.float32),
             plgpu.Barrier(num_barriers=stages),
             plgpu.Barrier(num_barriers=consumers * 2 * tmax),
@@ -328,14 +333,14 @@ def quantized(ws, bits: int):
     return out
 
 
-def inputs(blocks: int):
-    """(ws, xs): ``blocks`` lists of gpt2-xl's four projection weights (distinct per block, so the chain reads HBM,
-    not L2) and one x (8, K) per phase with only row 0 nonzero (B = 1)."""
+def inputs(blocks: int, shapes=SHAPES):
+    """(ws, xs): ``blocks`` lists of gpt2-xl's four projection weights (or ``shapes``' (K, N); distinct per block,
+    so the chain reads HBM, not L2) and one x (8, K) per phase with only row 0 nonzero (B = 1)."""
     key = jax.random.key(0)
     ws = [[(jax.random.normal(jax.random.fold_in(key, 10 * b + j), (K, N), jnp.float32) * 0.02).astype(jnp.bfloat16)
-           for j, (K, N, _) in enumerate(SHAPES)] for b in range(blocks)]
+           for j, (K, N, _) in enumerate(shapes)] for b in range(blocks)]
     xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (ROWS, K), jnp.bfloat16).at[1:].set(0)
-          for j, (K, _, _) in enumerate(SHAPES)]
+          for j, (K, _, _) in enumerate(shapes)]
     return ws, xs
 
 
@@ -358,6 +363,8 @@ def main(argv=None) -> int:
     ap.add_argument("--consumers", default="1", help="consumer warpgroups a block, e.g. 1,2")
     ap.add_argument("--inflight", default="0", help="caps on the producer's copies in flight (0: the ring)")
     ap.add_argument("--quant", default="none", help="weight formats, e.g. none,int8,int4 (session 13)")
+    ap.add_argument("--qtile-k", default="64", help="quantized tiles' depths, e.g. 64,128")
+    ap.add_argument("--shapes", default="", help="phases as K:N:splits,... (default gpt2-xl's four projections)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -380,11 +387,13 @@ def main(argv=None) -> int:
     from jax.experimental.mosaic.gpu import profiler
 
     from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
-    ws_f, xs = inputs(args.blocks)
+    shapes = tuple(tuple(map(int, p.split(":"))) for p in args.shapes.split(",")) if args.shapes else SHAPES
+    ws_f, xs = inputs(args.blocks, shapes)
     rows = []
-    for quant, stages, mode, inflight, consumers in (
-            (q, st, m, fl, cs) for q in args.quant.split(",") for st in map(int, args.stages.split(","))
-            for m in args.modes.split(",")
+    for quant, qtk, stages, mode, inflight, consumers in (
+            (q, tk, st, m, fl, cs) for q in args.quant.split(",")
+            for tk in (map(int, args.qtile_k.split(",")) if q != "none" else (TILE,))
+            for st in map(int, args.stages.split(",")) for m in args.modes.split(",")
             for fl in map(int, args.inflight.split(",")) for cs in map(int, args.consumers.split(","))):
         bits = {"none": 16, "int8": 8, "int4": 4}[quant]
         if bits == 16:
@@ -395,10 +404,11 @@ def main(argv=None) -> int:
             refs = [(q.astype(jnp.float32) * s[:, None]).T for q, s in qs[-1]]  # (K, N) dequantized
         wbytes = sum(w.size * bits // 8 for w in ws[0])
         flags = mode_flags(mode)
-        tiles = max(K // (TILE * s) for K, _, s in SHAPES)
+        tiles = max(K // (qtk * s) for K, _, s in shapes)
         if stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
-        kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers)
+        kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers, shapes=shapes,
+                  **({"qtile_k": qtk} if bits < 16 else {}))
         f = jax.jit(lambda xs, ws, ss, kw=kw: [skeleton(xs, w, scales=s, **kw) for w, s in zip(ws, ss)])
         try:
             out = jax.block_until_ready(f(xs, ws, ss))
@@ -416,15 +426,15 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"quant": quant, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
+        row = {"quant": quant, "qtile_k": qtk, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
                "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
                "grid": grid}
         rows.append(row)
-        print(f"{quant:4s} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"{quant:4s} k{qtk:<3d} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "shapes": SHAPES, "blocks": args.blocks,
+            json.dump({"rows": rows, "shapes": shapes, "blocks": args.blocks,
                        "method": f"CUPTI device time of {args.blocks} block kernels / blocks, median of {args.reps}"},
                       fh, indent=1)
     return 0

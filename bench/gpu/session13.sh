@@ -10,5 +10,16 @@ q1)  # the persistent skeleton's four gpt2-xl projections: bf16 vs int8 vs int4 
   sk --quant none --stages 16 --inflight 4 --json "$OUT/q1_none.json" | tee "$OUT/q1_none.txt"
   sk --quant int8 --stages 16,32 --inflight 4,8 --json "$OUT/q1_int8.json" | tee "$OUT/q1_int8.txt"
   sk --quant int4 --stages 32 --inflight 8,16 --json "$OUT/q1_int4.json" | tee "$OUT/q1_int4.txt" ;;
+q2)  # the dequantising consumer is the bottleneck (q1): two or three consumer warpgroups take a block's items in turn
+  sk() { timeout 250 python -m bench.block_skeleton_mgpu --blocks 4 --modes 11111 "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load"; }
+  sk --quant none --stages 20 --inflight 4 --consumers 1,2 --json "$OUT/q2_none.json" | tee "$OUT/q2_none.txt"
+  sk --quant int8,int4 --stages 30 --inflight 8 --consumers 1,2,3 --json "$OUT/q2_quant.json" | tee "$OUT/q2_quant.txt" ;;
+q3)  # quantized tiles 128 deep (int8: 128-byte rows, the swizzle of jax's mixed-type matmul) vs 64, on shapes whose K
+     # is a multiple of 128 x splits (gpt2-xl's with C = 1536); two consumers, full and stream-only
+  SH=1536:4608:4,1536:1536:4,1536:6144:4,6144:1536:16
+  sk() { timeout 150 python -m bench.block_skeleton_mgpu --blocks 4 --modes 11111,10111 --consumers 2 --shapes $SH "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load"; }
+  sk --quant none --stages 24 --inflight 4 --json "$OUT/q3_none.json" | tee "$OUT/q3_none.txt"
+  sk --quant int8,int4 --qtile-k 64 --stages 36 --inflight 8 --json "$OUT/q3_k64.json" | tee "$OUT/q3_k64.txt"
+  sk --quant int8,int4 --qtile-k 128 --stages 24 --inflight 4,8 --json "$OUT/q3_k128.json" | tee "$OUT/q3_k128.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
