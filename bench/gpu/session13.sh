@@ -21,5 +21,14 @@ q3)  # quantized tiles 128 deep (int8: 128-byte rows, the swizzle of jax's mixed
   sk --quant none --stages 24 --inflight 4 --json "$OUT/q3_none.json" | tee "$OUT/q3_none.txt"
   sk --quant int8,int4 --qtile-k 64 --stages 36 --inflight 8 --json "$OUT/q3_k64.json" | tee "$OUT/q3_k64.txt"
   sk --quant int8,int4 --qtile-k 128 --stages 24 --inflight 4,8 --json "$OUT/q3_k128.json" | tee "$OUT/q3_k128.txt" ;;
+q4)  # int8 widened before its relayout; then Nsight Compute's stall reasons for the int8 and int4 consumers
+  SH=1536:4608:4,1536:1536:4,1536:6144:4,6144:1536:16
+  timeout 150 python -m bench.block_skeleton_mgpu --blocks 4 --modes 11111 --consumers 2 --shapes $SH --quant int8 \
+    --qtile-k 128 --stages 24 --inflight 4 --cast-first 0,1 --json "$OUT/q4_cf.json" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load" | tee "$OUT/q4_cf.txt"
+  for q in int8 int4; do
+    timeout 150 ncu --kernel-name "regex:entry|mosaic" --launch-count 1 --section SpeedOfLight --section WarpStateStats --section InstructionStats \
+      --section SourceCounters --page details python -m bench.skeleton_once --quant $q > "$OUT/q4_ncu_$q.txt" 2>&1
+    echo "== ncu $q rc=$?"; grep -E "Duration|DRAM Throughput|Stall|Warp Cycles Per Issued|Issued Ipc|Executed Ipc|smsp__pcsamp|Warning" "$OUT/q4_ncu_$q.txt" | head -30
+  done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
