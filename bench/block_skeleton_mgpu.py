@@ -39,7 +39,8 @@ SHAPES = ((1600, 4800, 5), (1600, 1600, 5), (1600, 6400, 5), (6400, 1600, 20))  
 def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: bool = True,
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
              consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False,
-             scales=None, qtile_k: int = TILE, shapes=SHAPES, cast_first: bool = False):
+             scales=None, qtile_k: int = TILE, shapes=SHAPES, cast_first: bool = False,
+             pipelined: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -56,7 +57,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     consumer loads each tile into registers (``WGMMA_UPCAST_2X`` / ``_4X``), widens it to x's dtype, frees the slot
     at once and multiplies from registers; the scale multiplies the item's product. ``qtile_k`` (64 or 128) is a
     quantized tile's depth (its x tile's too); ``shapes`` the (K, N, splits) whose splits apply. ``cast_first``
-    widens the tile in its load layout and relayouts the 16-bit values (else the 8/4-bit ones, then widens)."""
+    widens the tile in its load layout and relayouts the 16-bit values (else the 8/4-bit ones, then widens);
+    ``pipelined`` widens tile i + 1 while tile i's MMA is in flight (else after it retires)."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -199,19 +201,25 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         elif quant:  # the tile widened in registers is wgmma's A operand; its slot is free at once
                             upcast = plgpu.Layout.WGMMA_UPCAST_2X if wbits == 8 else plgpu.Layout.WGMMA_UPCAST_4X
 
+                            def widened(i):  # tile i of the item in registers, x's dtype; its slot freed
+                                slot = lax.rem(t + i, stages)
+                                plgpu.barrier_wait(landed.at[slot])
+                                a = plgpu.load(w_ring.at[slot], (), layout=upcast)
+                                plgpu.barrier_arrive(consumed.at[slot])
+                                if cast_first:
+                                    return plgpu.layout_cast(a.astype(dtype), plgpu.Layout.WGMMA)
+                                return plgpu.layout_cast(a, plgpu.Layout.WGMMA).astype(dtype)
+
                             def product(acc_ref):
+                                a = widened(0)
                                 for i in range(tiles):
-                                    slot = lax.rem(t + i, stages)
-                                    plgpu.barrier_wait(landed.at[slot])
-                                    a = plgpu.load(w_ring.at[slot], (), layout=upcast)
-                                    plgpu.barrier_arrive(consumed.at[slot])
-                                    if cast_first:
-                                        a = plgpu.layout_cast(a.astype(dtype), plgpu.Layout.WGMMA)
-                                    else:
-                                        a = plgpu.layout_cast(a, plgpu.Layout.WGMMA).astype(dtype)
                                     plgpu.barrier_wait(xbar(buf, i))
                                     plgpu.wgmma(acc_ref, a, x_buf.at[me, buf, i].T)
+                                    if pipelined and i + 1 < tiles:  # widen the next tile while this MMA runs
+                                        a = widened(i + 1)
                                     plgpu.wgmma_wait(0)
+                                    if not pipelined and i + 1 < tiles:
+                                        a = widened(i + 1)
                                 return acc_ref[...]
 
                             acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
@@ -370,6 +378,7 @@ def main(argv=None) -> int:
     ap.add_argument("--qtile-k", default="64", help="quantized tiles' depths, e.g. 64,128")
     ap.add_argument("--shapes", default="", help="phases as K:N:splits,... (default gpt2-xl's four projections)")
     ap.add_argument("--cast-first", default="0", help="int8: widen before the relayout (0,1)")
+    ap.add_argument("--pipelined", default="0", help="quantized: widen the next tile during the MMA (0,1)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -395,8 +404,9 @@ def main(argv=None) -> int:
     shapes = tuple(tuple(map(int, p.split(":"))) for p in args.shapes.split(",")) if args.shapes else SHAPES
     ws_f, xs = inputs(args.blocks, shapes)
     rows = []
-    for quant, qtk, cf, stages, mode, inflight, consumers in (
-            (q, tk, cf, st, m, fl, cs) for q in args.quant.split(",")
+    for quant, qtk, cf, pp, stages, mode, inflight, consumers in (
+            (q, tk, cf, pp, st, m, fl, cs) for q in args.quant.split(",")
+            for pp in ((c == "1" for c in args.pipelined.split(",")) if q != "none" else (False,))
             for cf in ((c == "1" for c in args.cast_first.split(",")) if q == "int8" else (False,))
             for tk in (map(int, args.qtile_k.split(",")) if q != "none" else (TILE,))
             for st in map(int, args.stages.split(",")) for m in args.modes.split(",")
@@ -414,7 +424,7 @@ def main(argv=None) -> int:
         if stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
         kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers, shapes=shapes,
-                  **({"qtile_k": qtk, "cast_first": cf} if bits < 16 else {}))
+                  **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp} if bits < 16 else {}))
         f = jax.jit(lambda xs, ws, ss, kw=kw: [skeleton(xs, w, scales=s, **kw) for w, s in zip(ws, ss)])
         try:
             out = jax.block_until_ready(f(xs, ws, ss))
@@ -432,11 +442,11 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
+        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
                "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
                "grid": grid}
         rows.append(row)
-        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

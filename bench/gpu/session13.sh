@@ -30,5 +30,11 @@ q4)  # int8 widened before its relayout; then Nsight Compute's stall reasons for
       --section SourceCounters --page details python -m bench.skeleton_once --quant $q > "$OUT/q4_ncu_$q.txt" 2>&1
     echo "== ncu $q rc=$?"; grep -E "Duration|DRAM Throughput|Stall|Warp Cycles Per Issued|Issued Ipc|Executed Ipc|smsp__pcsamp|Warning" "$OUT/q4_ncu_$q.txt" | head -30
   done ;;
+q5)  # the next tile widened while this tile's MMA is in flight (int8, int4; two consumers), and at gpt2-xl's shapes
+  SH=1536:4608:4,1536:1536:4,1536:6144:4,6144:1536:16
+  sk() { timeout 200 python -m bench.block_skeleton_mgpu --blocks 4 --modes 11111 --consumers 2 "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load"; }
+  sk --shapes $SH --quant none --stages 24 --inflight 4 --json "$OUT/q5_none.json" | tee "$OUT/q5_none.txt"
+  sk --shapes $SH --quant int8,int4 --qtile-k 128 --stages 24 --inflight 4 --pipelined 0,1 --json "$OUT/q5_k128.json" | tee "$OUT/q5_k128.txt"
+  sk --quant int4 --qtile-k 64 --stages 30 --inflight 8 --pipelined 0,1 --json "$OUT/q5_xl.json" | tee "$OUT/q5_xl.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
