@@ -174,3 +174,47 @@ def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
                {"stages": 20, "eager": True, "inflight": 4, "consumers": 2}):
         f = jax.jit(lambda xs, ws: sk.skeleton(xs, ws, grid=132, **kw))
         assert "mosaic_gpu" in f.trace(X, W).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_for_cuda():
+    """Session 13: the skeleton with int8 / int4 weights laid out (N, K), widened in registers as wgmma's A operand,
+    per-row scales on the item's product: every phase's partials equal x @ dequantize(w) in the interpreter (64- and
+    128-deep tiles), and the register-A kernel (upcast layouts, relayout, pipelined or not) lowers for CUDA at
+    gpt2-xl-like shapes. Shapes whose K does not divide into the tiles are refused."""
+    pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bench import block_skeleton_mgpu as sk
+    from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
+
+    key = jax.random.key(3)
+    shapes = ((256, 128, 2), (256, 64, 1), (512, 192, 2))
+    ws = [jax.random.normal(jax.random.fold_in(key, i), (K, N), jnp.float32) for i, (K, N, _) in enumerate(shapes)]
+    xs = [jax.random.normal(jax.random.fold_in(key, 9 + i), (8, K), jnp.bfloat16) for i, (K, _, _) in enumerate(shapes)]
+    for bits, tk in ((8, 128), (4, 64)):
+        qs = sk.quantized(ws, bits)
+        assert all(q.shape == w.shape[::-1] and q.dtype == (jnp.int8 if bits == 8 else jnp.int4)
+                   for (q, _), w in zip(qs, ws))
+        outs = sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=2, stages=4, barriers=False,
+                           eager=True, inflight=2, qtile_k=tk, shapes=shapes, interpret=True)
+        for o, x, (q, s), (K, N, splits) in zip(outs, xs, qs, shapes):
+            assert o.shape == (splits, N, 8) and not bool(jnp.isnan(o).any())
+            deq = (q.astype(jnp.float32) * s[:, None]).T  # (K, N)
+            assert float(jnp.abs(deq - ws[shapes.index((K, N, splits))]).max()) <= float(s.max()) / 2 + 1e-6
+            want = matvec_mgpu_reference(x, deq)
+            np.testing.assert_allclose(np.asarray(o.sum(0).T), np.asarray(want), rtol=0,
+                                       atol=1e-4 * float(jnp.abs(want).max()))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        qs = sk.quantized(ws[:1], 8)
+        sk.skeleton(xs[:1], [qs[0][0]], scales=[qs[0][1]], grid=1, stages=4, barriers=False, eager=True,
+                    qtile_k=128, shapes=((256, 128, 4),), interpret=True)
+    sh = ((1536, 4608, 4), (1536, 1536, 4), (1536, 6144, 4), (6144, 1536, 16))
+    X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sh]
+    S = [jax.ShapeDtypeStruct((N,), jnp.float32) for _, N, _ in sh]
+    for dt, kw in ((jnp.int8, {"cast_first": True}), (jnp.int8, {"pipelined": True}), (jnp.int4, {})):
+        W = [jax.ShapeDtypeStruct((N, K), dt) for K, N, _ in sh]
+        f = jax.jit(lambda xs, ws, ss: sk.skeleton(xs, ws, scales=ss, grid=132, stages=24, eager=True, inflight=4,
+                                                   consumers=2, qtile_k=128, shapes=sh, **kw))
+        assert "mosaic_gpu" in f.trace(X, W, S).lower(lowering_platforms=("cuda",)).as_text()
