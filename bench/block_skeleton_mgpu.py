@@ -40,7 +40,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
              consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False,
              scales=None, qtile_k: int = TILE, shapes=SHAPES, cast_first: bool = False,
-             pipelined: bool = False):
+             pipelined: bool = False, widen: int = 0, wstages: int = 0):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -58,7 +58,12 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     at once and multiplies from registers; the scale multiplies the item's product. ``qtile_k`` (64 or 128) is a
     quantized tile's depth (its x tile's too); ``shapes`` the (K, N, splits) whose splits apply. ``cast_first``
     widens the tile in its load layout and relayouts the 16-bit values (else the 8/4-bit ones, then widens);
-    ``pipelined`` widens tile i + 1 while tile i's MMA is in flight (else after it retires)."""
+    ``pipelined`` widens tile i + 1 while tile i's MMA is in flight (else after it retires).
+
+    ``widen`` (> 0, quantized, eager): that many warpgroups take the widening off the consumers' path. Widener w
+    takes the block's tiles t with t % widen == w: it waits for the quantized tile, loads it into registers, frees
+    its slot, widens it and stores it into a second ring of ``wstages`` x's-dtype slots in shared memory, which
+    the consumers multiply from as in the float skeleton (A from shared memory)."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -74,11 +79,17 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     tmax = max(p[3] for p in phases)
     if stages < (2 if eager else tmax):  # without eager, an item waits for all its tiles before freeing any
         raise ValueError(f"{stages=} must be at least the tiles of an item ({tmax})")
-    if consumers > 1 and (len({p[3] for p in phases}) > 1 or stages % (consumers * tmax)):
+    if consumers > 1 and (len({p[3] for p in phases}) > 1 or (stages % (consumers * tmax) and not widen)):
         raise ValueError(f"{consumers=} needs one tile count for every item and {stages=} a multiple of "
                          f"{consumers} x {tmax}")
     if compute and not (stream and xload):
         raise ValueError("stream=False and xload=False need compute=False (the product waits for both operands)")
+    if widen and not (quant and eager and compute):
+        raise ValueError(f"{widen=} needs quantized weights, eager release and compute")
+    if widen and (stages % widen or wstages % widen or wstages < 2
+                  or (consumers > 1 and wstages % (consumers * tmax))):
+        raise ValueError(f"{widen=}: {stages=} and {wstages=} must be multiples of it (and of {consumers} x {tmax} "
+                         "for several consumers)")
     if interpret and barriers:
         raise ValueError("Mosaic GPU's interpreter has no global semaphores: pass barriers=False to interpret")
     dtype = xs[0].dtype
@@ -101,9 +112,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         s_refs, o_refs = (refs[2 * P:3 * P], refs[3 * P:]) if quant else (None, refs[2 * P:])
         sem = pl.get_global(plgpu.SemaphoreType.REGULAR((2,)))
 
-        def body(w_ring, x_buf, o_buf, landed, x_landed, consumed):
+        def body(w_ring, x_buf, o_buf, landed, x_landed, consumed, *wide):
+            b_ring, ready, freed = wide if widen else (None, None, None)
             c = lax.axis_index("c")
             wg = lax.axis_index("wg")
+            producer = consumers + widen
 
             @pl.when(wg < consumers)
             def _consumer():
@@ -183,7 +196,33 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         def tile_t(slot):  # the (N, K) tile, x's dtype
                             return w_ring[slot].astype(dtype) if quant else w_ring[slot].T
 
-                        if interpret and eager:
+                        if widen:  # tiles widened by the wideners into b_ring: A from shared memory
+                            def bslot(i):
+                                return lax.rem(t + i, wstages)
+
+                            if interpret:
+                                acc = jnp.zeros((TILE, ROWS), jnp.float32)
+                                for i in range(tiles):
+                                    plgpu.barrier_wait(ready.at[bslot(i)])
+                                    plgpu.barrier_wait(xbar(buf, i))
+                                    acc += jnp.dot(b_ring[bslot(i)], x_buf[me, buf, i].T,
+                                                   preferred_element_type=jnp.float32)
+                                    plgpu.barrier_arrive(freed.at[bslot(i)])
+                            else:
+                                def product(acc_ref):
+                                    for i in range(tiles):
+                                        plgpu.barrier_wait(ready.at[bslot(i)])
+                                        plgpu.barrier_wait(xbar(buf, i))
+                                        plgpu.wgmma(acc_ref, b_ring.at[bslot(i)], x_buf.at[me, buf, i].T)
+                                        if i > 0:  # tile i-1's MMA has retired: free its slot
+                                            plgpu.wgmma_wait(1)
+                                            plgpu.barrier_arrive(freed.at[bslot(i - 1)])
+                                    plgpu.wgmma_wait(0)
+                                    plgpu.barrier_arrive(freed.at[bslot(tiles - 1)])
+                                    return acc_ref[...]
+
+                                acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
+                        elif interpret and eager:
                             acc = jnp.zeros((TILE, ROWS), jnp.float32)
                             for i in range(tiles):
                                 slot = lax.rem(t + i, stages)
@@ -266,7 +305,43 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         plgpu.semaphore_wait(sem.at[1], grid * consumers, memory_scope="gpu")
                         plgpu.semaphore_wait(sem.at[0], (P - 1) * grid * consumers, memory_scope="gpu")
 
-            @pl.when(jnp.logical_and(wg == consumers, stream))
+            if widen:
+                @pl.when(jnp.logical_and(wg >= consumers, wg < producer))
+                def _widener():
+                    w = wg - consumers
+                    total = sum(n_items(p, c) * phases[p][3] for p in range(P))  # the block's tiles
+                    upcast = plgpu.Layout.WGMMA_UPCAST_2X if wbits == 8 else plgpu.Layout.WGMMA_UPCAST_4X
+
+                    def tile(m, _):
+                        t = w + m * widen
+                        qs, bs = lax.rem(t, stages), lax.rem(t, wstages)
+                        plgpu.barrier_wait(landed.at[qs])
+                        if interpret:
+                            a = w_ring[qs].astype(dtype)
+                        else:
+                            a = plgpu.load(w_ring.at[qs], (), layout=upcast)
+                        plgpu.barrier_arrive(consumed.at[qs])
+                        if not interpret:
+                            a = plgpu.layout_cast(a, plgpu.Layout.WGMMA).astype(dtype)
+
+                        @pl.when(t >= wstages)
+                        def _():
+                            plgpu.barrier_wait(freed.at[bs])
+
+                        b_ring[bs] = a
+                        plgpu.commit_smem()  # visible to wgmma (the async proxy)
+                        plgpu.barrier_arrive(ready.at[bs])
+
+                    count = jnp.maximum(total - w + widen - 1, 0) // widen  # this widener's tiles
+                    lax.fori_loop(0, count, tile, None)
+
+                    def drain(m, _):  # observe the consumers' frees of this widener's last slots too
+                        @pl.when(m >= wstages // widen)
+                        def _():
+                            plgpu.barrier_wait(freed.at[lax.rem(w + m * widen, wstages)])
+                    lax.fori_loop(count, count + wstages // widen, drain, None)
+
+            @pl.when(jnp.logical_and(wg == producer, stream))
             def _producer():
                 t = jnp.int32(0)
                 for p in range(P):
@@ -313,6 +388,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
             plgpu.Barrier(num_barriers=stages),
             plgpu.Barrier(num_barriers=consumers * 2 * tmax),
             plgpu.Barrier(num_barriers=stages),
+            *((plgpu.SMEM((wstages, TILE, tk), dtype, transforms=tiled), plgpu.Barrier(num_barriers=wstages),
+               plgpu.Barrier(num_barriers=wstages)) if widen else ()),
             collective_axes="wg",
         )
 
@@ -325,7 +402,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
         out_type=tuple(jax.ShapeDtypeStruct((splits, N, ROWS), jnp.float32) for K, N, splits, _, _ in phases),
         grid=(grid,),
         grid_names=("c",),
-        num_threads=consumers + 1,
+        num_threads=consumers + widen + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True, **(
             {"profile_space": 512, "profile_dir": profile_dir} if profile_dir else {})),
@@ -379,6 +456,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="", help="phases as K:N:splits,... (default gpt2-xl's four projections)")
     ap.add_argument("--cast-first", default="0", help="int8: widen before the relayout (0,1)")
     ap.add_argument("--pipelined", default="0", help="quantized: widen the next tile during the MMA (0,1)")
+    ap.add_argument("--widen", default="0", help="quantized: widening warpgroups, e.g. 0,1,2 (eager modes)")
+    ap.add_argument("--wstages", type=int, default=6, help="slots of the widened ring (with --widen)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -404,8 +483,9 @@ def main(argv=None) -> int:
     shapes = tuple(tuple(map(int, p.split(":"))) for p in args.shapes.split(",")) if args.shapes else SHAPES
     ws_f, xs = inputs(args.blocks, shapes)
     rows = []
-    for quant, qtk, cf, pp, stages, mode, inflight, consumers in (
-            (q, tk, cf, pp, st, m, fl, cs) for q in args.quant.split(",")
+    for quant, qtk, cf, pp, wd, stages, mode, inflight, consumers in (
+            (q, tk, cf, pp, wd, st, m, fl, cs) for q in args.quant.split(",")
+            for wd in (map(int, args.widen.split(",")) if q != "none" else (0,))
             for pp in ((c == "1" for c in args.pipelined.split(",")) if q != "none" else (False,))
             for cf in ((c == "1" for c in args.cast_first.split(",")) if q == "int8" else (False,))
             for tk in (map(int, args.qtile_k.split(",")) if q != "none" else (TILE,))
@@ -421,10 +501,14 @@ def main(argv=None) -> int:
         wbytes = sum(w.size * bits // 8 for w in ws[0])
         flags = mode_flags(mode)
         tiles = max(K // (qtk * s) for K, _, s in shapes)
-        if stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
+        if wd:
+            if stages % wd or args.wstages % wd or (consumers > 1 and args.wstages % (consumers * tiles)):
+                continue
+        elif stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
         kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers, shapes=shapes,
-                  **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp} if bits < 16 else {}))
+                  **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "wstages": args.wstages}
+                     if bits < 16 else {}))
         f = jax.jit(lambda xs, ws, ss, kw=kw: [skeleton(xs, w, scales=s, **kw) for w, s in zip(ws, ss)])
         try:
             out = jax.block_until_ready(f(xs, ws, ss))
@@ -442,11 +526,12 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
+        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd,
+               "wstages": args.wstages if wd else 0, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
                "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
                "grid": grid}
         rows.append(row)
-        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''}{f' widen {wd}x{args.wstages}' if wd else ''} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

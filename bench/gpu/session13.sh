@@ -36,5 +36,11 @@ q5)  # the next tile widened while this tile's MMA is in flight (int8, int4; two
   sk --shapes $SH --quant none --stages 24 --inflight 4 --json "$OUT/q5_none.json" | tee "$OUT/q5_none.txt"
   sk --shapes $SH --quant int8,int4 --qtile-k 128 --stages 24 --inflight 4 --pipelined 0,1 --json "$OUT/q5_k128.json" | tee "$OUT/q5_k128.txt"
   sk --quant int4 --qtile-k 64 --stages 30 --inflight 8 --pipelined 0,1 --json "$OUT/q5_xl.json" | tee "$OUT/q5_xl.txt" ;;
+q6)  # widening warpgroups: quantized tiles widened into a bf16 ring in shared memory, consumers multiply from it
+  SH=1536:4608:4,1536:1536:4,1536:6144:4,6144:1536:16
+  sk() { timeout 250 python -m bench.block_skeleton_mgpu --blocks 4 --modes 11111 --shapes $SH "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load"; }
+  sk --quant none --stages 24 --inflight 4 --consumers 2 --json "$OUT/q6_none.json" | tee "$OUT/q6_none.txt"
+  sk --quant int8,int4 --qtile-k 128 --stages 8 --inflight 4 --consumers 1,2 --widen 1,2 --wstages 6 --json "$OUT/q6_widen.json" | tee "$OUT/q6_widen.txt"
+  sk --quant int8 --qtile-k 128 --stages 24 --inflight 4 --consumers 2 --json "$OUT/q6_int8.json" | tee "$OUT/q6_int8.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
