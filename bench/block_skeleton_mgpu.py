@@ -40,7 +40,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
              consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False,
              scales=None, qtile_k: int = TILE, shapes=SHAPES, cast_first: bool = False,
-             pipelined: bool = False, widen: int = 0, wstages: int = 0):
+             pipelined: bool = False, widen: int = 0, wstages: int = 0, matvec: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -63,7 +63,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     ``widen`` (> 0, quantized, eager): that many warpgroups take the widening off the consumers' path. Widener w
     takes the block's tiles t with t % widen == w: it waits for the quantized tile, loads it into registers, frees
     its slot, widens it and stores it into a second ring of ``wstages`` x's-dtype slots in shared memory, which
-    the consumers multiply from as in the float skeleton (A from shared memory)."""
+    the consumers multiply from as in the float skeleton (A from shared memory).
+
+    ``matvec`` (quantized, B = 1): no wgmma. The consumer loads each tile into registers in the WGMMA layout,
+    widens it to float32, multiplies it by x's row 0 (read from global memory at the item's start) broadcast over
+    the tile's rows and accumulates elementwise; one row reduction an item. Rows 1-7 of the outputs repeat row 0."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -84,6 +88,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                          f"{consumers} x {tmax}")
     if compute and not (stream and xload):
         raise ValueError("stream=False and xload=False need compute=False (the product waits for both operands)")
+    if matvec and not (quant and eager and compute and not widen):
+        raise ValueError("matvec needs quantized weights, eager release and compute, without widen")
     if widen and not (quant and eager and compute):
         raise ValueError(f"{widen=} needs quantized weights, eager release and compute")
     if widen and (stages % widen or wstages % widen or wstages < 2
@@ -146,7 +152,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                     j0 = lax.rem(me - lax.rem(u, consumers) + consumers, consumers)  # this consumer's first item
                     own = jnp.maximum(items - j0 + consumers - 1, 0) // consumers
 
-                    @pl.when(jnp.logical_and(own > 0, xload))
+                    @pl.when(jnp.logical_and(own > 0, xload and not (matvec and not interpret)))
                     def _():
                         load_x(p, j0, 0)
 
@@ -157,7 +163,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         buf = lax.rem(m, 2)
                         ob = lax.rem(v, 2)
 
-                        @pl.when(jnp.logical_and(m + 1 < own, xload))
+                        @pl.when(jnp.logical_and(m + 1 < own, xload and not (matvec and not interpret)))
                         def _():
                             load_x(p, j + consumers, 1 - buf)
 
@@ -196,7 +202,22 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         def tile_t(slot):  # the (N, K) tile, x's dtype
                             return w_ring[slot].astype(dtype) if quant else w_ring[slot].T
 
-                        if widen:  # tiles widened by the wideners into b_ring: A from shared memory
+                        if matvec and not interpret:  # CUDA cores: elementwise products, one row sum an item
+                            _, k0 = item_coords(p, it)
+                            col = plgpu.Layout.WGMMA.reduce(0)
+                            xrow = [plgpu.load(x_refs[p].at[0, pl.ds(k0 + i * tk, tk)], (), layout=col,
+                                               optimized=False).astype(jnp.float32) for i in range(tiles)]
+                            prods = None
+                            for i in range(tiles):
+                                slot = lax.rem(t + i, stages)
+                                plgpu.barrier_wait(landed.at[slot])
+                                q = plgpu.load(w_ring.at[slot], (), layout=plgpu.Layout.WGMMA, optimized=False)
+                                plgpu.barrier_arrive(consumed.at[slot])
+                                prod = q.astype(dtype).astype(jnp.float32) * lax.broadcast_in_dim(
+                                    xrow[i], (TILE, tk), (1,))
+                                prods = prod if prods is None else prods + prod
+                            acc = lax.broadcast_in_dim(jnp.sum(prods, axis=1), (TILE, ROWS), (0,))
+                        elif widen:  # tiles widened by the wideners into b_ring: A from shared memory
                             def bslot(i):
                                 return lax.rem(t + i, wstages)
 
@@ -458,6 +479,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pipelined", default="0", help="quantized: widen the next tile during the MMA (0,1)")
     ap.add_argument("--widen", default="0", help="quantized: widening warpgroups, e.g. 0,1,2 (eager modes)")
     ap.add_argument("--wstages", type=int, default=6, help="slots of the widened ring (with --widen)")
+    ap.add_argument("--matvec", default="0", help="quantized: CUDA-core products instead of wgmma (0,1; B = 1)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -483,9 +505,10 @@ def main(argv=None) -> int:
     shapes = tuple(tuple(map(int, p.split(":"))) for p in args.shapes.split(",")) if args.shapes else SHAPES
     ws_f, xs = inputs(args.blocks, shapes)
     rows = []
-    for quant, qtk, cf, pp, wd, stages, mode, inflight, consumers in (
-            (q, tk, cf, pp, wd, st, m, fl, cs) for q in args.quant.split(",")
+    for quant, qtk, cf, pp, wd, mv, stages, mode, inflight, consumers in (
+            (q, tk, cf, pp, wd, mv, st, m, fl, cs) for q in args.quant.split(",")
             for wd in (map(int, args.widen.split(",")) if q != "none" else (0,))
+            for mv in ((c == "1" for c in args.matvec.split(",")) if q != "none" else (False,))
             for pp in ((c == "1" for c in args.pipelined.split(",")) if q != "none" else (False,))
             for cf in ((c == "1" for c in args.cast_first.split(",")) if q == "int8" else (False,))
             for tk in (map(int, args.qtile_k.split(",")) if q != "none" else (TILE,))
@@ -501,13 +524,16 @@ def main(argv=None) -> int:
         wbytes = sum(w.size * bits // 8 for w in ws[0])
         flags = mode_flags(mode)
         tiles = max(K // (qtk * s) for K, _, s in shapes)
+        if mv and wd:
+            continue
         if wd:
             if stages % wd or args.wstages % wd or (consumers > 1 and args.wstages % (consumers * tiles)):
                 continue
         elif stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
         kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers, shapes=shapes,
-                  **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "wstages": args.wstages}
+                  **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "wstages": args.wstages,
+                      "matvec": mv}
                      if bits < 16 else {}))
         f = jax.jit(lambda xs, ws, ss, kw=kw: [skeleton(xs, w, scales=s, **kw) for w, s in zip(ws, ss)])
         try:
@@ -526,12 +552,12 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd,
+        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "matvec": mv,
                "wstages": args.wstages if wd else 0, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
                "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
                "grid": grid}
         rows.append(row)
-        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''}{f' widen {wd}x{args.wstages}' if wd else ''} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''}{f' widen {wd}x{args.wstages}' if wd else ''}{' matvec' if mv else ''} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

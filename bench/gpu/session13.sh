@@ -42,5 +42,11 @@ q6)  # widening warpgroups: quantized tiles widened into a bf16 ring in shared m
   sk --quant none --stages 24 --inflight 4 --consumers 2 --json "$OUT/q6_none.json" | tee "$OUT/q6_none.txt"
   sk --quant int8,int4 --qtile-k 128 --stages 8 --inflight 4 --consumers 1,2 --widen 1,2 --wstages 6 --json "$OUT/q6_widen.json" | tee "$OUT/q6_widen.txt"
   sk --quant int8 --qtile-k 128 --stages 24 --inflight 4 --consumers 2 --json "$OUT/q6_int8.json" | tee "$OUT/q6_int8.txt" ;;
+q7)  # CUDA-core consumers (no wgmma, B = 1) against the widening warpgroups and the stream alone, one run
+  SH=1536:4608:4,1536:1536:4,1536:6144:4,6144:1536:16
+  sk() { timeout 250 python -m bench.block_skeleton_mgpu --blocks 4 --shapes $SH "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load"; }
+  sk --quant none --modes 11111 --stages 24 --inflight 4 --consumers 2 --json "$OUT/q7_none.json" | tee "$OUT/q7_none.txt"
+  sk --quant int8,int4 --modes 11111,10111 --qtile-k 128 --stages 18 --inflight 4 --consumers 1,2 --matvec 1 --json "$OUT/q7_matvec.json" | tee "$OUT/q7_matvec.txt"
+  sk --quant int8,int4 --modes 11111 --qtile-k 128 --stages 8 --inflight 4 --consumers 2 --widen 2 --wstages 6 --json "$OUT/q7_widen.json" | tee "$OUT/q7_widen.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
