@@ -88,7 +88,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                          f"{consumers} x {tmax}")
     if compute and not (stream and xload):
         raise ValueError("stream=False and xload=False need compute=False (the product waits for both operands)")
-    if matvec and not (quant and eager and compute and not widen):
+    matvec = matvec and compute  # the stream alone is the same without products
+    if matvec and not (quant and eager and not widen):
         raise ValueError("matvec needs quantized weights, eager release and compute, without widen")
     if widen and not (quant and eager and compute):
         raise ValueError(f"{widen=} needs quantized weights, eager release and compute")
