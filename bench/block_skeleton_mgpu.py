@@ -40,7 +40,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
              xload: bool = True, wait: bool = True, eager: bool = False, inflight: int = 0,
              consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False,
              scales=None, qtile_k: int = TILE, shapes=SHAPES, cast_first: bool = False,
-             pipelined: bool = False, widen: int = 0, wstages: int = 0, matvec: bool = False):
+             pipelined: bool = False, widen: int = 0, wstages: int = 0, matvec: bool = False,
+             scale_at: str = "end"):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -67,7 +68,11 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
 
     ``matvec`` (quantized, B = 1): no wgmma. The consumer loads each tile into registers in the WGMMA layout,
     widens it to float32, multiplies it by x's row 0 (read from global memory at the item's start) broadcast over
-    the tile's rows and accumulates elementwise; one row reduction an item. Rows 1-7 of the outputs repeat row 0."""
+    the tile's rows and accumulates elementwise; one row reduction an item. Rows 1-7 of the outputs repeat row 0.
+
+    ``scale_at``: where the consumer reads the item's 64 scales from global memory: "end" (after the product, its
+    latency exposed), "start" (issued before the product, so it overlaps it) or "none" (diagnostic: outputs
+    unscaled, wrong)."""
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     P = len(ws)
@@ -171,6 +176,14 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         it = c + j * grid
                         n0, _ = item_coords(p, it)
                         split = lax.rem(it, phases[p][2])
+
+                        def item_scales():  # (64,) float32, the WGMMA accumulator's row layout
+                            if interpret:
+                                return s_refs[p][pl.ds(n0, TILE)]
+                            return plgpu.load(s_refs[p].at[pl.ds(n0, TILE)], (),
+                                              layout=plgpu.Layout.WGMMA.reduce(1), optimized=False)
+
+                        sc = item_scales() if quant and compute and scale_at == "start" else None
 
                         def wait_tiles():
                             for i in range(tiles):
@@ -302,12 +315,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                 return acc_ref[...]
 
                             acc = pl.run_scoped(product, plgpu.ACC((TILE, ROWS), jnp.float32))
-                        if quant:  # per-row scales of the item's 64 output columns
-                            if interpret:
-                                sc = s_refs[p][pl.ds(n0, TILE)]
-                            else:
-                                sc = plgpu.load(s_refs[p].at[pl.ds(n0, TILE)], (),
-                                                layout=plgpu.Layout.WGMMA.reduce(1), optimized=False)
+                        if quant and scale_at != "none":  # per-row scales of the item's 64 output columns
+                            sc = item_scales() if sc is None else sc
                             acc = acc * lax.broadcast_in_dim(sc, (TILE, ROWS), (0,))
                         # the store of two items ago has read its buffer (stores complete in the background)
                         plgpu.wait_smem_to_gmem(1, wait_read_only=True)
@@ -481,6 +490,7 @@ def main(argv=None) -> int:
     ap.add_argument("--widen", default="0", help="quantized: widening warpgroups, e.g. 0,1,2 (eager modes)")
     ap.add_argument("--wstages", type=int, default=6, help="slots of the widened ring (with --widen)")
     ap.add_argument("--matvec", default="0", help="quantized: CUDA-core products instead of wgmma (0,1; B = 1)")
+    ap.add_argument("--scale-at", default="end", help="quantized: end,start,none (none: diagnostic, outputs wrong)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default="", help="write one call's Mosaic GPU trace per mode here (no timing)")
     args = ap.parse_args(argv)
@@ -506,10 +516,11 @@ def main(argv=None) -> int:
     shapes = tuple(tuple(map(int, p.split(":"))) for p in args.shapes.split(",")) if args.shapes else SHAPES
     ws_f, xs = inputs(args.blocks, shapes)
     rows = []
-    for quant, qtk, cf, pp, wd, mv, stages, mode, inflight, consumers in (
-            (q, tk, cf, pp, wd, mv, st, m, fl, cs) for q in args.quant.split(",")
+    for quant, qtk, cf, pp, wd, mv, sa, stages, mode, inflight, consumers in (
+            (q, tk, cf, pp, wd, mv, sa, st, m, fl, cs) for q in args.quant.split(",")
             for wd in (map(int, args.widen.split(",")) if q != "none" else (0,))
             for mv in ((c == "1" for c in args.matvec.split(",")) if q != "none" else (False,))
+            for sa in (args.scale_at.split(",") if q != "none" else ("end",))
             for pp in ((c == "1" for c in args.pipelined.split(",")) if q != "none" else (False,))
             for cf in ((c == "1" for c in args.cast_first.split(",")) if q == "int8" else (False,))
             for tk in (map(int, args.qtile_k.split(",")) if q != "none" else (TILE,))
@@ -534,7 +545,7 @@ def main(argv=None) -> int:
             continue
         kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers, shapes=shapes,
                   **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "wstages": args.wstages,
-                      "matvec": mv}
+                      "matvec": mv, "scale_at": sa}
                      if bits < 16 else {}))
         f = jax.jit(lambda xs, ws, ss, kw=kw: [skeleton(xs, w, scales=s, **kw) for w, s in zip(ws, ss)])
         try:
@@ -553,12 +564,12 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "matvec": mv,
+        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "matvec": mv, "scale_at": sa,
                "wstages": args.wstages if wd else 0, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
                "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
                "grid": grid}
         rows.append(row)
-        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''}{f' widen {wd}x{args.wstages}' if wd else ''}{' matvec' if mv else ''} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''}{f' widen {wd}x{args.wstages}' if wd else ''}{' matvec' if mv else ''}{'' if sa == 'end' else ' scale@' + sa} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

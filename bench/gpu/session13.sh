@@ -48,5 +48,11 @@ q7)  # CUDA-core consumers (no wgmma, B = 1) against the widening warpgroups and
   sk --quant none --modes 11111 --stages 24 --inflight 4 --consumers 2 --json "$OUT/q7_none.json" | tee "$OUT/q7_none.txt"
   sk --quant int8,int4 --modes 11111,10111 --qtile-k 128 --stages 18 --inflight 4 --consumers 1,2 --matvec 1 --json "$OUT/q7_matvec.json" | tee "$OUT/q7_matvec.txt"
   sk --quant int8,int4 --modes 11111 --qtile-k 128 --stages 8 --inflight 4 --consumers 2 --widen 2 --wstages 6 --json "$OUT/q7_widen.json" | tee "$OUT/q7_widen.txt" ;;
+q8)  # the item's scales: read after the product (latency exposed), before it, or not at all (diagnostic)
+  SH=1536:4608:4,1536:1536:4,1536:6144:4,6144:1536:16
+  sk() { timeout 250 python -m bench.block_skeleton_mgpu --blocks 4 --modes 11111 --shapes $SH --qtile-k 128 --inflight 4 --consumers 2 "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load"; }
+  sk --quant none --stages 24 --json "$OUT/q8_none.json" | tee "$OUT/q8_none.txt"
+  sk --quant int8,int4 --stages 8 --widen 2 --wstages 6 --scale-at end,start,none --json "$OUT/q8_widen.json" | tee "$OUT/q8_widen.txt"
+  sk --quant int8,int4 --stages 24 --scale-at end,none --json "$OUT/q8_rega.json" | tee "$OUT/q8_rega.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
