@@ -17,6 +17,14 @@ barriers: 25.4 µs; without barriers 22.8 (2.7 TB/s). The modes and diagnostics 
 next step, which moves LayerNorm and attention into the consumer.
 
     python -m bench.block_skeleton_mgpu --blocks 4 --stages 16 --inflight 4 --modes 11111,10111
+
+Session 13 (issue 10): quantized weights (``--quant int8,int4``, stored output-major, widened in the kernel: in
+registers as wgmma's A operand, or by ``--widen`` warpgroups into a bf16 ring in shared memory, or ``--matvec`` on
+CUDA cores) on shapes whose K divides into 128-deep tiles (``--shapes``, C = 1536). Best (H100): int8 22.6, int4
+19.9 against bf16 28.7 µs a block, with two wideners, two consumers and the scales read early:
+
+    python -m bench.block_skeleton_mgpu --blocks 4 --modes 11111 --shapes 1536:4608:4,1536:1536:4,1536:6144:4,6144:1536:16 \
+        --qtile-k 128 --inflight 4 --consumers 2 --quant int8,int4 --stages 8 --widen 2 --wstages 6 --scale-at start
 """
 
 from __future__ import annotations

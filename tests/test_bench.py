@@ -179,8 +179,9 @@ def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
 def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_for_cuda():
     """Session 13: the skeleton with int8 / int4 weights laid out (N, K), widened in registers as wgmma's A operand,
     per-row scales on the item's product: every phase's partials equal x @ dequantize(w) in the interpreter (64- and
-    128-deep tiles), and the register-A kernel (upcast layouts, relayout, pipelined or not) lowers for CUDA at
-    gpt2-xl-like shapes. Shapes whose K does not divide into the tiles are refused."""
+    128-deep tiles; also with widening warpgroups), and its GPU variants (register-A wgmma with the upcast layouts,
+    pipelined or not; widening warpgroups; CUDA-core products) lower for CUDA at gpt2-xl-like shapes. Shapes whose
+    K does not divide into the tiles, and rings that do not divide among the wideners, are refused."""
     pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
     import jax
     import jax.numpy as jnp
@@ -193,12 +194,12 @@ def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_
     shapes = ((256, 128, 2), (256, 64, 1), (512, 192, 2))
     ws = [jax.random.normal(jax.random.fold_in(key, i), (K, N), jnp.float32) for i, (K, N, _) in enumerate(shapes)]
     xs = [jax.random.normal(jax.random.fold_in(key, 9 + i), (8, K), jnp.bfloat16) for i, (K, _, _) in enumerate(shapes)]
-    for bits, tk in ((8, 128), (4, 64)):
+    for bits, tk, kw in ((8, 128, {}), (4, 64, {}), (8, 128, {"widen": 2, "wstages": 4, "scale_at": "start"})):
         qs = sk.quantized(ws, bits)
         assert all(q.shape == w.shape[::-1] and q.dtype == (jnp.int8 if bits == 8 else jnp.int4)
                    for (q, _), w in zip(qs, ws))
         outs = sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=2, stages=4, barriers=False,
-                           eager=True, inflight=2, qtile_k=tk, shapes=shapes, interpret=True)
+                           eager=True, inflight=2, qtile_k=tk, shapes=shapes, interpret=True, **kw)
         for o, x, (q, s), (K, N, splits) in zip(outs, xs, qs, shapes):
             assert o.shape == (splits, N, 8) and not bool(jnp.isnan(o).any())
             deq = (q.astype(jnp.float32) * s[:, None]).T  # (K, N)
@@ -213,8 +214,14 @@ def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_
     sh = ((1536, 4608, 4), (1536, 1536, 4), (1536, 6144, 4), (6144, 1536, 16))
     X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sh]
     S = [jax.ShapeDtypeStruct((N,), jnp.float32) for _, N, _ in sh]
-    for dt, kw in ((jnp.int8, {"cast_first": True}), (jnp.int8, {"pipelined": True}), (jnp.int4, {})):
+    for dt, kw in ((jnp.int8, {"cast_first": True}), (jnp.int8, {"pipelined": True}), (jnp.int4, {}),
+                   (jnp.int8, {"matvec": True, "stages": 18}), (jnp.int4, {"scale_at": "start"}),
+                   (jnp.int8, {"widen": 2, "wstages": 6, "stages": 8, "scale_at": "start"})):
         W = [jax.ShapeDtypeStruct((N, K), dt) for K, N, _ in sh]
-        f = jax.jit(lambda xs, ws, ss: sk.skeleton(xs, ws, scales=ss, grid=132, stages=24, eager=True, inflight=4,
+        kw = {"stages": 24, **kw}
+        f = jax.jit(lambda xs, ws, ss: sk.skeleton(xs, ws, scales=ss, grid=132, eager=True, inflight=4,
                                                    consumers=2, qtile_k=128, shapes=sh, **kw))
         assert "mosaic_gpu" in f.trace(X, W, S).lower(lowering_platforms=("cuda",)).as_text()
+    with pytest.raises(ValueError, match="widen"):
+        sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=1, stages=4, barriers=False, eager=True,
+                    qtile_k=128, shapes=shapes, widen=2, wstages=3, interpret=True)

@@ -2,7 +2,8 @@
 # A baseline for the next session, as one command of under 10 minutes (everything on the model's path has run on
 # the H100 as of session 12: its calls 9-11 tested and timed the final tree, the fused ln_f + LM head, the first
 # block without partials and the static greedy loop; `bash bench/gpu/session12.sh table` is its decode table, with
-# the loop's own kernel time; session 11's Mosaic GPU skeleton's baseline is `bash bench/gpu/session11.sh final`):
+# the loop's own kernel time; session 11's Mosaic GPU skeleton's baseline is `bash bench/gpu/session11.sh final`, and
+# session 13's quantized skeleton (bf16 / int8 / int4, widening warpgroups, scales early) is `session13.sh q8`):
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
