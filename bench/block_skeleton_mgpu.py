@@ -120,6 +120,17 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     tk = qtile_k if quant else TILE
     wtiled = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(tk * wbits // 8)) if quant else tiled
 
+    def narrow_regs(slot_ref):  # a quantized tile in registers, in the layout that widens into WGMMA's
+        return plgpu.load(slot_ref, (), layout=plgpu.Layout.WGMMA_UPCAST_2X if wbits == 8 else
+                          plgpu.Layout.WGMMA_UPCAST_4X)
+
+    def widened_regs(a, first=False):
+        """``narrow_regs``' tile widened to x's dtype in the WGMMA layout (wgmma's A operand); ``first``: widen in
+        the load layout, then relayout (else relayout the narrow values, then widen)."""
+        if first:
+            return plgpu.layout_cast(a.astype(dtype), plgpu.Layout.WGMMA)
+        return plgpu.layout_cast(a, plgpu.Layout.WGMMA).astype(dtype)
+
     def n_items(p, c):  # items of phase p that block c takes: c, c + grid, ...
         return (phases[p][4] - c + grid - 1) // grid
 
@@ -281,16 +292,12 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                                                preferred_element_type=jnp.float32)
                             release_tiles()
                         elif quant:  # the tile widened in registers is wgmma's A operand; its slot is free at once
-                            upcast = plgpu.Layout.WGMMA_UPCAST_2X if wbits == 8 else plgpu.Layout.WGMMA_UPCAST_4X
-
                             def widened(i):  # tile i of the item in registers, x's dtype; its slot freed
                                 slot = lax.rem(t + i, stages)
                                 plgpu.barrier_wait(landed.at[slot])
-                                a = plgpu.load(w_ring.at[slot], (), layout=upcast)
+                                a = narrow_regs(w_ring.at[slot])
                                 plgpu.barrier_arrive(consumed.at[slot])
-                                if cast_first:
-                                    return plgpu.layout_cast(a.astype(dtype), plgpu.Layout.WGMMA)
-                                return plgpu.layout_cast(a, plgpu.Layout.WGMMA).astype(dtype)
+                                return widened_regs(a, cast_first)
 
                             def product(acc_ref):
                                 a = widened(0)
@@ -349,19 +356,15 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                 def _widener():
                     w = wg - consumers
                     total = sum(n_items(p, c) * phases[p][3] for p in range(P))  # the block's tiles
-                    upcast = plgpu.Layout.WGMMA_UPCAST_2X if wbits == 8 else plgpu.Layout.WGMMA_UPCAST_4X
 
                     def tile(m, _):
                         t = w + m * widen
                         qs, bs = lax.rem(t, stages), lax.rem(t, wstages)
                         plgpu.barrier_wait(landed.at[qs])
-                        if interpret:
-                            a = w_ring[qs].astype(dtype)
-                        else:
-                            a = plgpu.load(w_ring.at[qs], (), layout=upcast)
+                        a = w_ring[qs].astype(dtype) if interpret else narrow_regs(w_ring.at[qs])
                         plgpu.barrier_arrive(consumed.at[qs])
                         if not interpret:
-                            a = plgpu.layout_cast(a, plgpu.Layout.WGMMA).astype(dtype)
+                            a = widened_regs(a)
 
                         @pl.when(t >= wstages)
                         def _():
@@ -523,6 +526,7 @@ def main(argv=None) -> int:
     from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
     shapes = tuple(tuple(map(int, p.split(":"))) for p in args.shapes.split(",")) if args.shapes else SHAPES
     ws_f, xs = inputs(args.blocks, shapes)
+    quantized_blocks = {}  # bits -> every block's (ints, scales), made once per format
     rows = []
     for quant, qtk, cf, pp, wd, mv, sa, stages, mode, inflight, consumers in (
             (q, tk, cf, pp, wd, mv, sa, st, m, fl, cs) for q in args.quant.split(",")
@@ -538,7 +542,9 @@ def main(argv=None) -> int:
         if bits == 16:
             ws, ss, refs = ws_f, [None] * args.blocks, ws_f[-1]
         else:
-            qs = [quantized(b, bits) for b in ws_f]
+            if bits not in quantized_blocks:
+                quantized_blocks[bits] = [quantized(b, bits) for b in ws_f]
+            qs = quantized_blocks[bits]
             ws, ss = [[q for q, _ in b] for b in qs], [[s for _, s in b] for b in qs]
             refs = [(q.astype(jnp.float32) * s[:, None]).T for q, s in qs[-1]]  # (K, N) dequantized
         wbytes = sum(w.size * bits // 8 for w in ws[0])
