@@ -49,7 +49,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
              consumers: int = 1, stream: bool = True, profile_dir: str = "", interpret: bool = False,
              scales=None, qtile_k: int = TILE, shapes=SHAPES, cast_first: bool = False,
              pipelined: bool = False, widen: int = 0, wstages: int = 0, matvec: bool = False,
-             scale_at: str = "end"):
+             scale_at: str = "end", direct: bool = False):
     """Partials per phase, (splits, N, 8) float32, of x_p (8, K_p) and w_p (K_p, N_p). ``compute=False`` only
     waits for each tile and frees its slot (the stream alone; outputs left unwritten). Diagnostics (outputs
     wrong): ``xload=False`` skips the x tiles (compute=False only), ``wait=False`` signals the barrier without
@@ -78,6 +78,10 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     widens it to float32, multiplies it by x's row 0 (read from global memory at the item's start) broadcast over
     the tile's rows and accumulates elementwise; one row reduction an item. Rows 1-7 of the outputs repeat row 0.
 
+    ``direct`` (with ``widen``, session 14): the wideners store the widened tile in its load layout
+    (``WGMMA_UPCAST_2X`` / ``_4X``: the store puts each element at its place in the swizzled slot), skipping the
+    relayout to ``WGMMA`` (its warp shuffles) that only a register operand of wgmma needs.
+
     ``scale_at``: where the consumer reads the item's 64 scales from global memory: "end" (after the product, its
     latency exposed), "start" (issued before the product, so it overlaps it) or "none" (diagnostic: outputs
     unscaled, wrong)."""
@@ -104,6 +108,8 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
     matvec = matvec and compute  # the stream alone is the same without products
     if matvec and not (quant and eager and not widen):
         raise ValueError("matvec needs quantized weights, eager release and compute, without widen")
+    if direct and not widen:
+        raise ValueError("direct needs widen (it is how the wideners store their tiles)")
     if widen and not (quant and eager and compute):
         raise ValueError(f"{widen=} needs quantized weights, eager release and compute")
     if widen and (stages % widen or wstages % widen or wstages < 2
@@ -364,7 +370,7 @@ def skeleton(xs, ws, *, grid: int, stages: int, barriers: bool = True, compute: 
                         a = w_ring[qs].astype(dtype) if interpret else narrow_regs(w_ring.at[qs])
                         plgpu.barrier_arrive(consumed.at[qs])
                         if not interpret:
-                            a = widened_regs(a)
+                            a = a.astype(dtype) if direct else widened_regs(a)
 
                         @pl.when(t >= wstages)
                         def _():
@@ -499,6 +505,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cast-first", default="0", help="int8: widen before the relayout (0,1)")
     ap.add_argument("--pipelined", default="0", help="quantized: widen the next tile during the MMA (0,1)")
     ap.add_argument("--widen", default="0", help="quantized: widening warpgroups, e.g. 0,1,2 (eager modes)")
+    ap.add_argument("--direct", default="0", help="with --widen: store widened tiles in the load layout (0,1)")
     ap.add_argument("--wstages", type=int, default=6, help="slots of the widened ring (with --widen)")
     ap.add_argument("--matvec", default="0", help="quantized: CUDA-core products instead of wgmma (0,1; B = 1)")
     ap.add_argument("--scale-at", default="end", help="quantized: end,start,none (none: diagnostic, outputs wrong)")
@@ -528,9 +535,10 @@ def main(argv=None) -> int:
     ws_f, xs = inputs(args.blocks, shapes)
     quantized_blocks = {}  # bits -> every block's (ints, scales), made once per format
     rows = []
-    for quant, qtk, cf, pp, wd, mv, sa, stages, mode, inflight, consumers in (
-            (q, tk, cf, pp, wd, mv, sa, st, m, fl, cs) for q in args.quant.split(",")
+    for quant, qtk, cf, pp, wd, dr, mv, sa, stages, mode, inflight, consumers in (
+            (q, tk, cf, pp, wd, dr, mv, sa, st, m, fl, cs) for q in args.quant.split(",")
             for wd in (map(int, args.widen.split(",")) if q != "none" else (0,))
+            for dr in ((c == "1" for c in args.direct.split(",")) if wd else (False,))
             for mv in ((c == "1" for c in args.matvec.split(",")) if q != "none" else (False,))
             for sa in (args.scale_at.split(",") if q != "none" else ("end",))
             for pp in ((c == "1" for c in args.pipelined.split(",")) if q != "none" else (False,))
@@ -558,7 +566,7 @@ def main(argv=None) -> int:
         elif stages < (2 if flags["eager"] else tiles) or (consumers > 1 and stages % (consumers * tiles)):
             continue
         kw = dict(flags, grid=grid, stages=stages, inflight=inflight, consumers=consumers, shapes=shapes,
-                  **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "wstages": args.wstages,
+                  **({"qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "direct": dr, "wstages": args.wstages,
                       "matvec": mv, "scale_at": sa}
                      if bits < 16 else {}))
         f = jax.jit(lambda xs, ws, ss, kw=kw: [skeleton(xs, w, scales=s, **kw) for w, s in zip(ws, ss)])
@@ -578,12 +586,12 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         wall = (time.perf_counter() - t0) / 10 / args.blocks * 1e6
         us = statistics.median(per)
-        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "matvec": mv, "scale_at": sa,
+        row = {"quant": quant, "qtile_k": qtk, "cast_first": cf, "pipelined": pp, "widen": wd, "direct": dr, "matvec": mv, "scale_at": sa,
                "wstages": args.wstages if wd else 0, "stages": stages, "mode": mode, **flags, "inflight": inflight, "consumers": consumers,
                "us_per_block": us, "min_us": min(per), "wall_us": wall, "gbps": wbytes / us / 1e3, "max_err": max(errs),
                "grid": grid}
         rows.append(row)
-        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''}{f' widen {wd}x{args.wstages}' if wd else ''}{' matvec' if mv else ''}{'' if sa == 'end' else ' scale@' + sa} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
+        print(f"{quant:4s} k{qtk:<3d}{' cf' if cf else ''}{' pipe' if pp else ''}{f' widen {wd}x{args.wstages}' if wd else ''}{' direct' if dr else ''}{' matvec' if mv else ''}{'' if sa == 'end' else ' scale@' + sa} stages {stages:2d} inflight {inflight:2d} consumers {consumers} barriers/compute/xload/wait/eager {mode:5s}: {us:6.2f} us/block (min {min(per):.2f}, wall "
               f"{wall:.2f}), {row['gbps']:.0f} GB/s of weights, max |err| {max(errs):.2g}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:

@@ -180,7 +180,7 @@ def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_
     """Session 13: the skeleton with int8 / int4 weights laid out (N, K), widened in registers as wgmma's A operand,
     per-row scales on the item's product: every phase's partials equal x @ dequantize(w) in the interpreter (64- and
     128-deep tiles; also with widening warpgroups), and its GPU variants (register-A wgmma with the upcast layouts,
-    pipelined or not; widening warpgroups; CUDA-core products) lower for CUDA at gpt2-xl-like shapes. Shapes whose
+    pipelined or not; widening warpgroups, storing in the WGMMA or the load layout; CUDA-core products) lower for CUDA at gpt2-xl-like shapes. Shapes whose
     K does not divide into the tiles, and rings that do not divide among the wideners, are refused."""
     pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
     import jax
@@ -216,7 +216,9 @@ def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_
     S = [jax.ShapeDtypeStruct((N,), jnp.float32) for _, N, _ in sh]
     for dt, kw in ((jnp.int8, {"cast_first": True}), (jnp.int8, {"pipelined": True}), (jnp.int4, {}),
                    (jnp.int8, {"matvec": True, "stages": 18}), (jnp.int4, {"scale_at": "start"}),
-                   (jnp.int8, {"widen": 2, "wstages": 6, "stages": 8, "scale_at": "start"})):
+                   (jnp.int8, {"widen": 2, "wstages": 6, "stages": 8, "scale_at": "start"}),
+                   (jnp.int8, {"widen": 2, "wstages": 6, "stages": 8, "direct": True}),
+                   (jnp.int4, {"widen": 1, "wstages": 6, "stages": 8, "direct": True})):
         W = [jax.ShapeDtypeStruct((N, K), dt) for K, N, _ in sh]
         kw = {"stages": 24, **kw}
         f = jax.jit(lambda xs, ws, ss: sk.skeleton(xs, ws, scales=ss, grid=132, eager=True, inflight=4,
@@ -225,3 +227,6 @@ def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_
     with pytest.raises(ValueError, match="widen"):
         sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=1, stages=4, barriers=False, eager=True,
                     qtile_k=128, shapes=shapes, widen=2, wstages=3, interpret=True)
+    with pytest.raises(ValueError, match="direct needs widen"):
+        sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=1, stages=4, barriers=False, eager=True,
+                    qtile_k=128, shapes=shapes, direct=True, interpret=True)
