@@ -11,5 +11,13 @@ r1)  # the wideners store the widened tile in its load layout (no relayout to WG
   sk --quant none --stages 24 --consumers 2 --json "$OUT/r1_none.json" | tee "$OUT/r1_none.txt"
   sk --quant int8,int4 --stages 8 --widen 1,2 --wstages 6 --direct 0,1 --consumers 2 --scale-at start \
     --json "$OUT/r1_widen.json" | tee "$OUT/r1_widen.txt" ;;
+r2)  # issue 10's table in one run (bf16, int8, int4, int8 with the int8 LM head); the skeleton's latency floor: five
+     # gpt2-xl phases (the fifth a stand-in for attention's barrier and activation round trip), no weight stream
+  timeout 300 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --quantize none,int8,int4,int8+head --out "$OUT/r2_decode_quant.json" > "$OUT/r2_decode_quant.txt" 2>&1
+  echo "== decode quant rc=$?"; sed -n '/^decode,/,/^jaxgpt:/p' "$OUT/r2_decode_quant.txt" | cut -c1-160
+  timeout 200 python -m bench.block_skeleton_mgpu --blocks 4 --stages 16 --reps 20 \
+    --shapes 1600:4800:5,1600:1600:5,1600:1600:5,1600:6400:5,6400:1600:20 --modes 101110,100110,001110,000110 \
+    --json "$OUT/r2_quiet5.json" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load" | tee "$OUT/r2_quiet5.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
