@@ -19,5 +19,14 @@ r2)  # issue 10's table in one run (bf16, int8, int4, int8 with the int8 LM head
   timeout 200 python -m bench.block_skeleton_mgpu --blocks 4 --stages 16 --reps 20 \
     --shapes 1600:4800:5,1600:1600:5,1600:1600:5,1600:6400:5,6400:1600:20 --modes 101110,100110,001110,000110 \
     --json "$OUT/r2_quiet5.json" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load" | tee "$OUT/r2_quiet5.txt" ;;
+r3)  # the quantized per-op step with its split-K partials finished by the next kernel (JAXGPT_FUSED_QUANT=1; session 5
+     # measured it slower) against the default (int4 per-op with XLA epilogues; int8 on the block kernel), one machine
+  d() { timeout 200 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 "$@"; }
+  d --quantize none,int4,int8 --out "$OUT/r3_default.json" > "$OUT/r3_default.txt" 2>&1; echo "== default rc=$?"
+  JAXGPT_FUSED_QUANT=1 d --quantize int4 --out "$OUT/r3_fused_int4.json" > "$OUT/r3_fused_int4.txt" 2>&1; echo "== fused int4 rc=$?"
+  JAXGPT_FUSED_QUANT=1 JAXGPT_DECODE_LAYER_INT8=0 d --quantize int8,none --out "$OUT/r3_fused_int8.json" \
+    > "$OUT/r3_fused_int8.txt" 2>&1; echo "== fused int8 per-op rc=$?"
+  for f in default fused_int4 fused_int8; do sed -n '/^model /,/^jaxgpt:/p' "$OUT/r3_$f.txt" | grep -v "^jaxgpt:\|^model"; done
+  for f in fused_int4 fused_int8; do grep -A12 "loop's kernels" "$OUT/r3_$f.txt" | head -14; done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
