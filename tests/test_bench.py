@@ -79,14 +79,20 @@ def test_scaling_smoke_on_eight_cpu_devices(tmp_path):
 
 
 def test_decode_case_counts_the_quantized_weight_bytes():
-    """bench.decode's quantized rows: same schema, fewer bytes a step (int4 < int8 < float)."""
+    """bench.decode's quantized rows: same schema, fewer bytes a step (int4 < int8 < float; the int8 head's copy
+    replaces wte's bytes, which the step then reads one row of)."""
     from bench.decode import jax_case
     from bench.run import smoke_model
     model = smoke_model()
-    rows = {q: jax_case(model, "xla", "bfloat16", 2, 4, 1, 0, q) for q in (None, "int8", "int4")}
-    assert [r["impl"] for r in rows.values()] == ["jaxgpt-xla", "jaxgpt-xla-int8", "jaxgpt-xla-int4"]
+    rows = {q: jax_case(model, "xla", "bfloat16", 2, 4, 1, 0, q) for q in (None, "int8", "int4", "int8+head")}
+    assert [r["impl"] for r in rows.values()] == ["jaxgpt-xla", "jaxgpt-xla-int8", "jaxgpt-xla-int4",
+                                                  "jaxgpt-xla-int8+head"]
     assert all(r["all_tokens_valid"] and r["ms_per_token"] > 0 for r in rows.values())
     assert rows["int4"]["bytes_per_step"] < rows["int8"]["bytes_per_step"] < rows[None]["bytes_per_step"]
+    from jaxgpt import GPTConfig
+    cfg = GPTConfig.from_name(model)
+    head = cfg.vocab_size * cfg.n_embd  # int8 head: a byte an entry instead of bf16's two, plus a scale a column
+    assert rows["int8+head"]["bytes_per_step"] == rows["int8"]["bytes_per_step"] - 2 * head + head + 4 * cfg.vocab_size
 
 
 def test_hf_peer_harness_runs_on_cpu():

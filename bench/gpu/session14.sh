@@ -28,5 +28,17 @@ r3)  # the quantized per-op step with its split-K partials finished by the next 
     > "$OUT/r3_fused_int8.txt" 2>&1; echo "== fused int8 per-op rc=$?"
   for f in default fused_int4 fused_int8; do sed -n '/^model /,/^jaxgpt:/p' "$OUT/r3_$f.txt" | grep -v "^jaxgpt:\|^model"; done
   for f in fused_int4 fused_int8; do grep -A12 "loop's kernels" "$OUT/r3_$f.txt" | head -14; done ;;
+r4)  # the int8 head inside the fused ln_f + head kernel: GPU tests, the head alone (bf16 vs int8, tiles), decode
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_kernels_lm_head.py \
+    "tests/test_kernels_decode_layer.py::test_int8_model_decode_on_block_kernels_matches_xla" > "$OUT/r4_tests.txt" 2>&1
+  echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|error" "$OUT/r4_tests.txt" | tail -5
+  timeout 150 python -m bench.lm_head --model gpt2-xl,gpt2 --batch 1 --head bf16,int8 --plans \
+    '[{}, {"block_k": 256}, {"block_n": 64, "block_k": 256}, {"block_n": 256, "block_k": 64}, {"block_k": 256, "num_stages": 3}]' \
+    --out "$OUT/r4_lm_head.json" > "$OUT/r4_lm_head.txt" 2>&1
+  echo "== lm_head rc=$?"; sed -n '/^ln_f + LM head/,$p' "$OUT/r4_lm_head.txt"
+  timeout 200 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --quantize none,int8,int8+head --out "$OUT/r4_decode.json" > "$OUT/r4_decode.txt" 2>&1
+  echo "== decode rc=$?"; sed -n '/^model /,/^jaxgpt:/p' "$OUT/r4_decode.txt" | grep -v "^jaxgpt:"
+  grep -A4 "int8+head: the decode loop" "$OUT/r4_decode.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
