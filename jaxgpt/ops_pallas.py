@@ -167,13 +167,13 @@ class PallasOps(XlaOps):
     @staticmethod
     def decode_logits(x, blocks, ln_f, head, cache, pos, *, n_head: int, eps: float):
         """Each block's decode step as one kernel (``decode_layer``; its MLP partials are finished by the next
-        block's kernel), then ``ln_f`` and the tied LM head (or the int8 head's copy) as one kernel
-        (``lm_head_decode``). ``JAXGPT_FUSED_HEAD=0``: the residual+LayerNorm kernel, then the head's matmul."""
+        block's kernel), then ``ln_f`` and the tied LM head as one kernel (``lm_head_decode``; a quantized head
+        keeps its own matmul after the residual+LayerNorm kernel). ``JAXGPT_FUSED_HEAD=0``: those two kernels."""
         done = PallasOps._block_stack(x, blocks, cache, pos, n_head=n_head, eps=eps)
         if done is None:
             return None
         r, parts, cache = done
-        if FUSED_HEAD and (isinstance(head, QWeight) or head.dtype == r.dtype):  # wte, or the int8 head's copy
+        if FUSED_HEAD and not isinstance(head, QWeight) and head.dtype == r.dtype:
             return lm_head_decode(r, parts, *ln_f, head, eps=eps), cache  # (B, V) float32
         _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C)
         return PallasOps.lm_head(normed, head), cache

@@ -8,10 +8,6 @@ normalise the rows themselves (a few KB of partials from L2) into their own scra
 of wte's rows, (block_n vocab rows × block_k) tiles, into float32 logits. wte is read in its stored (V, C) layout:
 each tile row is ``block_k`` contiguous values, and the product is ``x · tileᵀ`` (no transposed copy of the head).
 
-An int8 head (``jaxgpt quantize --lm-head``: a ``QWeight``, (C, V) int8 with a float32 scale per vocabulary entry)
-streams (block_k × block_n) tiles of that copy instead, widened to the compute dtype in registers, the scales applied
-to each item's float32 products: half the bytes of wte, and no separate residual+LayerNorm kernel before it.
-
 Rounding follows the two-kernel path: the block's MLP output rounded to the compute dtype as its store would be,
 the residual sum and the LayerNorm statistics (two passes, centred) in float32, the normalised rows rounded to
 the compute dtype, the product accumulated in float32. ``lm_head_decode_reference`` is the pure-jnp twin.
@@ -29,7 +25,6 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
 from pallas_kernels.partials import SplitK, finish
-from pallas_kernels.quant_matmul import QWeight
 
 BM = 16  # rows of the dot tiles: the decode rows padded to the smallest tensor-core tile
 
@@ -60,7 +55,6 @@ class LMHeadPlan:
 
 
 def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, B, C) f32, (C,), (C,), (C,), (V, C)
-                    s_ref,  # None, or the int8 head's (1, V) float32 scales (w_ref then its (C, V) int8 copy)
                     o_ref, xn_ref,  # outputs: (B, V) float32 logits; (G, BM, Cp) scratch, each program's rows
                     *, B: int, C: int, V: int, eps: float, dtype, precision, bn: int, bk: int, flat: bool,
                     interpret: bool):
@@ -98,19 +92,12 @@ def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, 
         vrows = (v0 + jnp.arange(bn))[:, None] < V  # (bn, 1)
         kcols = (k0 + jnp.arange(bk))[None, :] < C  # (1, bk)
         xt = ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], xrows & kcols)  # (BM, bk)
-        if s_ref is not None:  # the int8 head's (C, V) copy: (bk, bn) tiles, V contiguous, widened in registers
-            kmask = (k0 + jnp.arange(bk))[:, None] < C  # (bk, 1)
-            vmask = (v0 + jnp.arange(bn))[None, :] < V  # (1, bn)
-            wt = pltriton.load(w_ref.at[pl.ds(k0, bk), pl.ds(v0, bn)], mask=kmask & vmask, other=0)  # (bk, bn)
-            return jnp.dot(xt, wt.astype(dtype), precision=precision, preferred_element_type=jnp.float32)
         wt = ld(w_ref.at[pl.ds(v0, bn), pl.ds(k0, bk)], vrows & kcols)  # (bn, bk): wte rows, K contiguous
         return jax.lax.dot_general(xt, wt, (((1,), (1,)), ((), ())), precision=precision,
                                    preferred_element_type=jnp.float32)
 
     def store(v0, acc, when=True):
         vcols = (v0 + jnp.arange(bn))[None, :] < V
-        if s_ref is not None:  # the item's scales on its float32 products
-            acc = acc * ld(s_ref.at[jnp.int32(0), pl.ds(v0, bn)], (v0 + jnp.arange(bn)) < V)[None, :]
         pltriton.store(o_ref.at[pl.ds(0, BM), pl.ds(v0, bn)], acc, mask=xrows & vcols & when)
 
     n_items = pl.cdiv(V, bn)
@@ -136,11 +123,10 @@ def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, 
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "plan", "interpret"))
-def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array, wte: "jax.Array | QWeight", *,
-                   eps: float, plan: LMHeadPlan | None = None, interpret: bool | None = None) -> jax.Array:
+def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array, wte: jax.Array, *, eps: float,
+                   plan: LMHeadPlan | None = None, interpret: bool | None = None) -> jax.Array:
     """Float32 logits ``ln_f(r + finish(parts)) @ wte.T``: r (B, C) the last block's residual, ``parts`` its MLP's
     ``SplitK`` partials (P, B, C), ``ln_w``/``ln_b`` (C,) ln_f's parameters, wte (V, C) the tied head -> (B, V).
-    ``wte`` may instead be the int8 head (a ``QWeight`` (C, V), one scale a vocabulary entry).
 
     B at most 16 (decode rows). ``plan`` (default ``LMHeadPlan.heuristic``) sets the programs and tiles.
     """
@@ -151,19 +137,11 @@ def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array
         raise ValueError(f"lm_head_decode takes 1..{BM} rows, got {B=}")
     if parts.parts.ndim != 3 or parts.parts.shape[1:] != (B, C) or parts.activation != "none":
         raise ValueError(f"parts {parts.parts.shape} must be unactivated (P, {B}, {C}) partials")
-    quant = isinstance(wte, QWeight)
-    if quant:
-        V = wte.shape[1]
-        if (wte.bits, wte.group, wte.k) != (8, None, C) or wte.q.shape != (C, V) or wte.q.dtype != jnp.int8 \
-                or wte.scale.shape != (1, V):
-            raise ValueError(f"an int8 head must be (C, V) = ({C}, V) int8 with (1, V) scales: int{wte.bits} "
-                             f"q {wte.q.shape} {wte.q.dtype}, scale {wte.scale.shape}")
-    elif wte.ndim != 2 or wte.shape[1] != C or wte.dtype != r.dtype:
+    if wte.ndim != 2 or wte.shape[1] != C or wte.dtype != r.dtype:
         raise ValueError(f"wte {wte.shape} {wte.dtype} must be (V, {C}) {r.dtype}")
     if ln_w.shape != (C,) or ln_b.shape != (C,) or parts.bias.shape != (C,):
         raise ValueError(f"ln_f and bias vectors must be ({C},): {ln_w.shape}, {ln_b.shape}, {parts.bias.shape}")
-    if not quant:
-        V = wte.shape[0]
+    V = wte.shape[0]
     interpret = default_interpret(interpret)
     if plan is None:
         from pallas_kernels.decode_layer import default_programs
@@ -173,29 +151,21 @@ def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array
         _lm_head_kernel, B=B, C=C, V=V, eps=float(eps), dtype=dtype,
         precision=jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, bn=plan.block_n, bk=plan.block_k,
         flat=plan.flat, interpret=interpret)
-    head = (wte.q, wte.scale) if quant else (wte,)
-    if not quant:
-        kernel = functools.partial(_no_scales, kernel)
     logits, _ = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct((B, V), jnp.float32),
                    jax.ShapeDtypeStruct((plan.programs, BM, next_pow2(C)), dtype)],
         grid=(plan.programs,),
-        in_specs=[pl.no_block_spec] * (5 + len(head)),
+        in_specs=[pl.no_block_spec] * 6,
         out_specs=[pl.no_block_spec] * 2,
         compiler_params=compiler_params(plan.num_warps, plan.num_stages),
         interpret=interpret,
-        name="jaxgpt_lm_head_decode_int8" if quant else "jaxgpt_lm_head_decode",
-    )(r, parts.parts.astype(jnp.float32), parts.bias, ln_w, ln_b, *head)
+        name="jaxgpt_lm_head_decode",
+    )(r, parts.parts.astype(jnp.float32), parts.bias, ln_w, ln_b, wte)
     return logits
 
 
-def _no_scales(kernel, r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref, o_ref, xn_ref):
-    """The float head's kernel: no scales ref."""
-    kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref, None, o_ref, xn_ref)
-
-
-def lm_head_decode_reference(r, parts: SplitK, ln_w, ln_b, wte: "jax.Array | QWeight", *, eps: float) -> jax.Array:
+def lm_head_decode_reference(r, parts: SplitK, ln_w, ln_b, wte, *, eps: float) -> jax.Array:
     """Pure jnp with the kernel's rounding points: (B, V) float32 logits."""
     dtype = r.dtype
     x = finish(parts.parts.astype(jnp.float32).sum(0), parts.bias, "none", dtype).astype(jnp.float32)
@@ -203,7 +173,5 @@ def lm_head_decode_reference(r, parts: SplitK, ln_w, ln_b, wte: "jax.Array | QWe
     xc = x - x.mean(-1, keepdims=True)
     y = xc * jax.lax.rsqrt((xc * xc).mean(-1, keepdims=True) + eps) * ln_w.astype(jnp.float32) + ln_b.astype(
         jnp.float32)
-    y = y.astype(dtype).astype(jnp.float32)
-    if isinstance(wte, QWeight):  # the int8 head: products of the int8 values, then the per-entry scales
-        return jnp.dot(y, wte.q.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST) * wte.scale
-    return jnp.dot(y, wte.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.dot(y.astype(dtype).astype(jnp.float32), wte.astype(jnp.float32).T,
+                   precision=jax.lax.Precision.HIGHEST)

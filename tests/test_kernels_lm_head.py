@@ -56,26 +56,6 @@ def test_equals_the_two_kernel_path():
     check(got, XlaOps.lm_head(normed, wte), "float32", 192, "two-kernel path")
 
 
-INT8_SHAPES = [(1, 64, 211, 1), (3, 200, 517, 3)] + ([(1, 1600, 50257, 8), (8, 768, 50257, 4)] if ON_GPU else [])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,C,V,P", INT8_SHAPES)
-def test_int8_head_matches_reference_and_the_two_kernel_path(B, C, V, P, dtype):
-    """The int8 head copy ((C, V) int8, a scale per vocabulary entry): the fused kernel against its reference, and
-    against the two-kernel path it replaces (residual+LayerNorm, then ``quant_matmul``)."""
-    from pallas_kernels.quant_matmul import quant_matmul, quantize
-    r, parts, w, b, wte = _inputs(B * 5 + C, B, C, V, P, dtype)
-    head = quantize(np.asarray(wte, np.float32).T, bits=8)  # (C, V)
-    plan = None if ON_GPU else LMHeadPlan(programs=3, block_n=64, block_k=32)
-    got = lm_head_decode(r, parts, w, b, head, eps=1e-5, plan=plan)
-    assert got.dtype == jnp.float32 and got.shape == (B, V) and not bool(jnp.isnan(got).any())
-    check(got, lm_head_decode_reference(r, parts, w, b, head, eps=1e-5), dtype, C, f"int8 head B{B} C{C} V{V}")
-    _, normed = add_layer_norm(parts, r, w, b, eps=1e-5)
-    check(got, quant_matmul(normed, head, jnp.zeros((V,), normed.dtype), out_dtype=jnp.float32), dtype, C,
-          "two-kernel int8 head")
-
-
 def test_bad_input_is_a_value_error():
     r, parts, w, b, wte = _inputs(2, 1, 64, 100, 1, "float32")
     with pytest.raises(ValueError, match="rows"):
@@ -87,6 +67,3 @@ def test_bad_input_is_a_value_error():
         lm_head_decode(r, SplitK(parts.parts, parts.bias, "gelu_tanh", parts.dtype), w, b, wte, eps=1e-5)
     with pytest.raises(ValueError, match="block_n"):
         LMHeadPlan(programs=2, block_n=48)
-    from pallas_kernels.quant_matmul import quantize
-    with pytest.raises(ValueError, match="int8 head"):  # an int4 copy is not a head format
-        lm_head_decode(r, parts, w, b, quantize(np.asarray(wte).T, bits=4), eps=1e-5)

@@ -28,7 +28,8 @@ r3)  # the quantized per-op step with its split-K partials finished by the next 
     > "$OUT/r3_fused_int8.txt" 2>&1; echo "== fused int8 per-op rc=$?"
   for f in default fused_int4 fused_int8; do sed -n '/^model /,/^jaxgpt:/p' "$OUT/r3_$f.txt" | grep -v "^jaxgpt:\|^model"; done
   for f in fused_int4 fused_int8; do grep -A12 "loop's kernels" "$OUT/r3_$f.txt" | head -14; done ;;
-r4)  # the int8 head inside the fused ln_f + head kernel: GPU tests, the head alone (bf16 vs int8, tiles), decode
+r4)  # the int8 head inside the fused ln_f + head kernel (needs b57227c's code, reverted after this call): GPU tests,
+     # the head alone (bf16 vs int8, tiles), decode
   timeout 200 python -m pytest -q -p no:cacheprovider tests/test_kernels_lm_head.py \
     "tests/test_kernels_decode_layer.py::test_int8_model_decode_on_block_kernels_matches_xla" > "$OUT/r4_tests.txt" 2>&1
   echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|error" "$OUT/r4_tests.txt" | tail -5
