@@ -41,5 +41,12 @@ r4)  # the int8 head inside the fused ln_f + head kernel (needs b57227c's code, 
     --quantize none,int8,int8+head --out "$OUT/r4_decode.json" > "$OUT/r4_decode.txt" 2>&1
   echo "== decode rc=$?"; sed -n '/^model /,/^jaxgpt:/p' "$OUT/r4_decode.txt" | grep -v "^jaxgpt:"
   grep -A4 "int8+head: the decode loop" "$OUT/r4_decode.txt" ;;
+r5)  # the best quantized skeleton (two wideners storing in the load layout, two consumers) at gpt2-xl's real shapes
+     # (K = 1600: 64-deep tiles, 5 a split) against bf16, with the stream alone for each format
+  xl() { timeout 250 python -m bench.block_skeleton_mgpu --blocks 4 --inflight 4 --consumers 2 "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000\|Deprecation\|plgpu.load"; }
+  xl --quant none --stages 20 --modes 11111,10111 --json "$OUT/r5_none.json" | tee "$OUT/r5_none.txt"
+  xl --quant int8,int4 --qtile-k 64 --stages 10 --modes 10111 --json "$OUT/r5_stream.json" | tee "$OUT/r5_stream.txt"
+  xl --quant int8,int4 --qtile-k 64 --stages 10 --modes 11111 --widen 2 --wstages 10 --direct 0,1 --scale-at start \
+    --json "$OUT/r5_widen.json" | tee "$OUT/r5_widen.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
