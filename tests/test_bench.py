@@ -91,7 +91,7 @@ def test_decode_case_counts_the_quantized_weight_bytes():
     assert rows["int4"]["bytes_per_step"] < rows["int8"]["bytes_per_step"] < rows[None]["bytes_per_step"]
     from jaxgpt import GPTConfig
     cfg = GPTConfig.from_name(model)
-    head = cfg.vocab_size * cfg.n_embd  # int8 head: a byte an entry instead of bf16's two, plus a scale a column
+    head = cfg.vocab_size * cfg.n_embd  # int8 head: a byte an entry instead of bf16's two, plus a scale a row of wte
     assert rows["int8+head"]["bytes_per_step"] == rows["int8"]["bytes_per_step"] - 2 * head + head + 4 * cfg.vocab_size
 
 
@@ -186,8 +186,9 @@ def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_
     """Session 13: the skeleton with int8 / int4 weights laid out (N, K), widened in registers as wgmma's A operand,
     per-row scales on the item's product: every phase's partials equal x @ dequantize(w) in the interpreter (64- and
     128-deep tiles; also with widening warpgroups), and its GPU variants (register-A wgmma with the upcast layouts,
-    pipelined or not; widening warpgroups, storing in the WGMMA or the load layout; CUDA-core products) lower for CUDA at gpt2-xl-like shapes. Shapes whose
-    K does not divide into the tiles, and rings that do not divide among the wideners, are refused."""
+    pipelined or not; widening warpgroups, storing in the WGMMA or the load layout; CUDA-core products) lower for
+    CUDA at gpt2-xl-like shapes. Shapes whose K does not divide into the tiles, rings that do not divide among the
+    wideners, and ``direct`` without wideners are refused."""
     pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
     import jax
     import jax.numpy as jnp

@@ -3,7 +3,8 @@
 # the H100 as of session 12: its calls 9-11 tested and timed the final tree, the fused ln_f + LM head, the first
 # block without partials and the static greedy loop; `bash bench/gpu/session12.sh table` is its decode table, with
 # the loop's own kernel time; session 11's Mosaic GPU skeleton's baseline is `bash bench/gpu/session11.sh final`, and
-# session 13's quantized skeleton (bf16 / int8 / int4, widening warpgroups, scales early) is `session13.sh q8`):
+# session 13's quantized skeleton (bf16 / int8 / int4, widening warpgroups, scales early) is `session13.sh q8`, and
+# session 14's, at gpt2-xl's own shapes with the wideners storing in the load layout, `session14.sh r5`):
 #   source .gpu/env.sh && bash bench/gpu/next_session.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
