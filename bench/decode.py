@@ -66,8 +66,8 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     engine = Engine(cfg, sd, dtype=dtype, backend=backend, quantize=quantize)
     itemsize = jnp.dtype(engine.dtype).itemsize
     weights = sum(x.nbytes for x in jax.tree.leaves(engine.state)) - cfg.n_ctx * cfg.n_embd * itemsize  # wpe: a row
-    if quantize and Scheme.parse(quantize).head:  # the head reads its int8 copy: wte serves one embedding row,
-        weights -= cfg.vocab_size * (cfg.n_embd + 1) * itemsize  # and the copy's zero bias is never read
+    if quantize and Scheme.parse(quantize).head:  # the head reads its int8 copy: wte serves one embedding row
+        weights -= cfg.vocab_size * cfg.n_embd * itemsize
     P = bucket_length(PROMPT, cfg.n_ctx)
     S = bucket_length(PROMPT + tokens, cfg.n_ctx)
     t0 = time.perf_counter()

@@ -151,7 +151,7 @@ class GPT(nnx.Module):
 
     def head(self):
         """The LM head's weight as ``ops.lm_head`` takes it: ``wte`` (V, C), tied; or, when a quantized copy is
-        installed as ``lm_head`` (``jaxgpt.quantize``), that copy in (C, V) layout."""
+        installed as ``lm_head`` (``jaxgpt.quantize``), that copy: a ``QHead``, (V, C) int8 and a scale a row."""
         lm_head = getattr(self, "lm_head", None)
         return self.wte.weight[...] if lm_head is None else lm_head.kernel()
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.quant_matmul import QWeight, dequantize
+from pallas_kernels.quant_matmul import QHead, QWeight, dequantize
 
 
 def matmul_precision(dtype) -> lax.Precision:
@@ -118,11 +118,13 @@ class XlaOps:
         return cls.linear(gelu_tanh(cls.linear(x, w_fc, b_fc)), w_proj, b_proj)
 
     @staticmethod
-    def lm_head(h: jax.Array, wte: "jax.Array | QWeight") -> jax.Array:
-        """h (B, C) @ wte.T (C, V) -> float32 logits (B, V); a quantized head is a (C, V) ``QWeight``."""
-        if isinstance(wte, QWeight):
-            return jnp.dot(h, dequantize(wte, h.dtype), precision=matmul_precision(h.dtype),
-                           preferred_element_type=jnp.float32)
+    def lm_head(h: jax.Array, wte: "jax.Array | QHead") -> jax.Array:
+        """h (B, C) @ wte.T (C, V) -> float32 logits (B, V); the int8 head is a ``QHead``: its int8 values (exact in
+        the compute dtype) multiply h, the per-entry scales the float32 products."""
+        if isinstance(wte, QHead):
+            y = jax.lax.dot_general(h, wte.q.astype(h.dtype), (((h.ndim - 1,), (1,)), ((), ())),
+                                    precision=matmul_precision(h.dtype), preferred_element_type=jnp.float32)
+            return y * wte.scale
         return jnp.dot(h, wte.T, precision=matmul_precision(h.dtype), preferred_element_type=jnp.float32)
 
 

@@ -39,7 +39,7 @@ from pallas_kernels.lm_head import lm_head_decode
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import SplitK, resolve
-from pallas_kernels.quant_matmul import QWeight, quant_matmul, quant_matmul_split_k
+from pallas_kernels.quant_matmul import QHead, QWeight, quant_matmul, quant_matmul_split_k
 from pallas_kernels.tuning import MosaicAttentionConfig, lookup
 
 DECODE_ROWS = 16  # decode steps with at most this many rows run split-K matmuls whose epilogues the next kernel runs
@@ -167,13 +167,13 @@ class PallasOps(XlaOps):
     @staticmethod
     def decode_logits(x, blocks, ln_f, head, cache, pos, *, n_head: int, eps: float):
         """Each block's decode step as one kernel (``decode_layer``; its MLP partials are finished by the next
-        block's kernel), then ``ln_f`` and the tied LM head as one kernel (``lm_head_decode``; a quantized head
-        keeps its own matmul after the residual+LayerNorm kernel). ``JAXGPT_FUSED_HEAD=0``: those two kernels."""
+        block's kernel), then ``ln_f`` and the tied LM head (or the int8 head, ``QHead``) as one kernel
+        (``lm_head_decode``). ``JAXGPT_FUSED_HEAD=0``: the residual+LayerNorm kernel, then the head's product."""
         done = PallasOps._block_stack(x, blocks, cache, pos, n_head=n_head, eps=eps)
         if done is None:
             return None
         r, parts, cache = done
-        if FUSED_HEAD and not isinstance(head, QWeight) and head.dtype == r.dtype:
+        if FUSED_HEAD and (isinstance(head, QHead) or head.dtype == r.dtype):  # wte, or the int8 head (V, C)
             return lm_head_decode(r, parts, *ln_f, head, eps=eps), cache  # (B, V) float32
         _, normed = add_layer_norm(parts, r, *ln_f, eps=eps)  # (B, C)
         return PallasOps.lm_head(normed, head), cache
@@ -270,9 +270,7 @@ class PallasOps(XlaOps):
 
     @staticmethod
     def lm_head(h, wte):
-        if isinstance(wte, QWeight):  # the int8 head: (C, V) tiles dequantized in registers, float32 logits
-            return quant_matmul(h, wte, jnp.zeros((wte.shape[1],), h.dtype), out_dtype=jnp.float32)
-        return XlaOps.lm_head(h, wte)
+        return XlaOps.lm_head(h, wte)  # the int8 head too (XLA widens its (V, C) int8 operand inside the product)
 
     @staticmethod
     def linear_act(x, w, b, activation: str):

@@ -28,7 +28,8 @@ from flax import nnx
 
 from jaxgpt.config import GPTConfig
 from jaxgpt.errors import UsageError
-from pallas_kernels.quant_matmul import DEFAULT_GROUP, QWeight, dequantize, quantize  # noqa: F401 (re-exported)
+from pallas_kernels.quant_matmul import (DEFAULT_GROUP, QHead, QWeight, dequantize, head_from_copy,  # noqa: F401
+                                         quantize)
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 FORMAT = "jaxgpt-weight-only"
@@ -87,6 +88,18 @@ class QLinear(nnx.Module):
     def kernel(self) -> QWeight:
         """The weight as the ops see it (``ops.linear`` and friends dispatch on ``QWeight``)."""
         return QWeight(self.weight[...], self.scale[...], self.bits, self.group, self.k)
+
+
+class QLMHead(nnx.Module):
+    """The int8 LM head copy, held (V, C) like wte (``QHead``); the checkpoint stores it (C, V)."""
+
+    def __init__(self, head: QHead):
+        self.weight = nnx.Param(jnp.asarray(head.q))  # (V, C) int8
+        self.scale = nnx.Param(jnp.asarray(head.scale, jnp.float32))  # (V,)
+
+    def kernel(self) -> QHead:
+        """The head as ``ops.lm_head`` and ``decode_logits`` take it."""
+        return QHead(self.weight[...], self.scale[...])
 
 
 # ----------------------------------------------------------------------------------------------- state dicts
@@ -188,9 +201,8 @@ def install(model, state_dict: dict[str, np.ndarray], scheme: Scheme, dtype) -> 
             w = QWeight(state_dict[key + ".weight"], state_dict[key + ".scale"], scheme.bits, scheme.group, k_of[name])
             parent, attr = name.split(".")
             setattr(getattr(blk, parent), attr, QLinear(w, jnp.asarray(state_dict[key + ".bias"], dtype)))
-    if scheme.head:
-        w = QWeight(state_dict["lm_head.weight"], state_dict["lm_head.scale"], 8, None, c)
-        model.lm_head = QLinear(w, jnp.zeros((model.config.vocab_size,), dtype))  # read by GPT.head()
+    if scheme.head:  # the (C, V) copy held (V, C), like wte: read by GPT.head()
+        model.lm_head = QLMHead(head_from_copy(state_dict["lm_head.weight"], state_dict["lm_head.scale"]))
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

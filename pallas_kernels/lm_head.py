@@ -8,6 +8,10 @@ normalise the rows themselves (a few KB of partials from L2) into their own scra
 of wte's rows, (block_n vocab rows × block_k) tiles, into float32 logits. wte is read in its stored (V, C) layout:
 each tile row is ``block_k`` contiguous values, and the product is ``x · tileᵀ`` (no transposed copy of the head).
 
+The int8 head (``jaxgpt quantize --lm-head``, held as a ``QHead``: (V, C) int8, wte's layout, and a float32 scale a
+row) streams the same (block_n × block_k) tiles at a byte an entry, widened to the compute dtype in registers, the
+scales applied to each item's float32 products: half wte's bytes, and no separate residual+LayerNorm kernel.
+
 Rounding follows the two-kernel path: the block's MLP output rounded to the compute dtype as its store would be,
 the residual sum and the LayerNorm statistics (two passes, centred) in float32, the normalised rows rounded to
 the compute dtype, the product accumulated in float32. ``lm_head_decode_reference`` is the pure-jnp twin.
@@ -25,6 +29,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
 from pallas_kernels.partials import SplitK, finish
+from pallas_kernels.quant_matmul import QHead
 
 BM = 16  # rows of the dot tiles: the decode rows padded to the smallest tensor-core tile
 
@@ -55,6 +60,7 @@ class LMHeadPlan:
 
 
 def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, B, C) f32, (C,), (C,), (C,), (V, C)
+                    s_ref,  # None, or the int8 head's (V,) float32 scales (w_ref then its (V, C) int8 values)
                     o_ref, xn_ref,  # outputs: (B, V) float32 logits; (G, BM, Cp) scratch, each program's rows
                     *, B: int, C: int, V: int, eps: float, dtype, precision, bn: int, bk: int, flat: bool,
                     interpret: bool):
@@ -92,12 +98,17 @@ def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, 
         vrows = (v0 + jnp.arange(bn))[:, None] < V  # (bn, 1)
         kcols = (k0 + jnp.arange(bk))[None, :] < C  # (1, bk)
         xt = ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], xrows & kcols)  # (BM, bk)
-        wt = ld(w_ref.at[pl.ds(v0, bn), pl.ds(k0, bk)], vrows & kcols)  # (bn, bk): wte rows, K contiguous
+        if s_ref is None:
+            wt = ld(w_ref.at[pl.ds(v0, bn), pl.ds(k0, bk)], vrows & kcols)  # (bn, bk): wte rows, K contiguous
+        else:  # the int8 head's rows, widened in registers
+            wt = pltriton.load(w_ref.at[pl.ds(v0, bn), pl.ds(k0, bk)], mask=vrows & kcols, other=0).astype(dtype)
         return jax.lax.dot_general(xt, wt, (((1,), (1,)), ((), ())), precision=precision,
                                    preferred_element_type=jnp.float32)
 
     def store(v0, acc, when=True):
         vcols = (v0 + jnp.arange(bn))[None, :] < V
+        if s_ref is not None:  # the int8 head: the item's scales on its float32 products
+            acc = acc * ld(s_ref.at[pl.ds(v0, bn)], (v0 + jnp.arange(bn)) < V)[None, :]
         pltriton.store(o_ref.at[pl.ds(0, BM), pl.ds(v0, bn)], acc, mask=xrows & vcols & when)
 
     n_items = pl.cdiv(V, bn)
@@ -123,10 +134,11 @@ def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, 
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "plan", "interpret"))
-def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array, wte: jax.Array, *, eps: float,
-                   plan: LMHeadPlan | None = None, interpret: bool | None = None) -> jax.Array:
+def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array, wte: "jax.Array | QHead", *,
+                   eps: float, plan: LMHeadPlan | None = None, interpret: bool | None = None) -> jax.Array:
     """Float32 logits ``ln_f(r + finish(parts)) @ wte.T``: r (B, C) the last block's residual, ``parts`` its MLP's
     ``SplitK`` partials (P, B, C), ``ln_w``/``ln_b`` (C,) ln_f's parameters, wte (V, C) the tied head -> (B, V).
+    ``wte`` may instead be the int8 head, a ``QHead`` ((V, C) int8, (V,) scales).
 
     B at most 16 (decode rows). ``plan`` (default ``LMHeadPlan.heuristic``) sets the programs and tiles.
     """
@@ -137,7 +149,12 @@ def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array
         raise ValueError(f"lm_head_decode takes 1..{BM} rows, got {B=}")
     if parts.parts.ndim != 3 or parts.parts.shape[1:] != (B, C) or parts.activation != "none":
         raise ValueError(f"parts {parts.parts.shape} must be unactivated (P, {B}, {C}) partials")
-    if wte.ndim != 2 or wte.shape[1] != C or wte.dtype != r.dtype:
+    quant = isinstance(wte, QHead)
+    if quant and (wte.q.ndim != 2 or wte.q.shape[1] != C or wte.q.dtype != jnp.int8
+                  or wte.scale.shape != (wte.q.shape[0],)):
+        raise ValueError(f"an int8 head must be (V, {C}) int8 with (V,) scales: {wte.q.shape} {wte.q.dtype}, "
+                         f"scales {wte.scale.shape}")
+    if not quant and (wte.ndim != 2 or wte.shape[1] != C or wte.dtype != r.dtype):
         raise ValueError(f"wte {wte.shape} {wte.dtype} must be (V, {C}) {r.dtype}")
     if ln_w.shape != (C,) or ln_b.shape != (C,) or parts.bias.shape != (C,):
         raise ValueError(f"ln_f and bias vectors must be ({C},): {ln_w.shape}, {ln_b.shape}, {parts.bias.shape}")
@@ -151,21 +168,29 @@ def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array
         _lm_head_kernel, B=B, C=C, V=V, eps=float(eps), dtype=dtype,
         precision=jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, bn=plan.block_n, bk=plan.block_k,
         flat=plan.flat, interpret=interpret)
+    head = (wte.q, wte.scale) if quant else (wte,)
+    if not quant:
+        kernel = functools.partial(_no_scales, kernel)
     logits, _ = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct((B, V), jnp.float32),
                    jax.ShapeDtypeStruct((plan.programs, BM, next_pow2(C)), dtype)],
         grid=(plan.programs,),
-        in_specs=[pl.no_block_spec] * 6,
+        in_specs=[pl.no_block_spec] * (5 + len(head)),
         out_specs=[pl.no_block_spec] * 2,
         compiler_params=compiler_params(plan.num_warps, plan.num_stages),
         interpret=interpret,
-        name="jaxgpt_lm_head_decode",
-    )(r, parts.parts.astype(jnp.float32), parts.bias, ln_w, ln_b, wte)
+        name="jaxgpt_lm_head_decode_int8" if quant else "jaxgpt_lm_head_decode",
+    )(r, parts.parts.astype(jnp.float32), parts.bias, ln_w, ln_b, *head)
     return logits
 
 
-def lm_head_decode_reference(r, parts: SplitK, ln_w, ln_b, wte, *, eps: float) -> jax.Array:
+def _no_scales(kernel, r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref, o_ref, xn_ref):
+    """The float head's kernel: no scales ref."""
+    kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref, None, o_ref, xn_ref)
+
+
+def lm_head_decode_reference(r, parts: SplitK, ln_w, ln_b, wte: "jax.Array | QHead", *, eps: float) -> jax.Array:
     """Pure jnp with the kernel's rounding points: (B, V) float32 logits."""
     dtype = r.dtype
     x = finish(parts.parts.astype(jnp.float32).sum(0), parts.bias, "none", dtype).astype(jnp.float32)
@@ -173,5 +198,7 @@ def lm_head_decode_reference(r, parts: SplitK, ln_w, ln_b, wte, *, eps: float) -
     xc = x - x.mean(-1, keepdims=True)
     y = xc * jax.lax.rsqrt((xc * xc).mean(-1, keepdims=True) + eps) * ln_w.astype(jnp.float32) + ln_b.astype(
         jnp.float32)
-    return jnp.dot(y.astype(dtype).astype(jnp.float32), wte.astype(jnp.float32).T,
-                   precision=jax.lax.Precision.HIGHEST)
+    y = y.astype(dtype).astype(jnp.float32)
+    if isinstance(wte, QHead):  # products of the int8 values, then each entry's scale
+        return jnp.dot(y, wte.q.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST) * wte.scale
+    return jnp.dot(y, wte.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)

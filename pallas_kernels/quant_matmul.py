@@ -58,6 +58,31 @@ class QWeight:
         return int(np.prod(self.q.shape)) * self.q.dtype.itemsize + int(np.prod(self.scale.shape)) * 4
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["q", "scale"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class QHead:
+    """The int8 LM head as the model holds it: wte's rows quantized, ``q`` (V, C) int8 in wte's own layout (a tile
+    row is C contiguous bytes, so loads vectorise: the checkpoint's (C, V) copy has rows an odd V bytes apart) and
+    ``scale`` (V,) float32, one per vocabulary entry; logits = (h @ q.T) · scale. ``head_from_copy`` builds it from
+    the checkpoint's (C, V) ``QWeight`` format at load time."""
+
+    q: jax.Array
+    scale: jax.Array
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)  # (V, C)
+
+
+def head_from_copy(q, scale) -> QHead:
+    """The checkpoint's int8 head copy, ``q`` (C, V) and ``scale`` (1, V), as a ``QHead`` (numpy, once at load)."""
+    q, scale = np.asarray(q), np.asarray(scale, np.float32)
+    if q.ndim != 2 or q.dtype != np.int8 or scale.shape != (1, q.shape[1]):
+        raise ValueError(f"an int8 head copy is (C, V) int8 with (1, V) scales, got {q.shape} {q.dtype}, "
+                         f"{scale.shape}")
+    return QHead(np.ascontiguousarray(q.T), scale.reshape(-1))
+
+
 def _check_format(bits: int, group: int | None) -> None:
     if bits not in BITS:
         raise ValueError(f"{bits=} must be one of {BITS}")

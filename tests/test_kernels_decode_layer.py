@@ -201,22 +201,27 @@ def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, monkeypa
     assert [r.ids for r in got] == [r.ids for r in want]
 
 
-def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch):
-    """An int8 model on the block kernel (the default): greedy tokens equal the XLA backend's int8 model's."""
+@pytest.mark.parametrize("scheme", ["int8", "int8+head"])
+def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch, scheme):
+    """An int8 model on the block kernel (the default): greedy tokens equal the XLA backend's int8 model's. With the
+    int8 head, the fused ln_f + head kernel reads that (V, C) copy."""
     from jaxgpt import GPTConfig, ops_pallas, random_state_dict
     from jaxgpt.engine import Engine
     from jaxgpt.generate import generate
+    from pallas_kernels.quant_matmul import QHead
     monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
     monkeypatch.setattr(ops_pallas, "DECODE_LAYER_INT8", True)
-    calls = []
-    real = ops_pallas.decode_layer
+    calls, heads = [], []
+    real, real_head = ops_pallas.decode_layer, ops_pallas.lm_head_decode
     monkeypatch.setattr(ops_pallas, "decode_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(ops_pallas, "lm_head_decode", lambda *a, **k: heads.append(a[4]) or real_head(*a, **k))
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=64, vocab_size=150)
     sd = random_state_dict(cfg, seed=4)
     prompts = [[3, 1, 4, 1, 5]]
-    got = generate(Engine(cfg, sd, backend="pallas", quantize="int8"), prompts, max_new_tokens=10, stop_at_eos=False)
-    want = generate(Engine(cfg, sd, backend="xla", quantize="int8"), prompts, max_new_tokens=10, stop_at_eos=False)
+    got = generate(Engine(cfg, sd, backend="pallas", quantize=scheme), prompts, max_new_tokens=10, stop_at_eos=False)
+    want = generate(Engine(cfg, sd, backend="xla", quantize=scheme), prompts, max_new_tokens=10, stop_at_eos=False)
     assert calls, "the int8 model did not take the block kernel"
+    assert heads and all(isinstance(h, QHead) == scheme.endswith("+head") for h in heads)
     assert [r.ids for r in got] == [r.ids for r in want]
 
 

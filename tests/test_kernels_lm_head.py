@@ -56,6 +56,31 @@ def test_equals_the_two_kernel_path():
     check(got, XlaOps.lm_head(normed, wte), "float32", 192, "two-kernel path")
 
 
+INT8_SHAPES = [(1, 64, 211, 1), (3, 200, 517, 3)] + ([(1, 1600, 50257, 8), (8, 768, 50257, 4)] if ON_GPU else [])
+
+
+def _int8_head(wte):
+    from jaxgpt.quantize import head_from_copy, quantize
+    w = quantize(np.asarray(wte, np.float32).T, bits=8)  # the checkpoint's (C, V) copy, a scale a vocabulary entry
+    return head_from_copy(w.q, w.scale)  # held (V, C)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,C,V,P", INT8_SHAPES)
+def test_int8_head_matches_reference_and_the_two_kernel_path(B, C, V, P, dtype):
+    """The int8 head ((V, C) int8, a scale a row): the fused kernel against its reference, and against the two-kernel
+    path it replaces (residual+LayerNorm, then the XLA product the other backends use)."""
+    r, parts, w, b, wte = _inputs(B * 5 + C, B, C, V, P, dtype)
+    head = _int8_head(wte)
+    assert head.q.shape == (V, C) and head.scale.shape == (V,)
+    plan = None if ON_GPU else LMHeadPlan(programs=3, block_n=64, block_k=32)
+    got = lm_head_decode(r, parts, w, b, head, eps=1e-5, plan=plan)
+    assert got.dtype == jnp.float32 and got.shape == (B, V) and not bool(jnp.isnan(got).any())
+    check(got, lm_head_decode_reference(r, parts, w, b, head, eps=1e-5), dtype, C, f"int8 head B{B} C{C} V{V}")
+    _, normed = add_layer_norm(parts, r, w, b, eps=1e-5)
+    check(got, XlaOps.lm_head(normed, head), dtype, C, "two-kernel int8 head")
+
+
 def test_bad_input_is_a_value_error():
     r, parts, w, b, wte = _inputs(2, 1, 64, 100, 1, "float32")
     with pytest.raises(ValueError, match="rows"):
@@ -67,3 +92,9 @@ def test_bad_input_is_a_value_error():
         lm_head_decode(r, SplitK(parts.parts, parts.bias, "gelu_tanh", parts.dtype), w, b, wte, eps=1e-5)
     with pytest.raises(ValueError, match="block_n"):
         LMHeadPlan(programs=2, block_n=48)
+    from pallas_kernels.quant_matmul import QHead
+    head = _int8_head(wte)
+    with pytest.raises(ValueError, match="int8 head"):  # the checkpoint's (C, V) orientation is not the held one
+        lm_head_decode(r, parts, w, b, QHead(head.q.T, head.scale), eps=1e-5)
+    with pytest.raises(ValueError, match="int8 head"):
+        lm_head_decode(r, parts, w, b, QHead(head.q, head.scale[:-1]), eps=1e-5)

@@ -21,7 +21,7 @@ from pallas_kernels.lm_head import LMHeadPlan, lm_head_decode
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import SplitK
-from pallas_kernels.quant_matmul import QWeight, quant_matmul, quant_matmul_split_k, quantize
+from pallas_kernels.quant_matmul import QHead, QWeight, quant_matmul, quant_matmul_split_k, quantize
 
 BF16 = jnp.bfloat16
 C = 1600  # gpt2-xl: not a power of two, 25 heads
@@ -89,6 +89,12 @@ CASES["lm_head_decode"] = (
     lambda r, p, pb, w, b, wte: lm_head_decode(r, SplitK(p, pb, "none", jnp.dtype(BF16)), w, b, wte, eps=1e-5,
                                                plan=LMHeadPlan(programs=132), interpret=False),
     (S(1, C), S(8, 1, C, dtype=jnp.float32), S(C), S(C), S(C), S(50257, C)))
+
+CASES["lm_head_decode_int8"] = (  # the int8 head held (V, C), as the model holds it
+    lambda r, p, pb, w, b, q, s: lm_head_decode(r, SplitK(p, pb, "none", jnp.dtype(BF16)), w, b, QHead(q, s),
+                                                eps=1e-5, plan=LMHeadPlan(programs=132), interpret=False),
+    (S(1, C), S(8, 1, C, dtype=jnp.float32), S(C), S(C), S(C), S(50257, C, dtype=jnp.int8),
+     S(50257, dtype=jnp.float32)))
 
 
 @pytest.mark.parametrize("name", list(CASES))

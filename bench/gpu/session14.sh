@@ -48,5 +48,16 @@ r5)  # the best quantized skeleton (two wideners storing in the load layout, two
   xl --quant int8,int4 --qtile-k 64 --stages 10 --modes 10111 --json "$OUT/r5_stream.json" | tee "$OUT/r5_stream.txt"
   xl --quant int8,int4 --qtile-k 64 --stages 10 --modes 11111 --widen 2 --wstages 10 --direct 0,1 --scale-at start \
     --json "$OUT/r5_widen.json" | tee "$OUT/r5_widen.txt" ;;
+r6)  # the int8 head held (V, C) like wte, in the fused ln_f + head kernel: GPU tests, the head alone, decode
+  timeout 220 python -m pytest -q -p no:cacheprovider tests/test_kernels_lm_head.py tests/test_quantize.py \
+    "tests/test_kernels_decode_layer.py::test_int8_model_decode_on_block_kernels_matches_xla" > "$OUT/r6_tests.txt" 2>&1
+  echo "== tests rc=$?"; grep -E "^FAILED|passed|failed|error" "$OUT/r6_tests.txt" | tail -5
+  timeout 120 python -m bench.lm_head --model gpt2-xl,gpt2 --batch 1 --head bf16,int8 --plans \
+    '[{}, {"block_k": 256}, {"block_n": 64, "block_k": 256}]' --out "$OUT/r6_lm_head.json" > "$OUT/r6_lm_head.txt" 2>&1
+  echo "== lm_head rc=$?"; sed -n '/^ln_f + LM head/,$p' "$OUT/r6_lm_head.txt"
+  timeout 240 python -m bench.decode --model gpt2-xl --backend pallas --batch 1 --tokens 256 --reps 3 \
+    --quantize none,int8,int8+head,int4,int4+head --out "$OUT/r6_decode.json" > "$OUT/r6_decode.txt" 2>&1
+  echo "== decode rc=$?"; sed -n '/^model /,/^jaxgpt:/p' "$OUT/r6_decode.txt" | grep -v "^jaxgpt:"
+  grep -A3 "+head: the decode loop" "$OUT/r6_decode.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
