@@ -81,6 +81,16 @@ def test_int8_head_matches_reference_and_the_two_kernel_path(B, C, V, P, dtype):
     check(got, XlaOps.lm_head(normed, head), dtype, C, "two-kernel int8 head")
 
 
+def test_int8_head_default_tiles():
+    """The int8 head's default plan (256-deep K tiles): one partial K tile at C = 200, a partial vocabulary item."""
+    r, parts, w, b, wte = _inputs(11, 2, 200, 333, 2, "bfloat16")
+    head = _int8_head(wte)
+    plan = LMHeadPlan.heuristic(3, int8=True)
+    assert plan.block_k == 256
+    check(lm_head_decode(r, parts, w, b, head, eps=1e-5, plan=plan),
+          lm_head_decode_reference(r, parts, w, b, head, eps=1e-5), "bfloat16", 200, "int8 head default tiles")
+
+
 def test_bad_input_is_a_value_error():
     r, parts, w, b, wte = _inputs(2, 1, 64, 100, 1, "float32")
     with pytest.raises(ValueError, match="rows"):
