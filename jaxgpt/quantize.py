@@ -4,8 +4,10 @@ The four projections of every block (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_f
 the bytes a decode step reads) are stored quantized; embeddings, LayerNorms and biases stay in the compute dtype.
 The LM head is tied to ``wte`` (the other 5-31%: gpt2-xl to gpt2). By default it stays in the compute dtype; with
 ``head=True`` (``"int8+head"``, ``jaxgpt quantize --lm-head``) the model also holds an int8 per-vocab-entry copy of
-``wte.T`` as ``lm_head`` that the head reads instead (the embedding lookup keeps the float ``wte``): fewer bytes a
-decode step, more bytes held, and a quality cost the ``agreement`` report measures.
+wte as ``lm_head`` that the head reads instead (the embedding lookup keeps the float ``wte``): fewer bytes a decode
+step, more bytes held, and a quality cost the ``agreement`` report measures. The checkpoint stores that copy as
+``wte.T`` (C, V) in the projections' format; the model holds it (V, C) like wte (``QHead``), whose rows the decode
+head kernel reads with aligned loads.
 
 A quantized state dict keeps HF names: ``h.{i}.attn.c_attn.weight`` holds the int8 (or packed int4, uint8) values
 and ``h.{i}.attn.c_attn.scale`` the float32 scales, in ``pallas_kernels.quant_matmul``'s formats; the scheme is
