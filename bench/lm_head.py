@@ -56,16 +56,15 @@ def main(argv=None):
             r, w, b, wte = bf(B, C), bf(C, scale=0.1) + 1, bf(C, scale=0.1), bf(V, C, scale=0.02)
             parts = SplitK(jnp.asarray(rng.standard_normal((8, B, C)), jnp.float32), bf(C, scale=0.1), "none",
                            jnp.dtype(jnp.bfloat16))
+            two = jax.jit(lambda r, p, w, b, h: XlaOps.lm_head(add_layer_norm(p, r, w, b, eps=1e-5)[1], h))
             for kind in args.head.split(","):
                 if kind == "int8":
                     copy = quantize(np.asarray(wte, np.float32).T, bits=8)  # the checkpoint's (C, V) copy
                     head = jax.tree.map(jnp.asarray, head_from_copy(copy.q, copy.scale))  # held (V, C)
                     nbytes = head.q.nbytes + head.scale.nbytes
-                    two = jax.jit(lambda r, p, w, b, h: XlaOps.lm_head(add_layer_norm(p, r, w, b, eps=1e-5)[1], h))
                     label = "two kernels (ln_f + XLA int8 dot)"
                 else:
                     head, nbytes = wte, wte.nbytes
-                    two = jax.jit(lambda r, p, w, b, h: XlaOps.lm_head(add_layer_norm(p, r, w, b, eps=1e-5)[1], h))
                     label = "two kernels (ln_f + XLA dot)"
                 ref = np.asarray(two(r, parts, w, b, head))
                 cases = [(label, two, None)]
