@@ -1,4 +1,5 @@
-"""The Mosaic GPU attention's launch configs at issue 6's shapes, against cuDNN and tokamax's Mosaic kernel (GPU).
+"""The Mosaic GPU attention's launch configs at GPT-2's prefill attention shapes (``SHAPES``), against cuDNN and
+tokamax's Mosaic kernel (GPU).
 
     python -m bench.attention_sweep --out attention_sweep.json [--table T.json] [--variants JSON] [--shapes ...]
 
@@ -36,7 +37,7 @@ def main(argv=None):
     ap.add_argument("--table", default=None)
     ap.add_argument("--variants", default="[{}]", help="JSON list of flash_attention_mgpu keyword sets")
     ap.add_argument("--configs", default=None, help="comma list like kv128s2,kv256s3 (batch_outer); default: all")
-    ap.add_argument("--shapes", default=None, help="comma list like 8x1024x12,1x1024x12; default: issue 6's")
+    ap.add_argument("--shapes", default=None, help="comma list like 8x1024x12,1x1024x12; default: GPT-2's (SHAPES)")
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args(argv)
     variants = json.loads(args.variants)

@@ -93,7 +93,7 @@ SHAPES = {
              "gemv": [(1, 768, 2304), (1, 3072, 768), (1, 1600, 6400), (1, 6400, 1600), (8, 1600, 4800)]},
     "quick": {"ln": [(65536, 1600)], "attn": [(8, 1024, 12), (8, 1024, 25)], "widths": (768,), "rows": 8192,
               "mlp_rows": (8192,), "decode": [(1, 1024, 12)], "gemv": [(1, 1600, 6400)]},
-    # issue 6's rows: causal attention only (python -m bench.kernels --mode attention)
+    # the causal-attention rows of docs/performance.md only (python -m bench.kernels --mode attention)
     "attention": {"ln": [], "attn": [(8, 1024, 12), (8, 1024, 25), (4, 4096, 12), (1, 1024, 12), (8, 128, 12)],
                   "widths": (), "rows": 0, "mlp_rows": (), "decode": [], "gemv": []},
     # the prefill projections (gpt2 and gpt2-xl widths, B·T = 8192): Triton, Mosaic GPU, XLA
