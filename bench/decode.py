@@ -8,7 +8,7 @@ Method: random weights, a 16-token random prompt, greedy, EOS ignored; the decod
 timed apart). That is the number a user waits for, launch gaps included. Beside it, CUPTI device time of one
 jitted decode step with its per-kernel breakdown shows how much of the step is kernel time, and the kernels of one
 whole run of the loop (``loop_kernel_ms_per_token``, by kind) show how long the GPU sat idle (wall minus that).
-``--sampler cond`` times the loop as it was before session 12 (greedy chosen on the device each step). Achieved bandwidth counts
+``--kernels`` forces the Pallas backend's kernel choice (``jaxgpt.kernels``). Achieved bandwidth counts
 the bytes a step must read (every weight once, the LM head included, plus the K/V cache up to the mean length) over
 the measured copy bandwidth of the same GPU in the same process.
 HF transformers (``--hf``): ``GPT2LMHeadModel`` from the same config, random weights, ``generate`` greedy with
@@ -32,11 +32,11 @@ from flax import nnx
 
 from bench.timing import device_time_ms, group_kernels, kernel_breakdown, kernels_of, random_weights
 from jaxgpt import GPTConfig
-from jaxgpt.engine import Engine, bucket_length
+from jaxgpt.buckets import bucket_length
+from jaxgpt.checkpoint import Scheme
+from jaxgpt.engine import Engine
 from jaxgpt.generate import _compiled
 from jaxgpt.model import KVCache
-from jaxgpt.ops import get_ops
-from jaxgpt.quantize import Scheme
 
 PROMPT = 16
 
@@ -56,14 +56,15 @@ def step_bytes(cfg: GPTConfig, batch: int, mean_len: float, itemsize: int, weigh
     return weight_bytes + kv
 
 
-def _impl(backend: str, quantize: str | None, sampler: str) -> str:
-    return f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "") + ("-cond" if sampler == "cond" else "")
+def _impl(backend: str, quantize: str | None) -> str:
+    return f"jaxgpt-{backend}" + (f"-{quantize}" if quantize else "")
 
 
 def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps: int, breakdown: int,
-             quantize: str | None = None, sampler: str = "static") -> dict:
+             quantize: str | None = None, kernels: str | None = None) -> dict:
     cfg, sd = random_weights(model)
-    engine = Engine(cfg, sd, dtype=dtype, backend=backend, quantize=quantize)
+    engine = Engine(cfg, sd, dtype=dtype, backend=backend, quantize=quantize,
+                    kernels=kernels if backend == "pallas" else None)
     itemsize = jnp.dtype(engine.dtype).itemsize
     weights = sum(x.nbytes for x in jax.tree.leaves(engine.state)) - cfg.n_ctx * cfg.n_embd * itemsize  # wpe: a row
     if quantize and Scheme.parse(quantize).head:  # the head reads its int8 copy: wte serves one embedding row
@@ -71,7 +72,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     P = bucket_length(PROMPT, cfg.n_ctx)
     S = bucket_length(PROMPT + tokens, cfg.n_ctx)
     t0 = time.perf_counter()
-    pre, dec, _ = _compiled(engine, batch, P, S, False, True if sampler == "static" else None)
+    pre, dec, _ = _compiled(engine, batch, P, S, False, True)
     compile_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     put = lambda a: jax.device_put(a, engine.device)  # noqa: E731
@@ -105,7 +106,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     finite = bool((out[:, :tokens] >= 0).all())
     steps = int(np.max(np.asarray(steps))) - 1
     ms_tok = statistics.median(dec_ms) / steps
-    row = {"impl": _impl(backend, quantize, sampler), "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
+    row = {"impl": _impl(backend, quantize), "kernel_choice": str(engine.ops.kernels), "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
            "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}
@@ -115,7 +116,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     # One decode step as its own jitted function (no donation): CUPTI kernel time and where it goes.
     def one_step(state, tok, pos, cache):
         m = nnx.merge(engine.graphdef, state)
-        return m.decode(tok, pos, cache, get_ops(backend))
+        return m.decode(tok, pos, cache, engine.ops)
 
     step = jax.jit(one_step)
     cache = jax.tree.map(lambda a: put(np.asarray(rng.standard_normal(a.shape), np.float32).astype(a.dtype)),
@@ -201,7 +202,6 @@ def _save(path: str | None, rows: list[dict], bw: float | None) -> None:
     if path:
         with open(path, "w") as f:
             json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "copy_gbs": bw,
-                       "fused_decode": os.environ.get("JAXGPT_FUSED_DECODE") == "1",
                        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # command buffers: on where it names them
                        "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=1)
 
@@ -220,9 +220,8 @@ def main(argv=None):
     ap.add_argument("--quantize", default="none", help="comma list of none,int8,int4: weight formats to run")
     ap.add_argument("--command-buffers", choices=("on", "off"), default="on",
                     help="XLA command buffers (CUDA graphs) as the CLI sets them (jaxgpt.xla_flags); off: XLA's default")
-    ap.add_argument("--sampler", default="static",
-                    help="comma list of static,cond: the greedy loop as jaxgpt.generate compiles it (static), or "
-                         "deciding greedy vs sampled on the device each step (lax.cond, before session 12)")
+    ap.add_argument("--kernels", default=None, metavar="OP=KERNEL,...",
+                    help="the pallas backend's kernel choice (jaxgpt.kernels; default: the measured rules)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.command_buffers == "on":
@@ -233,14 +232,13 @@ def main(argv=None):
     rows = []
     for model in args.model.split(","):
         for batch in map(int, args.batch.split(",")):
-            for backend, quant, sampler in itertools.product(args.backend.split(","), args.quantize.split(","),
-                                                             args.sampler.split(",")):
+            for backend, quant in itertools.product(args.backend.split(","), args.quantize.split(",")):
                 quant = None if quant == "none" else quant
                 try:
                     rows.append(jax_case(model, backend, args.dtype, batch, args.tokens, args.reps, args.breakdown,
-                                         quant, sampler))
+                                         quant, args.kernels))
                 except Exception as e:  # noqa: BLE001 - a failing case is reported, the others still run
-                    rows.append({"impl": _impl(backend, quant, sampler), "model": model,
+                    rows.append({"impl": _impl(backend, quant), "model": model,
                                  "batch": batch, "error": repr(e)[:300]})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "kernels"}), flush=True)
                 _save(args.out, rows, bw)

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ws = [LayerWeights(1 + n(C), n(C), n(C, 3 * C), n(3 * C), n(C, C), n(C), 1 + n(C), n(C), n(C, 4 * C), n(4 * C),
                        n(4 * C, C), n(C)) for _ in range(L)]
     if args.format == "int8":
-        from pallas_kernels.quant_matmul import quantize
+        from pallas_kernels.quant_format import quantize
         q8 = lambda a: quantize(np.asarray(a.astype(jnp.float32)), bits=8)  # noqa: E731
         ws = [w._replace(c_attn_w=q8(w.c_attn_w), c_proj_w=q8(w.c_proj_w), c_fc_w=q8(w.c_fc_w),
                          mlp_proj_w=q8(w.mlp_proj_w)) for w in ws]

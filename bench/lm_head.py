@@ -28,7 +28,7 @@ from pallas_kernels.decode_layer import default_programs
 from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.lm_head import LMHeadPlan, lm_head_decode
 from pallas_kernels.partials import SplitK
-from pallas_kernels.quant_matmul import head_from_copy, quantize
+from pallas_kernels.quant_format import head_from_copy, quantize
 
 PLANS = [{}, {"flat": True, "block_k": 128}, {"flat": True, "block_n": 64, "block_k": 256},
          {"flat": True, "block_n": 32, "block_k": 512}, {"flat": True, "block_n": 32, "block_k": 256},

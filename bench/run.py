@@ -308,8 +308,9 @@ def _print_model(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
+    from jaxgpt.cli import add_bench_arguments
     ap = argparse.ArgumentParser(prog="jaxgpt bench")
-    add_arguments(ap)
+    add_bench_arguments(ap)
     args = ap.parse_args(argv)
     run(args.what, args.model.split(","), args.dtype, args.quick, args.out, quantize_list(args.quantize))
     return 0
@@ -317,21 +318,11 @@ def main(argv=None) -> int:
 
 def quantize_list(spec: str) -> tuple[str, ...]:
     """``--quantize int8,int4`` -> the weight formats to add (each checked, so a typo fails before any timing)."""
-    from jaxgpt.quantize import Scheme
+    from jaxgpt.checkpoint import Scheme
     out = tuple(q for q in spec.split(",") if q and q != "none")
     for q in out:
         Scheme.parse(q)
     return out
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("what", nargs="?", default="all", choices=["kernels", "model", "all"])
-    ap.add_argument("--model", default="gpt2,gpt2-xl", help="comma list of presets (default gpt2,gpt2-xl)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    ap.add_argument("--quick", action="store_true", help="the headline cases only")
-    ap.add_argument("--quantize", default="", metavar="LIST",
-                    help="weight formats to add to the model rows, e.g. int8,int4,int8+head (weight-only)")
-    ap.add_argument("--out", default=None, metavar="DIR", help="write results.json, results.md and plots here")
 
 
 if __name__ == "__main__":

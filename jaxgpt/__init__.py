@@ -5,26 +5,45 @@
 >>> p = jaxgpt.predict(engine, "Dobby is")
 >>> p.top_k[0].id, p.next_token.text
 >>> jaxgpt.generate(engine, ["Dobby is"], max_new_tokens=20)[0].text
+>>> fast = jaxgpt.load_model("gpt2-xl", dtype="bfloat16", backend="pallas", kernels="decode=block")
 >>> small = jaxgpt.load_model("gpt2-xl", dtype="bfloat16", backend="pallas", quantize="int8")  # weight-only int8
+
+The names below load on first use, so ``import jaxgpt`` (and ``jaxgpt --help``) starts no jax backend.
 """
 
-from jaxgpt.config import PRESETS, GPTConfig
-from jaxgpt.engine import Engine, load_model, load_weights
-from jaxgpt.errors import JaxGPTError, UsageError
-from jaxgpt.generate import GenerateResult, Generation, generate
-from jaxgpt.model import GPT
-from jaxgpt.predict import Candidate, Prediction, predict
-from jaxgpt.quantize import Scheme, agreement, quantize_state_dict, save_quantized
-from jaxgpt.sharding import initialize_distributed, make_mesh, pmap_last_logits, shard
-from jaxgpt.tokenizer import decode, encode
-from jaxgpt.weights import WeightsError, build_model, load_checkpoint, random_state_dict, save_safetensors
-from jaxgpt.xla_flags import use_command_buffers
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "Engine", "load_model", "load_weights", "predict", "Prediction",
-           "generate", "Generation",
-           "GenerateResult", "shard", "make_mesh", "pmap_last_logits", "initialize_distributed",
-           "Candidate", "encode", "decode", "build_model", "load_checkpoint", "random_state_dict",
-           "save_safetensors", "JaxGPTError", "UsageError", "WeightsError", "Scheme", "quantize_state_dict",
-           "save_quantized", "agreement", "use_command_buffers"]
+_EXPORTS = {
+    "jaxgpt.config": ["GPTConfig", "PRESETS"],
+    "jaxgpt.engine": ["Engine", "load_model", "load_weights"],
+    "jaxgpt.errors": ["JaxGPTError", "UsageError"],
+    "jaxgpt.generate": ["GenerateResult", "Generation", "generate"],
+    "jaxgpt.kernels": ["Kernels"],
+    "jaxgpt.model": ["GPT"],
+    "jaxgpt.predict": ["Candidate", "Prediction", "predict"],
+    "jaxgpt.checkpoint": ["Scheme", "WeightsError", "load_checkpoint", "save_quantized", "save_safetensors"],
+    "jaxgpt.quantize": ["quantize_state_dict"],
+    "jaxgpt.parity": ["agreement"],
+    "jaxgpt.sharding": ["initialize_distributed", "make_mesh", "pmap_last_logits", "shard"],
+    "jaxgpt.tokenizer": ["decode", "encode"],
+    "jaxgpt.weights": ["build_model", "random_state_dict"],
+    "jaxgpt.xla_flags": ["use_command_buffers"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxgpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -19,15 +19,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from jaxgpt.engine import BACKENDS, DEVICES, DTYPES
+    from jaxgpt.backends import BACKENDS
     p.add_argument("--model", default=None, help="preset: gpt2 (default), gpt2-medium, gpt2-large, gpt2-xl; "
                    "weights from the HF cache or hub, else random")
     p.add_argument("--checkpoint", metavar="PATH", help="HF model directory, model.safetensors, sharded "
                    "model.safetensors.index.json, or pytorch_model.bin (loaded with weights_only=True)")
     p.add_argument("--config", metavar="JSON", help="HF config.json for a custom shape")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
-    p.add_argument("--device", default=None, choices=list(DEVICES), help="default: the best available")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype (default float32)")
+    p.add_argument("--device", default=None, choices=["cpu", "gpu"], help="default: the best available")
     p.add_argument("--backend", default="xla", choices=list(BACKENDS), help="op implementations (default xla)")
+    p.add_argument("--kernels", default=None, metavar="OP=KERNEL,...",
+                   help="pallas backend: force a kernel per op (default: the measured rules pick): "
+                        "attention=mosaic|triton|xla, matmul=xla|mosaic|triton, decode=block|fused|unfused, "
+                        "head=fused|xla")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for random weights and, in generate, for sampling (default 0)")
     p.add_argument("--quantize", choices=["int8", "int4", "int8+head", "int4+head"], default=None,
@@ -35,6 +40,24 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "copy of the tied LM head too)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
+    _command_buffers(p)
+
+
+def _command_buffers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-command-buffers", action="store_true",
+                   help="do not record XLA command buffers (CUDA graphs); on by default")
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """``jaxgpt bench``'s arguments (``python -m bench.run`` takes the same)."""
+    p.add_argument("what", nargs="?", default="all", choices=["kernels", "model", "all"])
+    p.add_argument("--model", default="gpt2,gpt2-xl", help="comma list of presets (default gpt2,gpt2-xl)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--quick", action="store_true", help="the headline cases only")
+    p.add_argument("--quantize", default="", metavar="LIST",
+                   help="weight formats to add to the model rows, e.g. int8,int4,int8+head (weight-only)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write results.json, results.md and plots here")
+    _command_buffers(p)
 
 
 def _parallel(p: argparse.ArgumentParser) -> None:
@@ -67,12 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
     _common(p)
     _parallel(p)
-    p = sub.add_parser("bench", help="kernels and whole model vs XLA and the peers (GPU; a smoke run on CPU)")
-    try:
-        from bench.run import add_arguments
-        add_arguments(p)
-    except ImportError:  # an install without the bench package: the command says so when run
-        pass
+    p = sub.add_parser("bench", help="kernels and whole model vs XLA and the peers (GPU; a smoke run on CPU; "
+                       "from a clone of the repository)")
+    add_bench_arguments(p)
     p = sub.add_parser("parity", help="compare against the PyTorch reference on the same weights "
                        "(with --quantize: the quantized model against the float one)")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
@@ -108,13 +128,15 @@ def _load(args):
             if jax.process_index() != 0:  # every process computes; the first one reports
                 sys.stdout = open(os.devnull, "w")
     return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
-                      device=args.device, backend=args.backend, seed=args.seed, quantize=args.quantize, **parallel)
+                      device=args.device, backend=args.backend, seed=args.seed, quantize=args.quantize,
+                      kernels=args.kernels, **parallel)
 
 
 def _describe(engine) -> dict:
     layout = getattr(engine, "layout", None)
     return {"model": engine.source, "config": engine.config.describe(),
             "dtype": engine.dtype_name, "device": str(engine.device), "backend": engine.backend,
+            "kernels": str(engine.ops.kernels) if engine.backend == "pallas" else None,
             "random_weights": engine.random,
             "quantization": None if engine.quantization is None else engine.quantization.name,
             "mesh": None if layout is None else {"data": layout.data, "tensor": layout.tensor}}
@@ -235,7 +257,8 @@ def cmd_parity(args) -> int:
     check_top_k(args.top_k, cfg.vocab_size)
     if args.quantize:
         return _quantized_parity(args, cfg, sd, source, random, device)
-    engine = Engine(cfg, sd, dtype=args.dtype, device=device, backend=args.backend, source=source, random=random)
+    engine = Engine(cfg, sd, dtype=args.dtype, device=device, backend=args.backend, source=source, random=random,
+                    kernels=args.kernels)
     tdev = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
     ref = parity.reference_model(cfg, sd, "float32", tdev)
     ref_lowp = parity.reference_model(cfg, sd, args.dtype, tdev) if args.dtype != "float32" else None
@@ -259,11 +282,13 @@ def _quantized_parity(args, cfg, sd, source, random, device) -> int:
     """``parity --quantize``: the quantized model against the float one on the same weights (a quality report)."""
     from jaxgpt.engine import Engine
     from jaxgpt.errors import UsageError
-    from jaxgpt.quantize import agreement, format_agreement, is_quantized
+    from jaxgpt.checkpoint import is_quantized
+    from jaxgpt.parity import agreement, format_agreement
     from jaxgpt.tokenizer import encode
     if is_quantized(sd):
         raise UsageError("parity --quantize needs float weights to compare against (not a quantized checkpoint)")
-    kw = dict(dtype=args.dtype, device=device, backend=args.backend, source=source, random=random)
+    kw = dict(dtype=args.dtype, device=device, backend=args.backend, source=source, random=random,
+              kernels=args.kernels)
     ref = Engine(cfg, sd, **kw)
     engine = Engine(cfg, sd, quantize=args.quantize, **kw)
     del sd
@@ -283,7 +308,8 @@ def cmd_quantize(args) -> int:
 
     from jaxgpt.engine import load_weights
     from jaxgpt.errors import UsageError
-    from jaxgpt.quantize import Scheme, is_quantized, quantize_state_dict, run_bytes, save_quantized
+    from jaxgpt.checkpoint import Scheme, is_quantized, save_quantized
+    from jaxgpt.quantize import quantize_state_dict, run_bytes
     scheme = Scheme.parse(f"int{args.bits}", args.group, head=args.lm_head)
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
@@ -320,9 +346,10 @@ def _quiet_native_stdout() -> None:
 def cmd_bench(args) -> int:
     from jaxgpt.errors import UsageError
     try:
-        from bench.run import run
-    except ImportError as e:
-        raise UsageError(f"the bench needs the repository's bench/ package ({e})") from None
+        from bench.run import quantize_list, run
+    except ImportError:
+        raise UsageError("jaxgpt bench runs the benchmarks in bench/, which ship with the source tree, not the "
+                         "installed package: run it from a clone of the repository (pip install -e .)") from None
     models = [m for m in args.model.split(",") if m]
     from jaxgpt.config import PRESETS
     bad = [m for m in models if m not in PRESETS]
@@ -333,7 +360,6 @@ def cmd_bench(args) -> int:
         out = pathlib.Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {args.out}: exists and is not a directory")
-    from bench.run import quantize_list
     run(args.what, models, args.dtype, args.quick, args.out, quantize_list(args.quantize))
     return 0
 
@@ -341,8 +367,9 @@ def cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    from jaxgpt.xla_flags import use_command_buffers
-    use_command_buffers()  # before anything starts jax's backend (CUDA graphs: fewer launches a decode step)
+    if not getattr(args, "no_command_buffers", False):
+        from jaxgpt.xla_flags import use_command_buffers
+        use_command_buffers()  # before anything starts jax's backend (CUDA graphs: fewer launches a decode step)
     from jaxgpt.errors import JaxGPTError
     if getattr(args, "distributed", False):
         _quiet_native_stdout()

@@ -20,12 +20,14 @@ import numpy as np
 from flax import nnx
 
 from jaxgpt import weights as W
+from jaxgpt.backends import BACKENDS, get_ops
+from jaxgpt.buckets import bucket_length, pad_rows, round_up
+from jaxgpt.checkpoint import Scheme, load_checkpoint, scheme_of
 from jaxgpt.config import GPTConfig
 from jaxgpt.errors import UsageError
-from jaxgpt.ops import get_ops
+from jaxgpt.kernels import Kernels
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-BACKENDS = ("xla", "pallas")
 DEVICES = ("cpu", "gpu")
 
 
@@ -48,19 +50,6 @@ def resolve_device(name: str | None) -> jax.Device:
                          f"(jax {jax.__version__}, backends: {jax.default_backend()})") from None
 
 
-def round_up(n: int, multiple: int) -> int:
-    """The smallest multiple of ``multiple`` >= n (batches padded for the data-parallel degree)."""
-    return -(-n // multiple) * multiple
-
-
-def bucket_length(t: int, n_ctx: int) -> int:
-    """Smallest bucket >= t: powers of two from 8, capped at n_ctx."""
-    b = 8
-    while b < t:
-        b *= 2
-    return min(b, n_ctx)
-
-
 @dataclasses.dataclass
 class Timings:
     compile_s: float = 0.0
@@ -68,30 +57,29 @@ class Timings:
     compiles: int = 0
 
 
-def _forward(graphdef, backend, state, ids, last):
+def _forward(graphdef, ops, state, ids, last):
     model = nnx.merge(graphdef, state)
-    return model(ids, last, get_ops(backend))  # (B, V) float32
+    return model(ids, last, ops)  # (B, V) float32
 
 
 class Engine:
-    """A model on one device, ready to run: ``(graphdef, state)`` plus compiled forwards per shape bucket."""
+    """A model on one device, ready to run: ``(graphdef, state)``, its ops (backend and kernel choice) and
+    compiled forwards per shape bucket."""
 
     def __init__(self, cfg: GPTConfig, state_dict: dict[str, np.ndarray], *, dtype: str = "float32",
                  device: jax.Device | None = None, backend: str = "xla", source: str = "", random: bool = False,
-                 quantize: str | None = None):
-        if backend not in BACKENDS:
-            raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+                 quantize: str | None = None, kernels: "Kernels | str | dict | None" = None):
+        self.ops = get_ops(backend, kernels)  # imports the backend now: a missing dependency fails here, not in jit
         self.config, self.dtype_name, self.backend = cfg, dtype, backend
         self.dtype = resolve_dtype(dtype)
         self.device = device or jax.local_devices()[0]
         self.source, self.random = source, random
-        get_ops(backend)  # import the backend now: a missing dependency fails here, not inside jit
-        from jaxgpt import quantize as Q
-        have = Q.scheme_of(state_dict, cfg)  # None for float weights
+        have = scheme_of(state_dict, cfg)  # None for float weights
         if quantize is not None:
-            scheme = Q.Scheme.parse(quantize)
+            scheme = Scheme.parse(quantize)
             if have is None:
-                state_dict, have = Q.quantize_state_dict(state_dict, cfg, scheme), scheme
+                from jaxgpt.quantize import quantize_state_dict
+                state_dict, have = quantize_state_dict(state_dict, cfg, scheme), scheme
             elif have != scheme:
                 raise UsageError(f"the checkpoint is already quantized as {have.name} (group {have.group}); "
                                  f"cannot load it as {scheme.name}")
@@ -143,7 +131,7 @@ class Engine:
 
     def compiled(self, batch: int, length: int):
         """The forward for ``batch`` rows padded to ``length``: (state, ids (B, T), last (B,)) -> (B, V)."""
-        return self.aot(("forward", batch, length), _forward, self.graphdef, self.backend,
+        return self.aot(("forward", batch, length), _forward, self.graphdef, self.ops,
                         args=(jax.ShapeDtypeStruct((batch, length), jnp.int32),
                               jax.ShapeDtypeStruct((batch,), jnp.int32)), kinds=("batch", "batch"), out_kinds="batch")
 
@@ -165,10 +153,7 @@ class Engine:
         self.check_ids(rows)
         length = bucket_length(max(map(len, rows)), self.config.n_ctx)
         batch = round_up(len(rows), self.batch_multiple)  # padding rows are dropped below
-        ids = np.zeros((batch, length), np.int32)  # right padding never reaches real positions (causal)
-        last = np.zeros((batch,), np.int32)
-        for r, row in enumerate(rows):
-            ids[r, :len(row)], last[r] = row, len(row) - 1
+        ids, last = pad_rows(rows, batch, length)
         fn = self.compiled(batch, length)
         t0 = time.perf_counter()
         out = fn(self.state, self.put(ids), self.put(last))
@@ -195,13 +180,13 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
     except ValueError as e:
         raise UsageError(str(e)) from None
     if checkpoint is not None:
-        cfg, sd = W.load_checkpoint(checkpoint, cfg or preset)
+        cfg, sd = load_checkpoint(checkpoint, cfg or preset)
         return cfg, sd, str(checkpoint), False
     if cfg is None:
         cfg = preset or GPTConfig.from_name("gpt2")
         found = W.find_pretrained(model or "gpt2", allow_download=allow_download)
         if found is not None:
-            cfg, sd = W.load_checkpoint(found, cfg)
+            cfg, sd = load_checkpoint(found, cfg)
             return cfg, sd, f"{model or 'gpt2'} ({found})", False
     name = model or ("custom" if config is not None else "gpt2")
     desc = f"{name}, random weights (seed {seed})"
@@ -213,9 +198,12 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
 def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = None,
                config: GPTConfig | str | Path | None = None, dtype: str = "float32", device: str | None = None,
                backend: str = "xla", seed: int = 0, allow_download: bool | None = None,
-               data_parallel: bool | int = False, tensor_parallel: int = 1, quantize: str | None = None) -> Engine:
+               data_parallel: bool | int = False, tensor_parallel: int = 1, quantize: str | None = None,
+               kernels: "Kernels | str | dict | None" = None) -> Engine:
     """Load GPT-2 weights (see ``load_weights``) onto ``device`` as an ``Engine``.
 
+    ``backend``: ``xla`` or ``pallas``; ``kernels`` (pallas only): which kernel runs each op, e.g.
+    ``"decode=block,attention=triton"`` (``jaxgpt.kernels``; by default the measured rules pick).
     ``data_parallel`` (True: every device) / ``tensor_parallel`` (N) spread it over devices (``jaxgpt.shard``).
     ``quantize`` ("int8" / "int4") quantizes the projections on load (``jaxgpt.quantize``); a quantized checkpoint
     directory loads quantized without it.
@@ -225,11 +213,10 @@ def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = No
     """
     jdev = resolve_device(device)
     resolve_dtype(dtype)
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    get_ops(backend, kernels)  # a bad backend or kernel choice fails before the weights load
     cfg, sd, source, random = load_weights(model, checkpoint, config, seed, allow_download)
     engine = Engine(cfg, sd, dtype=dtype, device=jdev, backend=backend, source=source, random=random,
-                    quantize=quantize)
+                    quantize=quantize, kernels=kernels)
     if data_parallel or tensor_parallel > 1:
         from jaxgpt.sharding import shard
         devices = None if device is None else jax.devices(jdev.platform)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -37,22 +36,18 @@ from flax import nnx
 from jax.experimental import io_callback
 
 from jaxgpt import tokenizer
-from jaxgpt.engine import Engine, bucket_length, round_up
+from jaxgpt.buckets import bucket_length, round_up
+from jaxgpt.engine import Engine
 from jaxgpt.errors import UsageError
 from jaxgpt.model import KVCache
-from jaxgpt.ops import get_ops
 from jaxgpt.sampling import Sampling, sample
 
 EOS_ID = tokenizer.EOT_ID
-# Steps a decode-loop iteration runs (module docstring); JAXGPT_DECODE_CHUNK=1 is one step an iteration (anything
-# but a positive integer keeps the default).
-_CHUNK_ENV = os.environ.get("JAXGPT_DECODE_CHUNK", "")
-DECODE_CHUNK = int(_CHUNK_ENV) if _CHUNK_ENV.isdigit() and int(_CHUNK_ENV) > 0 else 16
+DECODE_CHUNK = 16  # steps a decode-loop iteration runs (module docstring)
 # Steps unrolled within a chunk's loop (``fori_loop(unroll=)``): each loop iteration costs a small condition kernel
-# on the GPU (``set_while_condition``, ~2 µs). H100, gpt2-xl B=1 (session 12, call 8, one run each): 1 / 2 / 4
-# unrolled 2.007 / 1.988 / 1.995 ms/token (loop kernel time 1.997 / 1.984 / 1.993). JAXGPT_DECODE_UNROLL overrides.
-_UNROLL_ENV = os.environ.get("JAXGPT_DECODE_UNROLL", "")
-DECODE_UNROLL = int(_UNROLL_ENV) if _UNROLL_ENV.isdigit() and int(_UNROLL_ENV) > 0 else 4
+# on the GPU (``set_while_condition``, ~2 µs). H100, gpt2-xl B=1, 2026-11-26, one run each: 1 / 2 / 4 unrolled
+# 2.007 / 1.988 / 1.995 ms/token (loop kernel time 1.997 / 1.984 / 1.993).
+DECODE_UNROLL = 4
 
 
 @dataclasses.dataclass
@@ -103,23 +98,21 @@ class GenerateResult:
 
 # --------------------------------------------------------------------------------------------- compiled functions
 
-def _prefill(graphdef, backend: str, cache_len: int, greedy: bool | None, state, ids, lengths, rows, key, temperature,
-             top_k, top_p):
+def _prefill(graphdef, ops, cache_len: int, greedy: bool, state, ids, lengths, rows, key, temperature, top_k, top_p):
     model = nnx.merge(graphdef, state)
     B = ids.shape[0]
     cache = KVCache.zeros(model.config, B, cache_len, model.wte.weight.dtype)  # (B, S, H, D) per layer
-    logits, cache = model.prefill(ids, lengths - 1, cache, get_ops(backend))  # (B, V)
+    logits, cache = model.prefill(ids, lengths - 1, cache, ops)  # (B, V)
     tok = sample(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, rows, greedy=greedy)  # (B,)
     return tok, cache
 
 
-def _decode(graphdef, backend: str, host: Callable | None, greedy: bool | None, state, cache: KVCache, tok, lengths,
-            done, rows, max_new, key, eos, temperature, top_k, top_p):
+def _decode(graphdef, ops, host: Callable | None, greedy: bool, state, cache: KVCache, tok, lengths, done, rows,
+            max_new, key, eos, temperature, top_k, top_p):
     """Tokens 1..max_new-1 after the prefill's token 0: out (B, S) int32 with -1 after a row is done, the number
     of loop iterations (shape (1,): per shard when the batch is split over devices), and the cache (donated in,
     returned: XLA updates it in place)."""
     model = nnx.merge(graphdef, state)
-    ops = get_ops(backend)
     B, S = tok.shape[0], cache.length
     out = jnp.full((B, S), -1, jnp.int32).at[:, 0].set(jnp.where(done, -1, tok))  # (B, S)
     done = done | (tok == eos)
@@ -159,20 +152,20 @@ class _HostHook:
         return self.handler(int(i), np.asarray(toks))
 
 
-def _compiled(engine: Engine, batch: int, prompt_len: int, cache_len: int, hooked: bool, greedy: bool | None):
-    """The prefill and decode functions for a shape bucket, compiled once each; ``greedy`` (static: True, False, or
-    None to decide on the device, see ``sample``) is part of their key."""
+def _compiled(engine: Engine, batch: int, prompt_len: int, cache_len: int, hooked: bool, greedy: bool):
+    """The prefill and decode functions for a shape bucket, compiled once each; ``greedy`` (static: a greedy loop
+    never sorts the vocabulary) is part of their key."""
     scalars = [jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32),
                jax.ShapeDtypeStruct((), jnp.float32)]
     key_spec = jax.eval_shape(lambda: jax.random.key(0))
     row_i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    pre = engine.aot(("prefill", batch, prompt_len, cache_len, greedy), _prefill, engine.graphdef, engine.backend,
+    pre = engine.aot(("prefill", batch, prompt_len, cache_len, greedy), _prefill, engine.graphdef, engine.ops,
                      cache_len, greedy, args=(jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32), row_i32,
                                               row_i32, key_spec, *scalars),
                      kinds=("batch", "batch", "batch", "rep", "rep", "rep", "rep"), out_kinds=("batch", "cache"))
     cache_spec = jax.eval_shape(lambda: KVCache.zeros(engine.config, batch, cache_len, engine.dtype))
     hook = engine.hooks.setdefault((batch, cache_len), _HostHook()) if hooked else None
-    dec = engine.aot(("decode", batch, cache_len, hooked, greedy), _decode, engine.graphdef, engine.backend, hook,
+    dec = engine.aot(("decode", batch, cache_len, hooked, greedy), _decode, engine.graphdef, engine.ops, hook,
                      greedy, args=(cache_spec, row_i32, row_i32, jax.ShapeDtypeStruct((batch,), jnp.bool_),
                                    row_i32, jax.ShapeDtypeStruct((), jnp.int32), key_spec,
                                    jax.ShapeDtypeStruct((), jnp.int32), *scalars), donate=(0,),

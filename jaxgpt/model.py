@@ -200,12 +200,22 @@ class GPT(nnx.Module):
         return self._logits_at(h, last, ops), cache
 
     def decode(self, tok: jax.Array, pos: jax.Array, cache: KVCache, ops: Ops) -> tuple[jax.Array, KVCache]:
-        """One step: token ``tok[b]`` (B,) at position ``pos[b]`` -> float32 logits (B, V) and the cache with it."""
+        """One step: token ``tok[b]`` (B,) at position ``pos[b]`` -> float32 logits (B, V) and the cache with it.
+
+        A backend may run each block's step as one op (``ops.block_decode``): the loop over blocks stays here, the
+        block's own order inside that op; otherwise the step is the per-op forward of ``_run``."""
         cfg = self.config
-        done = ops.decode_logits(self._embed(tok[:, None], pos), [blk.params() for blk in self.h],
-                                 (self.ln_f.weight[...], self.ln_f.bias[...]), self.head(), cache, pos,
-                                 n_head=cfg.n_head, eps=cfg.layer_norm_epsilon)
-        if done is not None:  # a backend may run the whole step, LM head included, on its own kernels
-            return done
-        h, cache = self._run(tok[:, None], ops, cache, pos)  # (B, 1, C)
-        return ops.lm_head(h[:, 0], self.head()), cache  # (B, V) float32
+        x = self._embed(tok[:, None], pos)  # (B, 1, C)
+        blocks = [blk.params() for blk in self.h]
+        if not ops.block_decode(x, blocks, n_head=cfg.n_head):
+            h, cache = self._run(tok[:, None], ops, cache, pos)  # (B, 1, C)
+            return ops.lm_head(h[:, 0], self.head()), cache  # (B, V) float32
+        eps = cfg.layer_norm_epsilon
+        carry = ops.decode_start(x, len(blocks), n_head=cfg.n_head)
+        ks, vs = [], []
+        for i, p in enumerate(blocks):
+            carry, k, v = ops.decode_block(carry, p, cache.k[i], cache.v[i], pos, layer=i, n_head=cfg.n_head, eps=eps)
+            ks.append(k)
+            vs.append(v)
+        logits = ops.decode_head(carry, self.ln_f.weight[...], self.ln_f.bias[...], self.head(), eps=eps)  # (B, V)
+        return logits, KVCache(tuple(ks), tuple(vs))

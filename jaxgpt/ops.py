@@ -1,16 +1,17 @@
-"""The op registry: the only switch between backends.
+"""The XLA backend's ops, and the contract every backend keeps.
 
 The model calls ``ops.layer_norm``, ``ops.add_layer_norm``, ``ops.qkv``, ``ops.attention``,
 ``ops.decode_attention``, ``ops.linear``, ``ops.mlp`` and ``ops.lm_head``. ``XlaOps`` writes each in plain jnp (XLA
 fuses what it can; attention goes to cuDNN for bf16/f16 on a GPU). Other backends subclass it and override the ops
-they have kernels for, so any op without a kernel falls back to the jnp version. A decode step first offers the
-whole block stack and the LM head to ``ops.decode_logits`` (a backend with a one-kernel-a-block decode takes it; XLA
-returns None and the model runs the ops above).
+they have kernels for, so any op without a kernel falls back to the jnp version (``jaxgpt.backends`` is the
+registry). A decode step may instead run each block as one op: when ``ops.block_decode`` says so, the model's loop
+over blocks calls ``decode_block`` per block and ``decode_head`` for ln_f and the LM head (XLA never does).
 
 A backend may hand a value of its own between two of its ops (the Pallas backend's decode step passes a matmul's
 unfinished split-K partials to the next kernel, which finishes them): the model passes op outputs along untouched
 and never looks inside them except for the arrays ``qkv`` and ``attention`` document. Projection weights are arrays
-or, in a quantized model, ``QWeight``s (int8 / packed int4 values and their scales, ``jaxgpt.quantize``).
+or, in a quantized model, ``QWeight``s (int8 / packed int4 values and their scales,
+``pallas_kernels.quant_format``, imported only when a quantized weight shows up).
 
 Precision contract: LayerNorm statistics and softmax run in float32; matmuls take the compute dtype and accumulate
 in float32 (float32 models use ``Precision.HIGHEST`` so a GPU does not silently drop to TF32); logits are float32.
@@ -18,14 +19,15 @@ in float32 (float32 models use ``Precision.HIGHEST`` so a GPU does not silently 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.quant_matmul import QHead, QWeight, dequantize
+from jaxgpt.kernels import Kernels
 
 
 def matmul_precision(dtype) -> lax.Precision:
@@ -39,34 +41,56 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
 
 class BlockParams(NamedTuple):
     """One block's parameters as arrays (HF names, linear weights (in, out)), for backends that run a whole block's
-    decode step at once (``decode_logits``)."""
+    decode step at once (``decode_block``)."""
 
     ln_1_w: jax.Array
     ln_1_b: jax.Array
-    c_attn_w: "jax.Array | QWeight"
+    c_attn_w: Any  # (C, 3C) array or QWeight
     c_attn_b: jax.Array
-    c_proj_w: "jax.Array | QWeight"
+    c_proj_w: Any
     c_proj_b: jax.Array
     ln_2_w: jax.Array
     ln_2_b: jax.Array
-    c_fc_w: "jax.Array | QWeight"
+    c_fc_w: Any
     c_fc_b: jax.Array
-    mlp_proj_w: "jax.Array | QWeight"
+    mlp_proj_w: Any
     mlp_proj_b: jax.Array
 
 
-class XlaOps:
-    """Reference backend: jnp everywhere, XLA/cuDNN decide the kernels."""
+def quantized(w) -> bool:
+    """Whether a projection or head weight is held quantized (a ``QWeight``/``QHead`` rather than an array)."""
+    return not isinstance(w, jax.Array)
 
+
+def _dequantize(w, dtype):
+    from pallas_kernels.quant_format import dequantize
+    return dequantize(w, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class XlaOps:
+    """Reference backend: jnp everywhere, XLA/cuDNN decide the kernels. ``kernels`` is the Pallas backend's kernel
+    choice (``jaxgpt.kernels``); XLA has none to make."""
+
+    kernels: Kernels = Kernels()
     name = "xla"
 
-    @staticmethod
-    def decode_logits(x, blocks: list[BlockParams], ln_f: tuple, head, cache, pos, *, n_head: int, eps: float):
-        """One decode step through every block, ``ln_f`` and the LM head at once: x (B, 1, C) embeddings ->
-        (float32 logits (B, V), the cache with the step's keys and values), or None where the backend has no such
-        path (the model then runs the per-op path). ``head`` is the LM head's weight as ``lm_head`` takes it. XLA
-        has none."""
-        return None
+    def block_decode(self, x, blocks: list[BlockParams], *, n_head: int) -> bool:
+        """Whether this decode step (x (B, 1, C)) runs each block as one op (``decode_block``) and ln_f with the LM
+        head as one more (``decode_head``), rather than the model's per-op path. XLA: never."""
+        return False
+
+    def decode_start(self, x, n_layer: int, *, n_head: int):
+        """The carry the first ``decode_block`` takes (backends with ``block_decode``)."""
+        raise NotImplementedError
+
+    def decode_block(self, carry, p: BlockParams, k_cache, v_cache, pos, *, layer: int, n_head: int, eps: float):
+        """One block's decode step as one op: ``(carry, k_cache, v_cache)`` (backends with ``block_decode``)."""
+        raise NotImplementedError
+
+    def decode_head(self, carry, ln_w, ln_b, head, *, eps: float):
+        """ln_f and the LM head after the last ``decode_block``: float32 logits (B, V)."""
+        raise NotImplementedError
 
     @staticmethod
     def layer_norm(x: jax.Array, w: jax.Array, b: jax.Array, *, eps: float) -> jax.Array:
@@ -76,24 +100,22 @@ class XlaOps:
         y = (xf - mean) * lax.rsqrt(var + eps) * w.astype(jnp.float32) + b.astype(jnp.float32)
         return y.astype(x.dtype)
 
-    @classmethod
-    def add_layer_norm(cls, x, residual, w, b, *, eps: float):
+    def add_layer_norm(self, x, residual, w, b, *, eps: float):
         """``h = residual + x; return h, LN(h)``."""
         h = residual + x
-        return h, cls.layer_norm(h, w, b, eps=eps)
+        return h, self.layer_norm(h, w, b, eps=eps)
 
     @staticmethod
-    def linear(x: jax.Array, w: "jax.Array | QWeight", b: jax.Array) -> jax.Array:
+    def linear(x: jax.Array, w, b: jax.Array) -> jax.Array:
         """x (..., K) @ w (K, N) + b; a quantized ``w`` is dequantized in the compute dtype (XLA fuses it)."""
-        if isinstance(w, QWeight):
-            w = dequantize(w, x.dtype)
+        if quantized(w):
+            w = _dequantize(w, x.dtype)
         return (jnp.dot(x, w, precision=matmul_precision(x.dtype)) + b).astype(x.dtype)
 
-    @classmethod
-    def qkv(cls, x: jax.Array, w: jax.Array, b: jax.Array, *, n_head: int) -> jax.Array:
+    def qkv(self, x: jax.Array, w, b: jax.Array, *, n_head: int) -> jax.Array:
         """x (B, T, C) @ w (C, 3C) + b -> packed qkv (B, T, 3, H, D) (a free reshape of the matmul output)."""
         B, T, C = x.shape
-        return cls.linear(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
+        return self.linear(x, w, b).reshape(B, T, 3, n_head, C // n_head)  # (B, T, 3, H, D)
 
     @staticmethod
     def attention(qkv: jax.Array) -> jax.Array:
@@ -113,15 +135,14 @@ class XlaOps:
         k_cache, v_cache = append_kv(qkv, k_cache, v_cache, pos)
         return decode_attention_reference(qkv[:, 0, 0], k_cache, v_cache, pos + 1), k_cache, v_cache
 
-    @classmethod
-    def mlp(cls, x, w_fc, b_fc, w_proj, b_proj):
-        return cls.linear(gelu_tanh(cls.linear(x, w_fc, b_fc)), w_proj, b_proj)
+    def mlp(self, x, w_fc, b_fc, w_proj, b_proj):
+        return self.linear(gelu_tanh(self.linear(x, w_fc, b_fc)), w_proj, b_proj)
 
     @staticmethod
-    def lm_head(h: jax.Array, wte: "jax.Array | QHead") -> jax.Array:
+    def lm_head(h: jax.Array, wte) -> jax.Array:
         """h (B, C) @ wte.T (C, V) -> float32 logits (B, V); the int8 head is a ``QHead``: its int8 values (exact in
         the compute dtype) multiply h, the per-entry scales the float32 products."""
-        if isinstance(wte, QHead):
+        if quantized(wte):
             y = jax.lax.dot_general(h, wte.q.astype(h.dtype), (((h.ndim - 1,), (1,)), ((), ())),
                                     precision=matmul_precision(h.dtype), preferred_element_type=jnp.float32)
             return y * wte.scale
@@ -169,15 +190,4 @@ def decode_attention_reference(q, k, v, lengths):
     return o.astype(q.dtype)  # (B, H, D)
 
 
-Ops = type[XlaOps]
-
-BACKENDS: dict[str, Ops] = {"xla": XlaOps}
-
-
-def get_ops(backend: str) -> Ops:
-    """The ops class for ``backend`` (``xla`` or ``pallas``)."""
-    if backend == "pallas" and "pallas" not in BACKENDS:
-        from jaxgpt import ops_pallas  # noqa: F401  (registers itself)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of xla, pallas")
-    return BACKENDS[backend]
+Ops = XlaOps  # the type every backend is

@@ -1,4 +1,5 @@
-"""jaxgpt against the PyTorch oracle in ``reference/``: same weights, same prompts, logits and greedy tokens.
+"""jaxgpt against the PyTorch oracle in ``reference/``: same weights, same prompts, logits and greedy tokens; and a
+quantized model against the float one on the same weights (``agreement``: the quantization quality report).
 
 The oracle runs in float32 (the truth) and, for a low-precision run, also in that dtype: the tolerance for a
 bfloat16/float16 jaxgpt run is 3× the oracle's own low-precision error plus a small floor (flash-attention's
@@ -10,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
+from flax import nnx
 
 from jaxgpt import tokenizer
 from jaxgpt.engine import Engine
+from jaxgpt.errors import UsageError
+from jaxgpt.generate import generate
 
 FLOOR = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 4e-3}  # × max(1, max|logit|)
 
@@ -57,7 +62,6 @@ def compare(engine: Engine, ref_model, prompts: list[str], *, steps: int = 8, to
     got = engine.last_logits(rows)  # (B, V) float32
     greedy = [[] for _ in prompts]
     if steps:
-        from jaxgpt.generate import generate
         n = min(steps, engine.config.n_ctx - max(map(len, rows)))
         if n > 0:
             gen = generate(engine, rows, max_new_tokens=n, stop_at_eos=False)
@@ -90,8 +94,13 @@ def compare(engine: Engine, ref_model, prompts: list[str], *, steps: int = 8, to
 
 
 def reference_model(cfg, state_dict: dict[str, np.ndarray], dtype: str = "float32", device: str = "cpu"):
-    """A ``reference.GPT2`` holding ``state_dict`` (float32 numpy, HF names)."""
-    from reference import GPT2, GPT2Config
+    """A ``reference.GPT2`` holding ``state_dict`` (float32 numpy, HF names). The oracle ships with the source tree
+    (``reference/``), not with an installed package."""
+    try:
+        from reference import GPT2, GPT2Config
+    except ImportError:
+        raise UsageError("parity needs the PyTorch oracle in reference/, which ships with the source tree, not the "
+                         "installed package: run it from a clone of the repository (pip install -e .)") from None
     rcfg = GPT2Config(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_ctx, cfg.vocab_size, cfg.layer_norm_epsilon)
     return GPT2.from_state_dict(rcfg, state_dict, _torch_dtype(dtype)).to(device)
 
@@ -113,4 +122,62 @@ def format_report(results: list[PromptParity], engine: Engine) -> str:
                              f"{b:>6} {tokenizer.decode_token(b)!r:>15}{mark}")
                 if a != b:
                     break
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- quantized vs float
+
+def _all_logits(engine, ids: list[int]) -> np.ndarray:
+    """Float32 logits at every position of one prompt: (T, V)."""
+    ops = engine.ops
+
+    def f(state, x):
+        m = nnx.merge(engine.graphdef, state)
+        h = m.hidden_states(x, ops)  # (1, T, C)
+        return ops.lm_head(h[0], m.head())  # (T, V) float32
+
+    return np.asarray(jax.jit(f)(engine.state, engine.put(np.asarray([ids], np.int32))))
+
+
+def agreement(reference, quantized, prompts: list[list[int]], *, steps: int = 64, top_k: int = 10) -> dict:
+    """How closely ``quantized`` (an Engine) follows ``reference`` (the float Engine on the same weights).
+
+    Over every position of every prompt: mean and max |Δlogit|, top-1 agreement and the mean overlap of the top-k
+    sets; then ``steps`` greedy tokens per prompt from each model: the fraction equal and the first divergence.
+    """
+    diffs, top1, overlap, maxd, finite = [], [], [], 0.0, True
+    for ids in prompts:
+        a, b = _all_logits(reference, ids), _all_logits(quantized, ids)  # (T, V)
+        finite &= bool(np.isfinite(b).all())
+        d = np.abs(a - b)
+        diffs.append(d.mean(-1))
+        maxd = max(maxd, float(d.max()))
+        top1.append(a.argmax(-1) == b.argmax(-1))
+        ta, tb = np.argsort(-a, -1)[:, :top_k], np.argsort(-b, -1)[:, :top_k]
+        overlap += [len(set(x) & set(y)) / top_k for x, y in zip(ta, tb)]
+    report = {"positions": int(sum(len(p) for p in prompts)), "mean_abs_dlogit": float(np.concatenate(diffs).mean()),
+              "max_abs_dlogit": maxd, "top1_agreement": float(np.concatenate(top1).mean()),
+              f"top{top_k}_overlap": float(np.mean(overlap)), "top_k": top_k, "finite": finite, "steps": steps}
+    if steps > 0:
+        kw = dict(max_new_tokens=steps, stop_at_eos=False)
+        ga, gb = generate(reference, prompts, **kw), generate(quantized, prompts, **kw)
+        same, first = [], []
+        for x, y in zip(ga, gb):
+            eq = [i == j for i, j in zip(x.ids, y.ids)]
+            same += eq
+            first.append(eq.index(False) if False in eq else None)
+        report |= {"greedy_token_agreement": float(np.mean(same)), "first_divergence": first}
+    return report
+
+
+def format_agreement(r: dict) -> str:
+    k = r["top_k"]
+    lines = [f"positions {r['positions']}: mean |Δlogit| {r['mean_abs_dlogit']:.4f}, max {r['max_abs_dlogit']:.3f}; "
+             f"top-1 agreement {100 * r['top1_agreement']:.1f}%, top-{k} overlap {100 * r['top%d_overlap' % k]:.1f}%"]
+    if r.get("steps"):
+        div = ", ".join("none" if f is None else f"step {f}" for f in r["first_divergence"])
+        lines.append(f"greedy {r['steps']} steps: {100 * r['greedy_token_agreement']:.1f}% of tokens equal; "
+                     f"first divergence per prompt: {div}")
+    if not r["finite"]:
+        lines.append("FAIL: non-finite logits")
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Choosing the next token from float32 logits: greedy, or temperature / top-k / top-p sampling.
 
 The settings are traced scalars, not static arguments, so one compiled decode loop serves every setting of its kind;
-whether it is greedy (``temperature == 0``, never sorts the vocabulary) or sampled is static for the loops
-``jaxgpt.generate`` compiles (``greedy=``), since a ``lax.cond`` on the device costs a host round trip a step.
+whether it is greedy (``temperature == 0``, never sorts the vocabulary) or sampled is static (``greedy=``): a
+``lax.cond`` on the device would cost a host round trip a step.
 Randomness comes only from the ``jax.random`` key the caller folds per step, so a seed gives the same tokens on
 every run and platform (up to logits that differ across devices by rounding).
 """
@@ -60,27 +60,16 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
-           top_p: jax.Array, rows: jax.Array | None = None, *, greedy: bool | None = None) -> jax.Array:
+           top_p: jax.Array, rows: jax.Array | None = None, *, greedy: bool) -> jax.Array:
     """Next token per row: (B, V) float32 logits -> (B,) int32.
 
-    Row ``b`` draws with ``fold_in(key, rows[b])`` (``rows`` defaults to ``0..B-1``): its token depends on the key
-    and its row number only, not on the batch around it, so a batch split over devices samples the same tokens.
-    ``greedy`` (static) True or False compiles only that branch (the caller vouches that ``temperature`` is 0 or
-    not); None decides on the device with ``lax.cond``, which on a GPU costs a host round trip per call (XLA reads
-    the predicate back to pick the branch), so a decode loop should know which it is.
+    ``greedy`` (static) compiles only the argmax; otherwise row ``b`` draws with ``fold_in(key, rows[b])`` (``rows``
+    defaults to ``0..B-1``): its token depends on the key and its row number only, not on the batch around it, so
+    a batch split over devices samples the same tokens.
     """
-
-    static = greedy
-
-    def greedy_branch(_):
+    if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-    def sampled(_):
-        x = filter_logits(logits, temperature, top_k, top_p)  # (B, V)
-        ids = jnp.arange(x.shape[0]) if rows is None else rows
-        keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(ids)
-        return jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, x).astype(jnp.int32)
-
-    if static is not None:
-        return (greedy_branch if static else sampled)(None)
-    return jax.lax.cond(temperature <= 0.0, greedy_branch, sampled, None)
+    x = filter_logits(logits, temperature, top_k, top_p)  # (B, V)
+    ids = jnp.arange(x.shape[0]) if rows is None else rows
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(ids)
+    return jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, x).astype(jnp.int32)

@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxgpt.buckets import bucket_length, pad_rows, round_up
 from jaxgpt.errors import UsageError
 
 AXES = ("data", "tensor")
@@ -176,24 +177,18 @@ def shard(engine, *, data: int | bool | None = True, tensor: int = 1, devices: S
 def pmap_last_logits(engine, rows: list[list[int]]) -> np.ndarray:
     """``Engine.last_logits`` through ``jax.pmap``: rows split over the local devices -> (B, V) float32."""
     from flax import nnx
-
-    from jaxgpt.engine import bucket_length, round_up
-    from jaxgpt.ops import get_ops
     engine.check_ids(rows)
     devices = jax.local_devices()
     n_dev = len(devices)
     length = bucket_length(max(map(len, rows)), engine.config.n_ctx)
     B = round_up(len(rows), n_dev)
-    ids = np.zeros((B, length), np.int32)
-    last = np.zeros((B,), np.int32)
-    for r, row in enumerate(rows):
-        ids[r, :len(row)], last[r] = row, len(row) - 1
+    ids, last = pad_rows(rows, B, length)
     key = ("pmap", n_dev, B, length)
     if key not in engine._compiled:
-        graphdef, backend = engine.graphdef, engine.backend
+        graphdef, ops = engine.graphdef, engine.ops
 
         def fwd(state, ids, last):
-            return nnx.merge(graphdef, state)(ids, last, get_ops(backend))
+            return nnx.merge(graphdef, state)(ids, last, ops)
 
         engine._compiled[key] = jax.pmap(fwd, in_axes=(None, 0, 0), devices=devices)
     out = engine._compiled[key](engine.state, ids.reshape(n_dev, B // n_dev, length),

@@ -2,10 +2,10 @@
 
 Command buffers: XLA records a step's kernels (fusions, cuBLAS and custom calls such as our Pallas kernels, and the
 decode loop's ``while`` with its body) as CUDA graphs and replays them, so the host launches one graph rather than
-~50 kernels a token. H100, B=1 decode (bench/NOTES.md session 8 call 3): gpt2 0.402 -> 0.385 ms/token, gpt2-xl
-2.110 -> 2.086. XLA reads these flags once, when the backend starts, for the whole process: a library import must
-not change them under its host program, so ``import jaxgpt`` leaves them alone and ``use_command_buffers()`` is
-the opt-in (the CLI calls it; ``JAXGPT_COMMAND_BUFFERS=0`` opts out there).
+~50 kernels a token. H100, B=1 decode, 2026-11-26: gpt2 0.402 -> 0.385 ms/token, gpt2-xl 2.110 -> 2.086
+(``docs/experiments/decode-step.md``). XLA reads these flags once, when the backend starts, for the whole process:
+a library import must not change them under its host program, so ``import jaxgpt`` leaves them alone and
+``use_command_buffers()`` is the opt-in (the CLI calls it unless ``--no-command-buffers``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ COMMAND_BUFFER_FLAGS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,
 
 
 def use_command_buffers() -> bool:
-    """Add the command-buffer flags to ``XLA_FLAGS`` unless jax's backend has started (too late to take effect),
-    ``XLA_FLAGS`` already names the option (the user's setting stands) or ``JAXGPT_COMMAND_BUFFERS=0``. Returns
-    whether it added them. The flags are GPU options that CPU builds accept and ignore."""
+    """Add the command-buffer flags to ``XLA_FLAGS`` unless jax's backend has started (too late to take effect) or
+    ``XLA_FLAGS`` already names the option (the user's setting stands). Returns whether it added them. The flags are
+    GPU options that CPU builds accept and ignore."""
     from jax._src import xla_bridge  # (public jax has no "has the backend started" query)
     flags = os.environ.get("XLA_FLAGS", "")
-    if ("--xla_gpu_enable_command_buffer" in flags or os.environ.get("JAXGPT_COMMAND_BUFFERS", "1") == "0"
-            or xla_bridge.backends_are_initialized()):
+    if "--xla_gpu_enable_command_buffer" in flags or xla_bridge.backends_are_initialized():
         return False
     os.environ["XLA_FLAGS"] = " ".join([flags, *COMMAND_BUFFER_FLAGS]).strip()
     return True

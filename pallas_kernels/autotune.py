@@ -34,7 +34,8 @@ from pallas_kernels.layer_norm import add_layer_norm
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import fused_mlp, mlp
 from pallas_kernels.partials import SplitK
-from pallas_kernels.quant_matmul import quant_matmul, quantize
+from pallas_kernels.quant_matmul import quant_matmul
+from pallas_kernels.quant_format import quantize
 
 
 # (n_embd, n_head) of the presets; pallas_kernels does not import jaxgpt's config.

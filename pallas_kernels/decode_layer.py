@@ -51,7 +51,7 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
 from pallas_kernels.decode_attention import LOG2E, _NEG, _attend_split
 from pallas_kernels.partials import SplitK, finish, gelu_tanh
-from pallas_kernels.quant_matmul import QWeight, dequantize
+from pallas_kernels.quant_format import QWeight, dequantize
 
 BM = 16  # rows of every tile: the decode rows padded to the smallest tensor-core tile
 BARRIERS = 4  # per block: after phases 1-4

@@ -29,7 +29,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import check_blocks, compiler_params, default_interpret, next_pow2
 from pallas_kernels.partials import SplitK, finish
-from pallas_kernels.quant_matmul import QHead
+from pallas_kernels.quant_format import QHead
 
 BM = 16  # rows of the dot tiles: the decode rows padded to the smallest tensor-core tile
 

@@ -106,8 +106,7 @@ def test_hf_peer_harness_runs_on_cpu():
 
 @pytest.mark.skipif(__import__("jax").default_backend() == "gpu", reason="on a GPU the sweeps run for minutes")
 @pytest.mark.parametrize("tool", ["bench.decode_sweep", "bench.attention_sweep", "bench.matmul_tiles",
-                                  "bench.decode_layer", "bench.launch_barrier", "bench.pdl_chain",
-                                  "bench.skeleton_once", "bench.block_skeleton_mgpu", "bench.lm_head"])
+                                  "bench.decode_layer", "bench.launch_barrier", "bench.lm_head"])
 def test_gpu_only_sweeps_refuse_a_cpu_with_one_line(tool):
     import subprocess
     import sys
@@ -137,103 +136,3 @@ def test_attention_table_ranks_each_variant_and_flags_wrong_outputs(tmp_path):
     assert row["best"]["cudnn"] == (45.0, "")
     assert any("kv256 s2" in b and "max_err" in b for b in row["bad"])
     assert any(b.startswith("tokamax_mosaic") for b in row["bad"])
-
-
-def test_block_skeleton_phases_match_the_reference_and_lower_for_cuda():
-    """Session 11's persistent Mosaic GPU skeleton (bench/block_skeleton_mgpu.py): its producer ring and swap-AB
-    products give every phase's partials in the interpreter (which has no global semaphores: barriers off there),
-    and the kernel with its grid barriers lowers for CUDA at gpt2-xl's shapes."""
-    pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from bench import block_skeleton_mgpu as sk
-    from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
-
-    key = jax.random.key(1)
-    shapes = [(128, 128), (256, 64), (128, 192)]
-    ws = [jax.random.normal(jax.random.fold_in(key, i), s, jnp.bfloat16) for i, s in enumerate(shapes)]
-    xs = [jax.random.normal(jax.random.fold_in(key, 9 + i), (8, s[0]), jnp.bfloat16) for i, s in enumerate(shapes)]
-    same_w, same_x = [ws[0], ws[1][:128], ws[2]], [xs[0], xs[1][:, :128], xs[2]]  # every item two tiles
-    cases = [(sk.skeleton(xs, ws, grid=3, stages=5, barriers=False, interpret=True), xs, ws),
-             (sk.skeleton(xs, ws, grid=3, stages=2, barriers=False, eager=True, interpret=True), xs, ws),
-             (sk.skeleton(xs, ws, grid=3, stages=4, barriers=False, eager=True, inflight=2, interpret=True), xs, ws),
-             (sk.skeleton(same_x, same_w, grid=1, stages=4, barriers=False, consumers=2, eager=True, inflight=2,
-                          interpret=True), same_x, same_w)]  # one block: the two consumers take items in turn
-    for o, x, w in ((o, x, w) for outs, xs_, ws_ in cases for o, x, w in zip(outs, xs_, ws_)):
-        want = matvec_mgpu_reference(x, w)
-        assert not bool(jnp.isnan(o).any())
-        np.testing.assert_allclose(np.asarray(o.sum(0).T), np.asarray(want), rtol=0,
-                                   atol=1e-4 * float(jnp.abs(want).max()))
-    with pytest.raises(ValueError, match="stages"):
-        sk.skeleton(xs, ws, grid=3, stages=3, barriers=False, interpret=True)
-    W = [jax.ShapeDtypeStruct((K, N), jnp.bfloat16) for K, N, _ in sk.SHAPES]
-    X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sk.SHAPES]
-    with pytest.raises(ValueError, match="semaphores"):
-        sk.skeleton(xs, ws, grid=1, stages=5, interpret=True)
-    with pytest.raises(ValueError, match="xload=False"):
-        sk.skeleton(xs, ws, grid=1, stages=5, barriers=False, xload=False, interpret=True)
-    with pytest.raises(ValueError, match="consumers"):
-        sk.skeleton(xs, ws, grid=1, stages=4, barriers=False, consumers=2, interpret=True)
-    for kw in ({"stages": 16}, {"stages": 16, "eager": True, "inflight": 3},
-               {"stages": 20, "eager": True, "inflight": 4, "consumers": 2}):
-        f = jax.jit(lambda xs, ws: sk.skeleton(xs, ws, grid=132, **kw))
-        assert "mosaic_gpu" in f.trace(X, W).lower(lowering_platforms=("cuda",)).as_text()
-
-
-def test_block_skeleton_quantized_weights_match_dequantized_reference_and_lower_for_cuda():
-    """Session 13: the skeleton with int8 / int4 weights laid out (N, K), widened in registers as wgmma's A operand,
-    per-row scales on the item's product: every phase's partials equal x @ dequantize(w) in the interpreter (64- and
-    128-deep tiles; also with widening warpgroups), and its GPU variants (register-A wgmma with the upcast layouts,
-    pipelined or not; widening warpgroups, storing in the WGMMA or the load layout; CUDA-core products) lower for
-    CUDA at gpt2-xl-like shapes. Shapes whose K does not divide into the tiles, rings that do not divide among the
-    wideners, and ``direct`` without wideners are refused."""
-    pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from bench import block_skeleton_mgpu as sk
-    from pallas_kernels.matvec_mgpu import matvec_mgpu_reference
-
-    key = jax.random.key(3)
-    shapes = ((256, 128, 2), (256, 64, 1), (512, 192, 2))
-    ws = [jax.random.normal(jax.random.fold_in(key, i), (K, N), jnp.float32) for i, (K, N, _) in enumerate(shapes)]
-    xs = [jax.random.normal(jax.random.fold_in(key, 9 + i), (8, K), jnp.bfloat16) for i, (K, _, _) in enumerate(shapes)]
-    for bits, tk, kw in ((8, 128, {}), (4, 64, {}), (8, 128, {"widen": 2, "wstages": 4, "scale_at": "start"})):
-        qs = sk.quantized(ws, bits)
-        assert all(q.shape == w.shape[::-1] and q.dtype == (jnp.int8 if bits == 8 else jnp.int4)
-                   for (q, _), w in zip(qs, ws))
-        outs = sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=2, stages=4, barriers=False,
-                           eager=True, inflight=2, qtile_k=tk, shapes=shapes, interpret=True, **kw)
-        for o, x, (q, s), (K, N, splits) in zip(outs, xs, qs, shapes):
-            assert o.shape == (splits, N, 8) and not bool(jnp.isnan(o).any())
-            deq = (q.astype(jnp.float32) * s[:, None]).T  # (K, N)
-            assert float(jnp.abs(deq - ws[shapes.index((K, N, splits))]).max()) <= float(s.max()) / 2 + 1e-6
-            want = matvec_mgpu_reference(x, deq)
-            np.testing.assert_allclose(np.asarray(o.sum(0).T), np.asarray(want), rtol=0,
-                                       atol=1e-4 * float(jnp.abs(want).max()))
-    with pytest.raises(ValueError, match="multiple of 128"):
-        qs = sk.quantized(ws[:1], 8)
-        sk.skeleton(xs[:1], [qs[0][0]], scales=[qs[0][1]], grid=1, stages=4, barriers=False, eager=True,
-                    qtile_k=128, shapes=((256, 128, 4),), interpret=True)
-    sh = ((1536, 4608, 4), (1536, 1536, 4), (1536, 6144, 4), (6144, 1536, 16))
-    X = [jax.ShapeDtypeStruct((8, K), jnp.bfloat16) for K, _, _ in sh]
-    S = [jax.ShapeDtypeStruct((N,), jnp.float32) for _, N, _ in sh]
-    for dt, kw in ((jnp.int8, {"cast_first": True}), (jnp.int8, {"pipelined": True}), (jnp.int4, {}),
-                   (jnp.int8, {"matvec": True, "stages": 18}), (jnp.int4, {"scale_at": "start"}),
-                   (jnp.int8, {"widen": 2, "wstages": 6, "stages": 8, "scale_at": "start"}),
-                   (jnp.int8, {"widen": 2, "wstages": 6, "stages": 8, "direct": True}),
-                   (jnp.int4, {"widen": 1, "wstages": 6, "stages": 8, "direct": True})):
-        W = [jax.ShapeDtypeStruct((N, K), dt) for K, N, _ in sh]
-        kw = {"stages": 24, **kw}
-        f = jax.jit(lambda xs, ws, ss: sk.skeleton(xs, ws, scales=ss, grid=132, eager=True, inflight=4,
-                                                   consumers=2, qtile_k=128, shapes=sh, **kw))
-        assert "mosaic_gpu" in f.trace(X, W, S).lower(lowering_platforms=("cuda",)).as_text()
-    with pytest.raises(ValueError, match="widen"):
-        sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=1, stages=4, barriers=False, eager=True,
-                    qtile_k=128, shapes=shapes, widen=2, wstages=3, interpret=True)
-    with pytest.raises(ValueError, match="direct needs widen"):
-        sk.skeleton(xs, [q for q, _ in qs], scales=[s for _, s in qs], grid=1, stages=4, barriers=False, eager=True,
-                    qtile_k=128, shapes=shapes, direct=True, interpret=True)

@@ -22,21 +22,22 @@ def _prompts(cfg, lengths, seed=0):
     return [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in lengths]
 
 
-@pytest.fixture(params=["xla", "pallas", "pallas-fused"])
-def backend(request, monkeypatch):
-    """``pallas-fused``: the Pallas backend's fused decode step (JAXGPT_FUSED_DECODE=1)."""
-    from jaxgpt import ops_pallas
-    monkeypatch.setattr(ops_pallas, "FUSED_DECODE", request.param == "pallas-fused")
-    return request.param.split("-")[0]
+@pytest.fixture(params=["xla", "pallas-unfused", "pallas-fused"])
+def backend(request):
+    """The engine's backend and decode form: the XLA backend, and the Pallas backend's per-op decode step unfused
+    and fused (split-K partials finished by the next kernel)."""
+    if request.param == "xla":
+        return {"backend": "xla"}
+    return {"backend": "pallas", "kernels": {"decode": request.param.split("-")[1]}}
 
 
 @pytest.mark.parametrize("name", list(GEN_CONFIGS))
 def test_greedy_40_tokens_equal_the_reference(name, backend):
     cfg = GEN_CONFIGS[name]
-    if backend == "pallas" and name == "h25_c200":
+    if backend["backend"] == "pallas" and name == "h25_c200":
         pytest.skip("covered on the XLA backend; the Pallas interpreter is slow at 25 heads")
     sd = random_state_dict(cfg, seed=7)
-    engine = Engine(cfg, sd, backend=backend)
+    engine = Engine(cfg, sd, **backend)
     rows = _prompts(cfg, (1, 5, 17))
     out = generate(engine, rows, max_new_tokens=40, stop_at_eos=False)
     ref = reference_model(cfg, sd)
@@ -47,7 +48,7 @@ def test_greedy_40_tokens_equal_the_reference(name, backend):
 
 def test_each_row_of_a_mixed_batch_equals_the_prompt_alone(backend):
     cfg = GEN_CONFIGS["h5_c80"]
-    engine = Engine(cfg, random_state_dict(cfg, seed=2), backend=backend)
+    engine = Engine(cfg, random_state_dict(cfg, seed=2), **backend)
     rows = _prompts(cfg, (9, 1, 30), seed=4)  # 3 rows: padded to a batch of 4
     batch = generate(engine, rows, max_new_tokens=20, stop_at_eos=False)
     for row, gen in zip(rows, batch):

@@ -92,7 +92,7 @@ def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
     tile)."""
     if deep and not ON_GPU and dtype != "float32":
         pytest.skip("tile shapes change no arithmetic: one dtype suffices in the interpreter")
-    from pallas_kernels.quant_matmul import quantize
+    from pallas_kernels.quant_format import quantize
     rng = np.random.default_rng(77)
     B, C, H, S = 2, 128, 4, 70
     r, mlp_in, w, kc, vc, pos = _inputs(rng, B, C, H, S, dtype)
@@ -109,7 +109,7 @@ def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
 
 
 def test_mixed_or_int4_weights_are_refused():
-    from pallas_kernels.quant_matmul import quantize
+    from pallas_kernels.quant_format import quantize
     rng = np.random.default_rng(0)
     r, mlp_in, w, kc, vc, pos = _inputs(rng, 1, 128, 2, 16, "float32")
     for bad in (w._replace(c_fc_w=quantize(np.asarray(w.c_fc_w), bits=8)),
@@ -187,15 +187,15 @@ def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, monkeypa
     from jaxgpt import GPTConfig, ops_pallas, random_state_dict
     from jaxgpt.engine import Engine
     from jaxgpt.generate import generate
-    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
-    monkeypatch.setattr(ops_pallas, "FUSED_HEAD", fused_head)
+    kernels = {"decode": "block", "head": "fused" if fused_head else "xla"}
     calls = []
     real = ops_pallas.lm_head_decode
     monkeypatch.setattr(ops_pallas, "lm_head_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=64, vocab_size=211)
     sd = random_state_dict(cfg, seed=3)
     prompts = [[5, 9, 11], [7, 1, 2, 3, 4, 8, 30]]
-    got = generate(Engine(cfg, sd, dtype=dtype, backend="pallas"), prompts, max_new_tokens=12, stop_at_eos=False)
+    got = generate(Engine(cfg, sd, dtype=dtype, backend="pallas", kernels=kernels), prompts, max_new_tokens=12,
+                   stop_at_eos=False)
     want = generate(Engine(cfg, sd, dtype=dtype, backend="xla"), prompts, max_new_tokens=12, stop_at_eos=False)
     assert bool(calls) == fused_head
     assert [r.ids for r in got] == [r.ids for r in want]
@@ -208,9 +208,7 @@ def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch, scheme):
     from jaxgpt import GPTConfig, ops_pallas, random_state_dict
     from jaxgpt.engine import Engine
     from jaxgpt.generate import generate
-    from pallas_kernels.quant_matmul import QHead
-    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
-    monkeypatch.setattr(ops_pallas, "DECODE_LAYER_INT8", True)
+    from pallas_kernels.quant_format import QHead
     calls, heads = [], []
     real, real_head = ops_pallas.decode_layer, ops_pallas.lm_head_decode
     monkeypatch.setattr(ops_pallas, "decode_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -218,30 +216,38 @@ def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch, scheme):
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=64, vocab_size=150)
     sd = random_state_dict(cfg, seed=4)
     prompts = [[3, 1, 4, 1, 5]]
-    got = generate(Engine(cfg, sd, backend="pallas", quantize=scheme), prompts, max_new_tokens=10, stop_at_eos=False)
+    got = generate(Engine(cfg, sd, backend="pallas", quantize=scheme, kernels="decode=block"), prompts,
+                   max_new_tokens=10, stop_at_eos=False)
     want = generate(Engine(cfg, sd, backend="xla", quantize=scheme), prompts, max_new_tokens=10, stop_at_eos=False)
     assert calls, "the int8 model did not take the block kernel"
     assert heads and all(isinstance(h, QHead) == scheme.endswith("+head") for h in heads)
     assert [r.ids for r in got] == [r.ids for r in want]
 
 
-def test_block_kernels_step_aside_for_quantized_weights(monkeypatch):
-    from jaxgpt import ops_pallas
+def test_block_kernels_step_aside_where_they_cannot_run():
+    """Forced ``decode=block``: int4 weights and a head_dim that is not a power of two take the per-op path; a
+    prefill never takes it."""
+    from jaxgpt.backends import get_ops
     from jaxgpt.ops import BlockParams
-    from pallas_kernels.quant_matmul import quantize
-    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", True)
+    from pallas_kernels.quant_format import quantize
+    ops = get_ops("pallas", "decode=block")
     C = 64
-    q = quantize(np.ones((C, C), np.float32), bits=8)
-    p = BlockParams(*([jnp.ones((C,))] * 4), q, *([jnp.ones((C,))] * 7))
-    assert ops_pallas.PallasOps.decode_logits(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None, None,
-                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
-    p = BlockParams(*([jnp.ones((96,))] * 12))  # head_dim 48: not a power of two, the per-op path serves it
-    assert ops_pallas.PallasOps.decode_logits(jnp.ones((1, 1, 96)), [p], (jnp.ones(96), jnp.ones(96)), None, None,
-                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
-    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", False)
     p = BlockParams(*([jnp.ones((C,))] * 12))
-    assert ops_pallas.PallasOps.decode_logits(jnp.ones((1, 1, C)), [p], (jnp.ones(C), jnp.ones(C)), None, None,
-                                               jnp.zeros((1,), jnp.int32), n_head=2, eps=1e-5) is None
+    assert ops.block_decode(jnp.ones((1, 1, C)), [p], n_head=2)
+    assert not ops.block_decode(jnp.ones((1, 4, C)), [p], n_head=2)
+    q8, q4 = quantize(np.ones((C, C), np.float32), bits=8), quantize(np.ones((C, C), np.float32), bits=4, group=32)
+    assert ops.block_decode(jnp.ones((1, 1, C)), [BlockParams(*([jnp.ones((C,))] * 2), q8, jnp.ones((C,)), q8,
+                                                              *([jnp.ones((C,))] * 3), q8, jnp.ones((C,)), q8,
+                                                              jnp.ones((C,)))], n_head=2)
+    for mixed in ((q8, q8, q8, jnp.ones((C, C))), (q4, q4, q4, q4)):
+        w = iter(mixed)
+        p = BlockParams(*([jnp.ones((C,))] * 2), next(w), jnp.ones((C,)), next(w), *([jnp.ones((C,))] * 3), next(w),
+                        jnp.ones((C,)), next(w), jnp.ones((C,)))
+        assert not ops.block_decode(jnp.ones((1, 1, C)), [p], n_head=2)
+    p48 = BlockParams(*([jnp.ones((96,))] * 12))  # head_dim 48: not a power of two, the per-op path serves it
+    assert not ops.block_decode(jnp.ones((1, 1, 96)), [p48], n_head=2)
+    p = BlockParams(*([jnp.ones((C,))] * 12))
+    assert not get_ops("pallas", "decode=fused").block_decode(jnp.ones((1, 1, C)), [p], n_head=2)
 
 
 @pytest.mark.parametrize("int8,knobs", [(False, {}), (True, {}), (False, {"poll_volatile": False}),
@@ -251,7 +257,7 @@ def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     """The barrier (atomics, a spin loop) and every phase lower through Triton at gpt2-xl's decode shapes."""
     import re
 
-    from pallas_kernels.quant_matmul import QWeight
+    from pallas_kernels.quant_format import QWeight
     S = lambda *s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)  # noqa: E731
     C, H = 1600, 25
 

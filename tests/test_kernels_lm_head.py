@@ -60,7 +60,7 @@ INT8_SHAPES = [(1, 64, 211, 1), (3, 200, 517, 3)] + ([(1, 1600, 50257, 8), (8, 7
 
 
 def _int8_head(wte):
-    from jaxgpt.quantize import head_from_copy, quantize
+    from pallas_kernels.quant_format import head_from_copy, quantize
     w = quantize(np.asarray(wte, np.float32).T, bits=8)  # the checkpoint's (C, V) copy, a scale a vocabulary entry
     return head_from_copy(w.q, w.scale)  # held (V, C)
 
@@ -102,7 +102,7 @@ def test_bad_input_is_a_value_error():
         lm_head_decode(r, SplitK(parts.parts, parts.bias, "gelu_tanh", parts.dtype), w, b, wte, eps=1e-5)
     with pytest.raises(ValueError, match="block_n"):
         LMHeadPlan(programs=2, block_n=48)
-    from pallas_kernels.quant_matmul import QHead
+    from pallas_kernels.quant_format import QHead
     head = _int8_head(wte)
     with pytest.raises(ValueError, match="int8 head"):  # the checkpoint's (C, V) orientation is not the held one
         lm_head_decode(r, parts, w, b, QHead(head.q.T, head.scale), eps=1e-5)

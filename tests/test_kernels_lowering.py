@@ -21,7 +21,8 @@ from pallas_kernels.lm_head import LMHeadPlan, lm_head_decode
 from pallas_kernels.matmul import matmul, matmul_split_k
 from pallas_kernels.mlp import mlp
 from pallas_kernels.partials import SplitK
-from pallas_kernels.quant_matmul import QHead, QWeight, quant_matmul, quant_matmul_split_k, quantize
+from pallas_kernels.quant_matmul import quant_matmul
+from pallas_kernels.quant_format import QHead, QWeight, quantize
 
 BF16 = jnp.bfloat16
 C = 1600  # gpt2-xl: not a power of two, 25 heads
@@ -69,14 +70,6 @@ for name, (q, s, meta) in (("int8", Q8), ("int4", Q4)):
             lambda x, q, s, b, meta=meta: quant_matmul(x, QWeight(q, s, *meta), b, activation="gelu_tanh",
                                                        interpret=False),
             (S(m, C), q, s, S(4 * C)))
-
-
-for name, (q, s, meta) in (("int8", Q8), ("int4", Q4)):  # the fused quantized decode step: partials in and out
-    CASES[f"quant_split_k_partials_{name}"] = (
-        lambda x, w1, b1, q, s, b, meta=meta: quant_matmul_split_k(
-            matmul_split_k(x, w1, b1, activation="gelu_tanh", interpret=False), QWeight(q, s, *meta), b,
-            interpret=False).parts,
-        (S(1, C), S(C, C), S(C), q, s, S(4 * C)))
 
 
 _HEAD = quantize(np.random.default_rng(0).standard_normal((C, 50257)).astype(np.float32), bits=8)

@@ -4,7 +4,8 @@ GPU), and the formats themselves: round trips, error bounds, int4 packing."""
 import numpy as np
 import pytest
 
-from pallas_kernels.quant_matmul import QWeight, dequantize, quant_matmul, quant_matmul_reference, quantize
+from pallas_kernels.quant_matmul import quant_matmul, quant_matmul_reference
+from pallas_kernels.quant_format import QWeight, dequantize, quantize
 from tests.kernel_base import DTYPES, ON_GPU, check, rand
 
 # (M, K, N): M=1 and odd M, K not a multiple of the int4 group (gpt2-xl's 1600) or of the int8 block, N tails.
@@ -119,29 +120,3 @@ def test_bad_weights_are_clear_errors(make, needle):
         quant_matmul(x, make(qw), b)
     with pytest.raises(ValueError, match="shapes do not fit"):
         quant_matmul(rand(rng, (2, 63), "float32"), qw, b)
-
-
-@pytest.mark.parametrize("bits,group", [(8, None), (4, 32), (4, 128)])
-@pytest.mark.parametrize("m,k,n,split", [(1, 200, 96, 3), (3, 1600, 80, 1), (16, 96, 200, 2)])
-def test_split_k_partials_in_and_out(m, k, n, split, bits, group):
-    """The fused decode step's form: partials out (``SplitK``, finished by whoever reads them), and the previous
-    matmul's partials in, finished on load (the MLP: c_fc's bias + GELU applied in c_proj's prologue)."""
-    from pallas_kernels.partials import resolve
-    from pallas_kernels.quant_matmul import quant_matmul_split_k
-    rng = np.random.default_rng(m + k + n + bits)
-    _, q_fc = _weights(rng, k, 2 * n, bits, group)
-    _, q_proj = _weights(rng, 2 * n, n, bits, group)
-    x, b_fc, b_proj = rand(rng, (m, k), "float32"), rand(rng, (2 * n,), "float32"), rand(rng, (n,), "float32")
-    h = quant_matmul_split_k(x, q_fc, b_fc, activation="gelu_tanh", split_k=split)
-    want_h = quant_matmul_reference(x, q_fc, b_fc, activation="gelu_tanh")
-    check(resolve(h), want_h, "float32", k, "partials out")
-    y = quant_matmul_split_k(h, q_proj, b_proj, split_k=2)
-    check(resolve(y), quant_matmul_reference(want_h, q_proj, b_proj), "float32", 2 * n, "partials in")
-
-
-def test_split_k_partials_refuse_prefill_sized_m():
-    from pallas_kernels.quant_matmul import quant_matmul_split_k
-    rng = np.random.default_rng(0)
-    _, qw = _weights(rng, 64, 32, 8)
-    with pytest.raises(ValueError, match="decode-sized"):
-        quant_matmul_split_k(rand(rng, (17, 64), "float32"), qw, rand(rng, (32,), "float32"))

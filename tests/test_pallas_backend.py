@@ -56,63 +56,30 @@ def test_gpu_pallas_parity_full_size(model):
             assert r.ok, r
 
 
-def test_fused_decode_path_leaves_one_token_prefills_correct(monkeypatch):
-    """With the fused decode step on, a T=1 forward that is not a decode step still finishes its split-K qkv."""
+def test_fused_decode_path_leaves_one_token_prefills_correct():
+    """With the fused decode step forced, a T=1 forward that is not a decode step still finishes its split-K qkv."""
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxgpt import ops_pallas
-    from jaxgpt.ops import get_ops
-    monkeypatch.setattr(ops_pallas, "FUSED_DECODE", True)
+    from jaxgpt.backends import get_ops
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=100)
     sd = random_state_dict(cfg, seed=1)
     engine = Engine(cfg, sd)
     model = nnx.merge(engine.graphdef, engine.state)
     ids, last = jnp.array([[5], [7]]), jnp.array([0, 0])
-    got, want = model(ids, last, get_ops("pallas")), model(ids, last, get_ops("xla"))
+    got, want = model(ids, last, get_ops("pallas", "decode=fused")), model(ids, last, get_ops("xla"))
     assert np.all(np.isfinite(got)) and np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 1e-5
-
-
-@pytest.mark.parametrize("forced,rows,width,want", [
-    (None, 1, 768, False), (None, 8, 768, True), (None, 1, 1600, True), (None, 16, 1024, True),
-    (True, 1, 768, True), (False, 8, 1600, False),
-])
-def test_decode_step_is_chosen_by_shape_unless_forced(monkeypatch, forced, rows, width, want):
-    """The measured policy (fused unless one row at a narrow width), and JAXGPT_FUSED_DECODE=1/0 overriding it."""
-    import jax.numpy as jnp
-
-    from jaxgpt import ops_pallas
-    monkeypatch.setattr(ops_pallas, "FUSED_DECODE", forced)
-    assert ops_pallas._fused(rows, width) is want
-    x = jnp.ones((rows, 1, width), jnp.float32)
-    assert ops_pallas._decode_rows(x) == (rows if want else None)
-    assert ops_pallas._decode_rows(jnp.ones((rows, 2, width))) is None  # a prefill is never a decode step
-
-
-@pytest.mark.parametrize("forced,gpu,rows,width,want", [
-    (None, True, 1, 768, True), (None, True, 8, 768, False), (None, True, 1, 1600, True),
-    (None, False, 1, 768, False), (True, False, 8, 1600, True), (False, True, 1, 768, False),
-])
-def test_block_kernel_is_chosen_by_shape_unless_forced(monkeypatch, forced, gpu, rows, width, want):
-    """The measured policy (one-kernel blocks for one-row decode on a GPU), JAXGPT_DECODE_LAYER=1/0 overriding it."""
-    import jax
-
-    from jaxgpt import ops_pallas
-    monkeypatch.setattr(ops_pallas, "DECODE_LAYER", forced)
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu" if gpu else "cpu")
-    assert ops_pallas._block_kernel(rows, width) is want
 
 
 @pytest.mark.parametrize("what", ["attention", "matmul"])
 def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
-    """JAXGPT_ATTENTION=mosaic / JAXGPT_MATMUL=mosaic (the default on Hopper): a bf16 prefill runs the Mosaic GPU
+    """``attention=mosaic`` / ``matmul=mosaic`` (the default on Hopper): a bf16 prefill runs the Mosaic GPU
     attention, or the Mosaic GPU matmul for all four projections (their interpreter here), and gives the Triton
     kernels' logits."""
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxgpt import ops_pallas
-    from jaxgpt.ops import get_ops
+    from jaxgpt.backends import get_ops
     from pallas_kernels import flash_attention_mgpu, matmul_mgpu
     mgpu, fn = (flash_attention_mgpu, "flash_attention_mgpu") if what == "attention" else (matmul_mgpu, "matmul_mgpu")
     cfg = GPTConfig(n_layer=1, n_head=3, n_embd=192, n_ctx=128, vocab_size=100)  # every projection's N tiles by 192
@@ -120,63 +87,27 @@ def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
     model = nnx.merge(engine.graphdef, engine.state)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 100, (1, 128)), jnp.int32)
     last = jnp.array([127])
-    want = model(ids, last, get_ops("pallas"))
+    want = model(ids, last, get_ops("pallas", {what: "triton"}))
     calls = []
     real = getattr(mgpu, fn)
     monkeypatch.setattr(mgpu, fn, lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(ops_pallas, what.upper(), "mosaic")
-    got = model(ids, last, get_ops("pallas"))
+    got = model(ids, last, get_ops("pallas", {what: "mosaic"}))
     assert len(calls) == (1 if what == "attention" else 4) and np.all(np.isfinite(np.asarray(got)))
     assert np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 0.01  # measured 1.4e-3; XLA vs Triton: 3e-3
 
 
-@pytest.mark.parametrize("env,hopper,rows,want,want_gelu", [
-    ("", True, 8192, True, False), ("", True, 128, True, True), ("", False, 8192, False, False),
-    ("", False, 128, False, False), ("xla", False, 8, True, True), ("mosaic", True, 128, False, False),
-    ("triton", True, 8192, False, False)])
-def test_prefill_projections_take_cublas_where_it_wins(env, hopper, rows, want, want_gelu, monkeypatch):
-    """cuBLAS (XLA's dot) for prefill projections on Hopper, except GELU ones (c_fc) from OURS_GELU_ROWS rows up;
-    JAXGPT_MATMUL=xla|mosaic|triton forcing; never for quantized weights (their matmul is ours)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxgpt import ops_pallas
-    from pallas_kernels.quant_matmul import quantize
-    monkeypatch.setattr(ops_pallas, "MATMUL", env)
-    monkeypatch.setattr(ops_pallas, "_hopper", lambda: hopper)
-    x, w = jax.ShapeDtypeStruct((rows, 64), jnp.bfloat16), jnp.ones((64, 128), jnp.bfloat16)
-    assert ops_pallas._cublas_matmul(x, w) is want
-    assert ops_pallas._cublas_matmul(x, quantize(w, bits=8)) is False
-    # a big GELU projection (c_fc) stays on ours unless forced: cuBLAS would leave the GELU to a pass of its own
-    assert ops_pallas._cublas_matmul(x, w, "gelu_tanh") is want_gelu
-
-
-def test_cublas_projections_are_the_xla_backends_ops(monkeypatch):
+def test_cublas_projections_are_the_xla_backends_ops():
     """Where the Pallas backend takes cuBLAS, its projections and MLP are the XLA backend's, bit for bit."""
     import jax.numpy as jnp
 
-    from jaxgpt import ops_pallas
+    from jaxgpt.backends import get_ops
     from jaxgpt.ops import XlaOps
-    monkeypatch.setattr(ops_pallas, "MATMUL", "xla")
+    pallas = get_ops("pallas", "matmul=xla")
     rng = np.random.default_rng(3)
     n = lambda *s: jnp.asarray(rng.standard_normal(s) * 0.1, jnp.bfloat16)  # noqa: E731
     x, w_fc, b_fc, w_proj, b_proj = n(2, 40, 96), n(96, 384), n(384), n(384, 96), n(96)
-    got, want = ops_pallas.PallasOps.linear(x, w_fc, b_fc), XlaOps.linear(x, w_fc, b_fc)
+    got, want = pallas.linear(x, w_fc, b_fc), XlaOps.linear(x, w_fc, b_fc)
     assert got.dtype == want.dtype and np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
-    got, want = ops_pallas.PallasOps.mlp(x, w_fc, b_fc, w_proj, b_proj), XlaOps.mlp(x, w_fc, b_fc, w_proj, b_proj)
+    got, want = pallas.mlp(x, w_fc, b_fc, w_proj, b_proj), XlaOps().mlp(x, w_fc, b_fc, w_proj, b_proj)
     assert np.isfinite(np.asarray(got, np.float32)).all()
     assert np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
-
-
-@pytest.mark.parametrize("env,hopper,dtype,d,want", [
-    ("", True, "bfloat16", 64, True), ("", False, "bfloat16", 64, False), ("triton", True, "bfloat16", 64, False),
-    ("mosaic", False, "float16", 64, True), ("", True, "float32", 64, False), ("mosaic", True, "bfloat16", 32, False)])
-def test_attention_kernel_choice(env, hopper, dtype, d, want, monkeypatch):
-    """Mosaic GPU attention on Hopper by default, Triton elsewhere, JAXGPT_ATTENTION forces; shapes it cannot take
-    always go to Triton."""
-    import jax.numpy as jnp
-
-    from jaxgpt import ops_pallas
-    monkeypatch.setattr(ops_pallas, "ATTENTION", env)
-    monkeypatch.setattr(ops_pallas, "_hopper", lambda: hopper)
-    assert ops_pallas._mosaic_attention(jnp.zeros((1, 8, 3, 2, d), dtype)) is want

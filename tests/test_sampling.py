@@ -36,15 +36,16 @@ def test_temperature_scales_and_top_k_and_top_p_combine():
 
 
 def test_greedy_is_argmax_and_sampling_is_reproducible():
-    sample_ = jax.jit(sample)
+    sample_ = jax.jit(sample, static_argnames="greedy")
     rng = np.random.default_rng(1)
     logits = jnp.asarray(rng.standard_normal((4, 1000)), jnp.float32)
     args = lambda t, k=0, p=1.0: (jnp.float32(t), jnp.int32(k), jnp.float32(p))  # noqa: E731
     key = jax.random.key(3)
-    np.testing.assert_array_equal(sample_(logits, key, *args(0.0)), np.argmax(logits, -1))
-    a, b = sample_(logits, key, *args(1.0)), sample_(logits, key, *args(1.0))
+    np.testing.assert_array_equal(sample_(logits, key, *args(0.0), greedy=True), np.argmax(logits, -1))
+    a, b = sample_(logits, key, *args(1.0), greedy=False), sample_(logits, key, *args(1.0), greedy=False)
     np.testing.assert_array_equal(a, b)
-    picks = np.stack([np.asarray(sample_(logits, jax.random.key(s), *args(1.0, 5))) for s in range(40)])
+    picks = np.stack([np.asarray(sample_(logits, jax.random.key(s), *args(1.0, 5), greedy=False))
+                      for s in range(40)])
     top5 = np.argsort(-np.asarray(logits), -1)[:, :5]
     assert all(set(picks[:, r]) <= set(top5[r]) for r in range(4))
     assert len({tuple(p) for p in picks}) > 1  # different keys, different draws
@@ -53,7 +54,8 @@ def test_greedy_is_argmax_and_sampling_is_reproducible():
 def test_sampled_frequencies_follow_the_distribution():
     probs = np.array([0.6, 0.3, 0.1])
     logits = jnp.asarray(np.log(np.tile(probs, (4000, 1))), jnp.float32)
-    draws = np.asarray(sample(logits, jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0)))
+    draws = np.asarray(sample(logits, jax.random.key(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0),
+                              greedy=False))
     freq = np.bincount(draws, minlength=3) / draws.size
     np.testing.assert_allclose(freq, probs, atol=0.03)
 
@@ -66,21 +68,9 @@ def test_bad_settings(kw, needle):
         Sampling(**kw)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_static_branch_equals_the_device_choice(temperature):
-    """``greedy=`` compiles one branch: the same tokens as ``lax.cond`` picking it on the device."""
-    logits = jnp.asarray(np.random.default_rng(3).standard_normal((4, 300)), jnp.float32)
-    args = (logits, jax.random.key(7), jnp.float32(temperature), jnp.int32(20), jnp.float32(0.9))
-    want = np.asarray(sample(*args))
-    got = np.asarray(sample(*args, greedy=temperature == 0.0))
-    assert got.tolist() == want.tolist()
-    if temperature == 0.0:
-        assert got.tolist() == np.argmax(np.asarray(logits), axis=-1).tolist()
-
-
 def test_static_greedy_has_no_conditional():
     """A conditional in the decode loop costs a host round trip a step on a GPU (XLA reads its predicate back):
-    the greedy program has none."""
+    neither program has one."""
     logits = jax.ShapeDtypeStruct((2, 50), jnp.float32)
     scal = (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct((), jnp.float32))
@@ -88,5 +78,4 @@ def test_static_greedy_has_no_conditional():
     text = lambda g: jax.jit(lambda l, k, t, kk, p: sample(l, k, t, kk, p, greedy=g)).lower(  # noqa: E731
         logits, key, *scal).as_text()
     branches = ("stablehlo.case", "stablehlo.if")  # how jax 0.10 / 0.11 lower lax.cond
-    assert any(b in text(None) for b in branches)
     assert not any(b in text(True) or b in text(False) for b in branches)

@@ -10,7 +10,8 @@ import torch
 from jaxgpt import GPTConfig, WeightsError, load_checkpoint, random_state_dict
 from jaxgpt.engine import Engine
 from jaxgpt.parity import reference_model
-from jaxgpt.weights import build_model, export_state_dict, save_safetensors
+from jaxgpt.checkpoint import save_safetensors
+from jaxgpt.weights import build_model, export_state_dict
 
 CFG = GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=32, vocab_size=211)
 

@@ -1,5 +1,5 @@
 """jaxgpt.xla_flags: the command-buffer flags go into XLA_FLAGS only before the backend starts, never over the
-user's own setting, and not when opted out (each case in a fresh interpreter: the flags are process-wide)."""
+user's own setting (each case in a fresh interpreter: the flags are process-wide)."""
 
 import os
 import subprocess
@@ -21,10 +21,9 @@ jax.numpy.ones(1).block_until_ready()  # the backend accepts what was set
     ({}, False, True, "WHILE,CONDITIONAL"),
     ({}, True, False, "''"),
     ({"XLA_FLAGS": "--xla_gpu_enable_command_buffer="}, False, False, "'--xla_gpu_enable_command_buffer='"),
-    ({"JAXGPT_COMMAND_BUFFERS": "0"}, False, False, "''"),
-], ids=["added", "too-late", "user-setting-stands", "opted-out"])
+], ids=["added", "too-late", "user-setting-stands"])
 def test_use_command_buffers(env, started, added, needle):
-    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXGPT_COMMAND_BUFFERS")}
+    clean = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", SCRIPT.format(started=started)], env={**clean, **env},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-500:]
