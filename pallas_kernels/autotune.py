@@ -8,7 +8,7 @@ For each GPT-2 shape of a prefill at (batch, seq), every candidate config is com
 table that ``tuning.lookup`` reads, so later calls at these shapes use them.
 
 Decode-sized projections are timed on weights that live in HBM: one (1600, 6400) bf16 weight (20 MB) stays in the
-H100's 50 MB L2 between timing repetitions, so timing it alone measures L2 (session 3's "2923 GB/s" decode matmul
+H100's 50 MB L2 between timing repetitions, so timing it alone measures L2 (2026-11-25's "2923 GB/s" decode matmul
 was that; in the model the product took 1.8× as long). ``sweep_decode`` runs each candidate over enough distinct
 copies of the weight (>= 160 MB) in one jitted call, compiles the candidates in threads, and takes the median CUPTI
 time of the matmul kernels (the XLA epilogue of the quantized path is not counted: the model finishes partials in

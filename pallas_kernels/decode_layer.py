@@ -102,7 +102,7 @@ class DecodeLayerPlan:
     # Rows that fit one tile (C <= 2048 at B=1): the statistics pass's tile is normalised as is, not loaded again.
     reuse_rows: bool = True
     # Barrier wait: poll the counter with volatile loads (then one acquiring atomic) rather than atomic reads, which
-    # queue with the arrivals on one address. H100, B=1, HBM-bound chain (session 7): gpt2-xl block 42.5 µs either
+    # queue with the arrivals on one address. H100, B=1, HBM-bound chain (2026-11-26): gpt2-xl block 42.5 µs either
     # way; 132 programs doing nothing but barriers: 1.3 µs a barrier either way, 1.24 µs a launch. (A fence after
     # the poll instead of the acquiring atomic, or a flag per program polled with one vector load: 1.6 µs.)
     poll_volatile: bool = True
@@ -115,7 +115,7 @@ class DecodeLayerPlan:
     # K rows of each program's first item of a matmul phase (those in ``prefetch_phases``: 0 c_attn, 2 attn.c_proj,
     # 3 c_fc, 4 mlp.c_proj) to pull into L2 while DRAM would idle: issued (one element a 32-byte sector) between a
     # barrier's arrival and its wait, or before c_attn's LayerNorm prologue; 0 = off. A power of two. H100, B=1,
-    # chain (session 7): 64 rows, gpt2-xl 42.1 -> 41.5 µs a block, gpt2 27.4 -> 26.1; 128 rows 43.7 / 28.0, 512
+    # chain (2026-11-26): 64 rows, gpt2-xl 42.1 -> 41.5 µs a block, gpt2 27.4 -> 26.1; 128 rows 43.7 / 28.0, 512
     # rows 59.1 / 30.9 (each program then waits for its prefetch before its first tile). Phase 1 (attention): the
     # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
     prefetch_rows: int = 64
@@ -153,7 +153,7 @@ class DecodeLayerPlan:
         # slice of the live cache (a head's last split merges them). float32 (4-byte) weights: 64-deep tiles
         # and 2 stages, or the pipeline overflows shared memory (255 KB asked for 128x128 tiles, 4 stages).
         # int8 weights take the same plan: K tiles twice as deep (as many bytes a tile as a float one's) and two
-        # heads a c_proj step lost (session 9: gpt2-xl block 48.0 µs against 41.2, decode 2.371 ms/token).
+        # heads a c_proj step lost (2026-11-26: gpt2-xl block 48.0 µs against 41.2, decode 2.371 ms/token).
         c, d = n_embd, n_embd // n_head
         wide = itemsize <= 2
         att_block = 64
@@ -281,7 +281,7 @@ def _row_stats(chunk, d: _Dims, store_ref):
     """Mean and 1/std of each row over C columns as (br,) vectors (``_row_tile``), and the first chunk's (x, mask);
     program 0 also stores the rows, rounded, to ``store_ref``. One pass: Σx and Σx² side by side, independent
     reductions (a shift by the first chunk's mean put one more reduction before them; dropping it measured no time
-    on the H100, session 9, but is one reduction fewer). float32's E[x²] - E[x]² loses ~(1 + mean²/var) ulps of the
+    on the H100, 2026-11-26, but is one reduction fewer). float32's E[x²] - E[x]² loses ~(1 + mean²/var) ulps of the
     variance: nothing for residual rows, whose mean is a fraction of their spread."""
     br, cb = _row_tile(d)
     first = pl.program_id(0) == 0

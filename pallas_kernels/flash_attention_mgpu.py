@@ -1,7 +1,7 @@
 """Causal flash attention for Hopper on Pallas' Mosaic GPU backend (wgmma, TMA, warp specialisation).
 
-Status: the Pallas backend's prefill attention on Hopper GPUs. H100, bf16, µs (session 8, one run, best config
-each; bench/NOTES.md): B8 T1024 H12 51.8 (tokamax Mosaic 53.5, cuDNN 45.2), B8 T1024 H25 99.8 (102.2, 84.1),
+Status: the Pallas backend's prefill attention on Hopper GPUs. H100, bf16, µs (2026-11-26, one run, best config
+each; docs/experiments/prefill-kernels.md): B8 T1024 H12 51.8 (tokamax Mosaic 53.5, cuDNN 45.2), B8 T1024 H25 99.8 (102.2, 84.1),
 B4 T4096 H12 241.8 (275.9, 252.7), B1 T1024 H12 12.4 (12.5, 12.3), B8 T128 H12 4.4 (4.5, 4.7). Built for GPT-2's
 attention: packed ``(B, T, 3, H, D)`` qkv read in place by TMA (no q/k/v slicing copies), bf16 or f16, head_dim 64
 (one 128-byte swizzle row), causal.
@@ -23,8 +23,8 @@ protocol runs on mbarriers (the interpreter has no rule for inline PTX) and the 
 packed layout, the barrier order, the causal split and the softmax run as on the GPU, and the wgmma path is
 checked by lowering for CUDA.
 
-Measured (session 8, bench/NOTES.md): the ping-pong with named barriers and in-place P·V took B8 T1024 H12 from
-56.2 to 51.8 µs against session 4's kernel (two-party schedule barriers, a fresh P·V accumulator, a flush loop).
+Measured (2026-11-26, docs/experiments/prefill-kernels.md): the ping-pong with named barriers and in-place P·V took B8 T1024 H12 from
+56.2 to 51.8 µs against the 2026-11-25 kernel (two-party schedule barriers, a fresh P·V accumulator, a flush loop).
 """
 
 from __future__ import annotations

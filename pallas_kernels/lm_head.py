@@ -45,7 +45,7 @@ class LMHeadPlan:
     num_stages: int = 4
     # One loop over (item, K step) pairs, the accumulator reset at each item's first step and stored at its last,
     # so the software pipeline runs on across items instead of draining and refilling at each one. H100, bf16, B=1
-    # (bench.lm_head, session 12 calls 7-8, µs): gpt2-xl 59.8-59.9 flat with 128x128 tiles, 60.9 nested with 128x64
+    # (bench.lm_head, 2026-11-26, µs): gpt2-xl 59.8-59.9 flat with 128x128 tiles, 60.9 nested with 128x64
     # (the two-kernel path 69.9); gpt2 29.0-29.1 vs 30.6 (39.4-39.8); 32- or 16-row tiles lose (65-107).
     flat: bool = True
 
@@ -57,7 +57,7 @@ class LMHeadPlan:
     @staticmethod
     def heuristic(programs: int, int8: bool = False) -> "LMHeadPlan":
         """128×128 tiles; the int8 head's 256 deep (as many bytes a tile as bf16's). H100, B=1 (bench.lm_head,
-        session 14 call 6, µs): gpt2-xl int8 37.1 vs 38.2 with 128-deep tiles, gpt2 14.8 vs 17.0."""
+        2026-11-26, µs): gpt2-xl int8 37.1 vs 38.2 with 128-deep tiles, gpt2 14.8 vs 17.0."""
         return LMHeadPlan(programs=programs, block_k=256 if int8 else 128)
 
 

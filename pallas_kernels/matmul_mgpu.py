@@ -16,11 +16,11 @@ N-tile-fastest, so the blocks in flight share their x rows in L2.
 Shapes: M a multiple of 2·BM, N of BN, K of BK (64: one 128-byte swizzle row of bf16); ``plan`` picks (BM, BN) per
 shape where this kernel beats the Triton one, and the Pallas backend uses ``matmul.py`` elsewhere.
 
-Measured on the H100 (session 4; CUPTI, M = 8192, µs): 768→2304 55.5 vs Triton 59.6 vs cuBLAS 42.9; 768→3072 68.9
+Measured on the H100 (2026-11-25; CUPTI, M = 8192, µs): 768→2304 55.5 vs Triton 59.6 vs cuBLAS 42.9; 768→3072 68.9
 vs 72.3 vs 57.8; 3072→768 66.5 vs 75.4 vs 50.9; 1600→6400 261.6 vs 284.1 vs 224.0; 1600→4800 219.5 vs 216.9 vs
 170.8. cuBLAS stays 20-30% ahead: by default this kernel waits for each MMA before releasing its slot
-(``delay_release`` keeps one in flight; on the H100 in session 5 it was no faster, 0-8% slower, so off) and it is
-not persistent (no epilogue/mainloop overlap across tiles); see bench/NOTES.md. bf16/f16 in, f32 accumulation.
+(``delay_release`` keeps one in flight; on the H100 on 2026-11-26 it was no faster, 0-8% slower, so off) and it is
+not persistent (no epilogue/mainloop overlap across tiles); see docs/experiments/prefill-kernels.md. bf16/f16 in, f32 accumulation.
 In Mosaic GPU's interpreter (CPU tests) the product runs as a jnp dot and the bias is read as a plain array; the
 TMA ring, the barriers and the epilogue run as on the GPU, and the wgmma path is checked by lowering for CUDA.
 """
@@ -49,7 +49,7 @@ SMEM_BYTES = 227 * 1024  # the H100's shared memory a block may use
 def plan(m: int, n: int, k: int, itemsize: int = 2, sms: int = 132) -> tuple[int, int, int] | None:
     """(BM rows per compute warpgroup, BN, stages) for an (m, k) x (k, n) product, or None where this kernel loses.
 
-    Measured on the H100 at M = 8192 (bench/results/h100/session4/matmul_tiles.txt): 64 rows a warpgroup with
+    Measured on the H100 at M = 8192 (bench/results/h100/2026-11-25-prefill-matmul-tiles.txt): 64 rows a warpgroup with
     192- or 256-wide N tiles beat the Triton matmul by 4-12%; 128-wide tiles tie it and 64-wide ones lose by up to
     50%, so N must divide by 192 or 256 (gpt2-xl's N = 1600 does not: its c_proj stays on Triton). Between the two,
     the one whose blocks fill the last wave over ``sms`` SMs best, the wider on a tie (that rule picks every

@@ -150,9 +150,9 @@ class MosaicAttentionConfig:
 
     @staticmethod
     def heuristic(seq: int, heads: int, head_dim: int, batch: int, dtype) -> "MosaicAttentionConfig":
-        # Session 8's ping-pong kernel (bench/results/h100/session8/call1_attn_named.json): 128-key blocks and 2
+        # The ping-pong kernel (bench/results/h100/2026-11-26-attention-mosaic-variants.json): 128-key blocks and 2
         # stages win at T = 128 and 1024 (by 0-12%); at T = 4096, 256-key blocks and 3 stages (241.8 vs 252.3 µs).
-        # Session 4: one batch row at a time beat whole-GPU longest-first order at T >= 1024.
+        # 2026-11-25: one batch row at a time beat whole-GPU longest-first order at T >= 1024.
         if seq >= 4096:
             return MosaicAttentionConfig(256, 3, "batch_outer")
         return MosaicAttentionConfig(128, 2, "batch_outer")

@@ -1,7 +1,7 @@
 """Every kernel lowers for CUDA through Triton, checked on a CPU.
 
 Interpret mode proves the algorithm; it does not run the Pallas→Triton lowering, which is where a kernel that passes
-on the CPU can still fail on the GPU (session 2's fused decode step did: a select typed ``i1`` against ``f32``).
+on the CPU can still fail on the GPU (the fused decode step's first GPU run did: a select typed ``i1`` against ``f32``).
 ``lower(lowering_platforms=("cuda",))`` runs that lowering here, at GPT-2 shapes and in bf16, and checks that a
 Triton call comes out. Triton's own compile to PTX still happens only on the GPU.
 """

@@ -45,7 +45,7 @@ def test_float16_and_leading_dims():
     (8192, 1600, 4800, 192), (8192, 6400, 1600, None), (100, 768, 768, None), (128, 100, 256, None),
     (128, 64, 100, None)])
 def test_plan_takes_the_measured_winners_or_says_no(m, k, n, want_bn):
-    """The H100's winners (bench/results/h100/session4/matmul_tiles.txt); None where the Triton matmul is faster
+    """The H100's winners (bench/results/h100/2026-11-25-prefill-matmul-tiles.txt); None where the Triton matmul is faster
     or the shape does not tile."""
     got = mgpu.plan(m, n, k)
     if want_bn is None:
