@@ -47,7 +47,7 @@ def test_every_position_matches_reference(rng):
     engine = Engine(cfg, sd)
     model = nnx.merge(engine.graphdef, engine.state)
     ids = rng.integers(0, cfg.vocab_size, size=(2, 40))
-    h = model.hidden_states(jnp.asarray(ids), XlaOps)
+    h = model.hidden_states(jnp.asarray(ids), XlaOps())
     got = np.asarray(XlaOps.lm_head(h.reshape(-1, cfg.n_embd), model.wte.weight[...])).reshape(2, 40, -1)
     want = reference_model(cfg, sd)(torch.tensor(ids)).numpy()
     assert np.max(np.abs(got - want)) <= 1e-4
