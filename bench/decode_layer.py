@@ -2,7 +2,7 @@
 goes and which plan knobs pay (GPU only; CUPTI device time, median of 20 after warm-up).
 
     python -m bench.decode_layer [--model gpt2-xl] [--batch 1] [--cache 512] [--layers 8] [--format bf16|int8]
-        [--base '{"probe": "w"}'] [--quick] [--no-five-call] [--variants JSON] [--out FILE.json]
+        [--base '{"prefetch_rows": 0}'] [--quick] [--no-five-call] [--variants JSON] [--out FILE.json]
 
 Every row times a chain of ``--layers`` blocks with distinct weights (as the model runs them: 8 gpt2-xl blocks read
 491 MB, ten times the H100's L2, so each block streams its weights from HBM) and reports the time per block; one
@@ -110,13 +110,10 @@ def main(argv=None) -> int:
         for name, count, ms in group_kernels(kernel_breakdown(f, *a)):
             print(f"  five-call form: {name:<36} {ms * 1e3 / (L * REPS):8.1f} us a block "
                   f"({count // (L * REPS)} a block)")
-    variants = json.loads(args.variants) if args.variants else [{"norm_scratch": False}, {"att_block": 128}]
+    variants = json.loads(args.variants) if args.variants else [{"prefetch_rows": 0}, {"att_block": 128}]
     for kw in variants:  # (JSON lists as the plan's tuples)
         record(f"all, {kw}", dataclasses.replace(base, **{f: tuple(v) if isinstance(v, list) else v
                                                            for f, v in kw.items()}))
-    if any("poll_volatile" in kw for kw in variants):  # the launch and barriers with the other poll than the plan's
-        other = dataclasses.replace(base, poll_volatile=not base.poll_volatile)
-        record(f"no phase, {'volatile' if other.poll_volatile else 'atomic'} poll", other, phases=())
     if args.quick:
         return 0
     # Each matmul phase alone (barriers kept) over (block_n, block_k, split) choices that give 0.75-2.2 items a

@@ -96,33 +96,16 @@ class DecodeLayerPlan:
     att_block: int = 64
     num_warps: int = 8  # H100, gpt2-xl B=1, first plan: 8 warps 80.7 µs a block, 4 warps 99.0
     num_stages: int = 4  # second plan: 4 stages 55.3 µs, 3 stages 60.7 (later runs: within noise)
-    # Each program writes its LayerNorm'd rows once to its own scratch row and the K steps load them; else each K
-    # step recomputes its tile from the partials (H100, B=1: gpt2-xl 52.6 -> 48.9 µs a block, gpt2 35.0 -> 27.7).
-    norm_scratch: bool = True
-    # Rows that fit one tile (C <= 2048 at B=1): the statistics pass's tile is normalised as is, not loaded again.
-    reuse_rows: bool = True
-    # Barrier wait: poll the counter with volatile loads (then one acquiring atomic) rather than atomic reads, which
-    # queue with the arrivals on one address. H100, B=1, HBM-bound chain (2026-11-26): gpt2-xl block 42.5 µs either
-    # way; 132 programs doing nothing but barriers: 1.3 µs a barrier either way, 1.24 µs a launch. (A fence after
-    # the poll instead of the acquiring atomic, or a flag per program polled with one vector load: 1.6 µs.)
-    poll_volatile: bool = True
-    # Attention splits cut each row's live cache [0, pos) evenly (else the whole cache S, in fixed slices).
-    # The last of a head's splits to finish (an atomic count) merges them into the rounded attention output; else
-    # every K step of the output projection merges its head's splits again. H100, gpt2-xl B=1 (chain): both 39.6 µs
-    # a block, live_splits off 41.4, merge_heads off 44.2, both off 45.5.
-    live_splits: bool = True
-    merge_heads: bool = True
-    # K rows of each program's first item of a matmul phase (those in ``prefetch_phases``: 0 c_attn, 2 attn.c_proj,
-    # 3 c_fc, 4 mlp.c_proj) to pull into L2 while DRAM would idle: issued (one element a 32-byte sector) between a
-    # barrier's arrival and its wait, or before c_attn's LayerNorm prologue; 0 = off. A power of two. H100, B=1,
-    # chain (2026-11-26): 64 rows, gpt2-xl 42.1 -> 41.5 µs a block, gpt2 27.4 -> 26.1; 128 rows 43.7 / 28.0, 512
-    # rows 59.1 / 30.9 (each program then waits for its prefetch before its first tile). Phase 1 (attention): the
-    # first ``att_block`` key and value slots of the program's first split, during the barrier before it.
+    # K rows of each program's first item of a matmul phase to pull into L2 while DRAM would idle: issued (one
+    # element a 32-byte sector) between a barrier's arrival and its wait, or before c_attn's LayerNorm prologue;
+    # 0 = off. A power of two. H100, B=1, chain (2026-11-26): 64 rows, gpt2-xl 42.1 -> 41.5 µs a block, gpt2 27.4 ->
+    # 26.1; 128 rows 43.7 / 28.0, 512 rows 59.1 / 30.9 (each program then waits for its prefetch before its first
+    # tile). Before attention: the first ``att_block`` key and value slots of the program's first split.
     prefetch_rows: int = 64
-    prefetch_phases: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Benchmark probes (bench.decode_layer only: the outputs are then wrong): "w" the matmul phases' weight tiles,
-    # "x" their activation tiles, "xw" both, replaced by constants, so a phase's time without those loads shows.
-    probe: str = ""
+    # (Choices measured against their alternatives and kept, H100 2026-11-26, docs/experiments/decode-block-kernel.md:
+    # LayerNorm'd rows written once to a per-program scratch row, 52.6 -> 48.9 µs a gpt2-xl block; barriers polled
+    # with volatile loads, then one acquiring atomic, within noise of atomic polls; attention split over the live
+    # cache [0, pos), a head's last split merging the others, 45.5 -> 39.6 µs.)
 
     def __post_init__(self):
         if self.programs < 1:
@@ -137,8 +120,6 @@ class DecodeLayerPlan:
             raise ValueError(f"proj split {self.proj[1]} and att_splits {self.att_splits} must be >= 1")
         if self.prefetch_rows < 0 or self.prefetch_rows & (self.prefetch_rows - 1):
             raise ValueError(f"prefetch_rows={self.prefetch_rows} must be 0 or a power of two")
-        if not set(self.prefetch_phases) <= {0, 1, 2, 3, 4}:
-            raise ValueError(f"prefetch_phases={self.prefetch_phases} must name phases 0-4")
 
     @staticmethod
     def heuristic(batch: int, n_embd: int, n_head: int, cache: int, programs: int,
@@ -216,8 +197,8 @@ class _Refs(NamedTuple):
     att_l: object  # (B, H, SP, D) f32 log2-sum-exp, broadcast over D
     proj_p: object  # (P3, B, C) f32
     fc_p: object  # (P4, B, 4C) f32
-    xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows (plan.norm_scratch)
-    att_y: object  # (B, C) scratch: the attention output, heads merged from their splits, rounded (plan.merge_heads)
+    xn: object  # (G, B, C) scratch: each program's LayerNorm'd rows
+    att_y: object  # (B, C) scratch: the attention output, heads merged from their splits, rounded
     sink: object  # (max(prefetch_rows, att_block), max(16, D)) f32: where prefetched values would go if one
     # exceeded 3e38 (never)
 
@@ -238,7 +219,6 @@ class _Dims:
     fused: bool
     interpret: bool
     int8: bool  # the four projections' weights are int8 with per-output-channel scales
-    probe: str = ""  # DecodeLayerPlan.probe
 
 
 def _ld(ref, mask, *, other=0.0):  # plain loads: no L1 line can be stale (module docstring)
@@ -299,38 +279,23 @@ def _row_stats(chunk, d: _Dims, store_ref):
     return mean, jax.lax.rsqrt(jnp.maximum(ss / d.C - mean * mean, 0.0) + d.eps), x0, m0  # (br,) x2
 
 
-def _to_tile_rows(v):
-    """A (br,) per-row vector as the (BM,) one the dot tiles use (row i is row i; padding rows get 0)."""
-    if v.shape[0] == BM:
-        return v
-    pick = jnp.arange(BM)[:, None] == jnp.arange(v.shape[0])[None, :]  # (BM, br)
-    return jnp.sum(jnp.where(pick, v[None, :], 0.0), axis=1)
-
-
-def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref, plan: DecodeLayerPlan):
-    """The LayerNorm'd activation tile function ``x_tile(k0, bk)`` of a phase whose rows ``chunk`` gives."""
-    if plan.norm_scratch:  # this program's rows, normalised once, then plain loads per K step
-        br, cb = _row_tile(d)
-        starts = list(map(jnp.int32, range(0, d.C, cb)))
-        wb = [_ln_params(w_ref, b_ref, c0, cb, d) for c0 in starts]  # issued now: in flight during the statistics
-        mean, rstd, x0, m0 = _row_stats(chunk, d, store_ref)  # (br,) each; the first (br, cb) chunk
-        pid = pl.program_id(0)
-        for c0, (w, b) in zip(starts, wb):
-            x, m = (x0, m0) if plan.reuse_rows and d.C <= cb else chunk(c0, cb, br)
-            pltriton.store(xn_ref.at[pid, pl.ds(0, br), pl.ds(c0, cb)], _normed(x, m, mean, rstd, w, b, d), mask=m)
-        if not d.interpret:  # (the interpreter runs a program as one thread)
-            pltriton.debug_barrier()  # the program's own stores, visible to all its threads
-
-        def x_tile(k0, bk):
-            m, _ = _tile_mask(k0, bk, d.B, d.C)
-            return _ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], m).astype(d.dtype)
-        return x_tile
-    mean, rstd, _, _ = _row_stats(chunk, d, store_ref)
-    mean, rstd = _to_tile_rows(mean), _to_tile_rows(rstd)
+def _ln_tiles(chunk, d: _Dims, store_ref, w_ref, b_ref, xn_ref):
+    """The LayerNorm'd activation tile function ``x_tile(k0, bk)`` of a phase whose rows ``chunk`` gives: this
+    program's rows, normalised once into its own scratch row, then plain loads per K step."""
+    br, cb = _row_tile(d)
+    starts = list(map(jnp.int32, range(0, d.C, cb)))
+    wb = [_ln_params(w_ref, b_ref, c0, cb, d) for c0 in starts]  # issued now: in flight during the statistics
+    mean, rstd, x0, m0 = _row_stats(chunk, d, store_ref)  # (br,) each; the first (br, cb) chunk
+    pid = pl.program_id(0)
+    for c0, (w, b) in zip(starts, wb):
+        x, m = (x0, m0) if d.C <= cb else chunk(c0, cb, br)  # rows that fit one tile: not loaded again
+        pltriton.store(xn_ref.at[pid, pl.ds(0, br), pl.ds(c0, cb)], _normed(x, m, mean, rstd, w, b, d), mask=m)
+    if not d.interpret:  # (the interpreter runs a program as one thread)
+        pltriton.debug_barrier()  # the program's own stores, visible to all its threads
 
     def x_tile(k0, bk):
-        x, m = chunk(k0, bk)
-        return _normed(x, m, mean, rstd, *_ln_params(w_ref, b_ref, k0, bk, d), d)
+        m, _ = _tile_mask(k0, bk, d.B, d.C)
+        return _ld(xn_ref.at[pid, pl.ds(0, BM), pl.ds(k0, bk)], m).astype(d.dtype)
     return x_tile
 
 
@@ -425,10 +390,7 @@ def _matmul_items(n: int, k: int, plan: tuple[int, int, int], x_tile, w_ref, out
 
         def step(kk, acc):
             k0 = lo + kk * bk
-            x = jnp.full((BM, bk), 0.01, d.dtype) if "x" in d.probe else x_tile(k0, bk)
-            wt = (jnp.full((bk, bn), 1, w_ref.dtype) if "w" in d.probe
-                  else _w_tile(w_ref, k0, bk, j * bn, bn, k, n, d))
-            return acc + dot(x, wt)
+            return acc + dot(x_tile(k0, bk), _w_tile(w_ref, k0, bk, j * bn, bn, k, n, d))
 
         acc = jax.lax.fori_loop(0, steps, step, jnp.zeros((BM, bn), jnp.float32))
         if d.int8:
@@ -443,7 +405,7 @@ def _phase_qkv(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def chunk(c0, width, rows=BM):  # x = r + MLP-out of the previous block (float32, not yet rounded)
         return _residual_chunk(R.r, R.mp, R.mpb, c0, width, d, rows)
 
-    x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn, plan)
+    x_tile = _ln_tiles(chunk, d, R.x, R.ln1w, R.ln1b, R.xn)
     _sink(early, R.sink, R.layer[0])
     _matmul_items(3 * d.C, d.C, plan.qkv, x_tile, R.wqkv, R.qkv_p, d, R.sqkv)
 
@@ -456,10 +418,7 @@ def _att_item(it, R: _Refs, plan: DecodeLayerPlan, d: _Dims):
     h = jax.lax.rem(jax.lax.div(it, jnp.int32(splits)), jnp.int32(d.H))
     sp = jax.lax.rem(it, jnp.int32(splits))
     pos = jnp.clip(R.pos[b], 0, R.kc.shape[1] - 1)  # (clamped here, not by an XLA kernel before the call)
-    if plan.live_splits:  # whole blocks, as even as they allow
-        chunk = pl.cdiv(pl.cdiv(pos, jnp.int32(splits)), jnp.int32(bk)) * bk
-    else:
-        chunk = -(-(-(-R.kc.shape[1] // splits)) // bk) * bk
+    chunk = pl.cdiv(pl.cdiv(pos, jnp.int32(splits)), jnp.int32(bk)) * bk  # whole blocks, as even as they allow
     return b, h, sp, pos, sp * chunk, jnp.minimum(sp * chunk + chunk, pos)
 
 
@@ -482,7 +441,7 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     splits, bk = plan.att_splits, plan.att_block
     scale = 1.0 / math.sqrt(d.D)
     _sink(early, R.sink, R.layer[0])
-    direct = plan.merge_heads and splits == 1  # one split a head: its output is the head's, no merge
+    direct = splits == 1  # one split a head: its output is the head's, no merge
 
     def item(it):
         b, h, sp, pos, lo, hi = _att_item(it, R, plan, d)
@@ -507,7 +466,7 @@ def _phase_attention(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
                                hi=hi, bk=bk)
         if direct:
             pltriton.store(R.att_y.at[b, pl.ds(h * d.D, d.D)], out.astype(d.dtype))
-        elif plan.merge_heads:
+        else:
             done = _count(R.cnt, _slots(R, d) + BARRIERS + b * d.H + h, d)
             pl.when(done == splits - 1)(lambda: _merge_head(R, b, h, splits, d))
 
@@ -549,24 +508,8 @@ def _merge_head(R: _Refs, b, h, splits: int, d: _Dims):
 
 
 def _phase_proj(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
-    splits = plan.att_splits
-    rows, dc = jnp.arange(BM), jnp.arange(d.D)
-    m = (rows[:, None] < d.B) & (dc[None, :] < d.D)
-
-    def x_tile(k0, bk):  # heads merged by phase 2, or head k0 // D's cache splits merged here (online), rounded
-        if plan.merge_heads:
-            return _ld(R.att_y.at[pl.ds(0, BM), pl.ds(k0, bk)], _tile_mask(k0, bk, d.B, d.C)[0]).astype(d.dtype)
-        hh = jax.lax.div(k0, jnp.int32(d.D))
-        acc = jnp.zeros((BM, d.D), jnp.float32)
-        den = jnp.zeros((BM, d.D), jnp.float32)
-        mx = jnp.full((BM, d.D), _NEG, jnp.float32)
-        for sp in range(splits):
-            o = _ld(R.att_o.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m)
-            lse = _ld(R.att_l.at[pl.ds(0, BM), hh, jnp.int32(sp), :], m, other=_NEG)
-            m_new = jnp.maximum(mx, lse)
-            a, w = jnp.exp2(mx - m_new), jnp.exp2(lse - m_new)
-            acc, den, mx = acc * a + o * w, den * a + w, m_new
-        return jnp.where(m, acc / den, 0.0).astype(d.dtype)
+    def x_tile(k0, bk):  # the attention output, heads merged by phase 2, rounded
+        return _ld(R.att_y.at[pl.ds(0, BM), pl.ds(k0, bk)], _tile_mask(k0, bk, d.B, d.C)[0]).astype(d.dtype)
 
     bn, split = plan.proj
     _sink(early, R.sink, R.layer[0])
@@ -577,7 +520,7 @@ def _phase_fc(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
     def chunk(c0, width, rows=BM):  # h1 = x + attention out (float32, not yet rounded)
         return _residual_chunk(R.x, R.proj_p, R.bo, c0, width, d, rows)
 
-    x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn, plan)
+    x_tile = _ln_tiles(chunk, d, R.h1, R.ln2w, R.ln2b, R.xn)
     _sink(early, R.sink, R.layer[0])
     _matmul_items(4 * d.C, d.C, plan.fc, x_tile, R.wfc, R.fc_p, d, R.sfc)
 
@@ -596,19 +539,18 @@ def _phase_out(R: _Refs, plan: DecodeLayerPlan, d: _Dims, early=None):
 PHASES = (_phase_qkv, _phase_attention, _phase_proj, _phase_fc, _phase_out)
 
 
-def _barrier(cnt_ref, slot, volatile: bool, during=None):
-    """Every program arrives (acquire-release atomic, GPU scope) and waits until all have: polling with atomic
-    reads, or (``volatile``) with volatile loads and then one acquiring atomic. ``during()``, if given, runs between
-    arrival and wait (loads issued there are in flight while the program waits); its result is returned."""
+def _barrier(cnt_ref, slot, during=None):
+    """Every program arrives (acquire-release atomic, GPU scope) and waits until all have: it polls with volatile
+    loads, then reads once with an acquiring atomic. ``during()``, if given, runs between arrival and wait (loads
+    issued there are in flight while the program waits); its result is returned."""
     pltriton.debug_barrier()  # this program's stores are done before its arrival is seen
     g = pl.num_programs(0)
     arrived = pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(1)) + 1
     early = during() if during is not None else None
     poll = lambda v: pltriton.atomic_add(cnt_ref, (slot,), jnp.int32(0))  # noqa: E731 - an acquiring read
-    if volatile:
-        jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True), arrived)
-        arrived = poll(arrived)  # acquire what the others wrote before arriving (its value is used below: an
-        # atomic whose result is unused may become a `red`, which cannot acquire)
+    jax.lax.while_loop(lambda v: v < g, lambda v: pltriton.load(cnt_ref.at[slot], volatile=True), arrived)
+    arrived = poll(arrived)  # acquire what the others wrote before arriving (its value is used below: an atomic
+    # whose result is unused may become a `red`, which cannot acquire)
     jax.lax.while_loop(lambda v: v < g, poll, arrived)
     pltriton.debug_barrier()
     return early
@@ -630,10 +572,10 @@ def _layer_kernel(*refs, phases: tuple[int, ...], plan: DecodeLayerPlan, dims: _
 
     for p in range(len(PHASES)):
         during = None
-        if plan.prefetch_rows and p in phases and p in plan.prefetch_phases:
+        if plan.prefetch_rows and p in phases:
             during = functools.partial(fetch, p)
         if dims.fused and p:
-            early = _barrier(R.cnt, _slots(R, dims) + p - 1, plan.poll_volatile, during=during)
+            early = _barrier(R.cnt, _slots(R, dims) + p - 1, during=during)
         else:
             early = during() if during else None
         if p in phases:
@@ -696,7 +638,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK | None, w: LayerWeights, k_cache: 
                                              jnp.dtype(r.dtype if int8 else w.c_attn_w.dtype).itemsize)
     dtype = r.dtype
     dims = _Dims(B, C, H, D, float(eps), jnp.dtype(dtype),
-                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8, plan.probe)
+                 jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None, fused, interpret, int8)
     f32 = jnp.float32
     out_shape = [
         jax.ShapeDtypeStruct((B, C), dtype),  # h1
@@ -710,7 +652,7 @@ def decode_layer(r: jax.Array, mlp_in: SplitK | None, w: LayerWeights, k_cache: 
         jax.ShapeDtypeStruct((B, H, plan.att_splits, D), f32),
         jax.ShapeDtypeStruct((plan.proj[1], B, C), f32),
         jax.ShapeDtypeStruct((plan.fc[2], B, 4 * C), f32),
-        jax.ShapeDtypeStruct((plan.programs if plan.norm_scratch else 1, B, C), dtype),  # xn
+        jax.ShapeDtypeStruct((plan.programs, B, C), dtype),  # xn
         jax.ShapeDtypeStruct((B, C), dtype),  # att_y
         jax.ShapeDtypeStruct((max(plan.prefetch_rows, plan.att_block), max(16, D)), f32),  # sink
     ]
