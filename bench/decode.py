@@ -2,10 +2,12 @@
 
     python -m bench.decode --model gpt2,gpt2-xl --backend xla,pallas --batch 1,8 [--tokens 256] [--hf] [--out F]
 
-Method: random weights, a 16-token random prompt, greedy, EOS ignored; the decode loop (one compiled
-``lax.while_loop`` over ``tokens - 1`` steps, the KV cache donated) is timed by wall clock around
-``block_until_ready`` after a warm-up run, median of ``--reps``; ms/token = loop time / steps (the prefill is
-timed apart). That is the number a user waits for, launch gaps included. Beside it, CUPTI device time of one
+Method: random weights, a 16-token random prompt, greedy, EOS ignored; the decode of ``tokens - 1`` steps, driven
+from the host as ``generate`` drives it (calls of compiled ``lax.while_loop`` steps, the next call queued before the
+host reads the last, the KV cache donated), is timed by wall clock after a warm-up run, median of ``--reps``;
+ms/token = decode time / steps (the prefill is timed apart). That is the number a user waits for, launch gaps
+included. ``ms_per_token_one_call`` times the same steps as one call (no host in the loop) and
+``host_calls_cost`` is the ratio less one: what returning to the host costs a token. Beside it, CUPTI device time of one
 jitted decode step with its per-kernel breakdown shows how much of the step is kernel time, and the kernels of one
 whole run of the loop (``loop_kernel_ms_per_token``, by kind) show how long the GPU sat idle (wall minus that).
 ``--kernels`` forces the Pallas backend's kernel choice (``jaxgpt.kernels``). Achieved bandwidth counts
@@ -35,7 +37,7 @@ from jaxgpt import GPTConfig
 from jaxgpt.buckets import bucket_length
 from jaxgpt.checkpoint import Scheme
 from jaxgpt.engine import Engine
-from jaxgpt.generate import _compiled
+from jaxgpt.generate import _compiled, _Decoder
 from jaxgpt.model import KVCache
 
 PROMPT = 16
@@ -72,7 +74,7 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     P = bucket_length(PROMPT, cfg.n_ctx)
     S = bucket_length(PROMPT + tokens, cfg.n_ctx)
     t0 = time.perf_counter()
-    pre, dec, _ = _compiled(engine, batch, P, S, False, True)
+    pre, dec = _compiled(engine, batch, P, S, True)
     compile_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     put = lambda a: jax.device_put(a, engine.device)  # noqa: E731
@@ -82,33 +84,54 @@ def jax_case(model: str, backend: str, dtype: str, batch: int, tokens: int, reps
     ids, done, key = put(ids), put(np.zeros((batch,), bool)), put(jax.random.key(0))
     rows = put(np.arange(batch, dtype=np.int32))
     params = [put(np.float32(0.0)), put(np.int32(0)), put(np.float32(1.0))]
-    n, eos = put(np.int32(tokens)), put(np.int32(-1))
-    pre_ms, dec_ms, steps, finite = [], [], 0, True
+    eos, one, none = put(np.int32(-1)), put(np.ones((1,), np.int32)), put(np.zeros((batch,), bool))
+
+    def prefill():
+        tok, out, d, cache = pre(engine.state, ids, lengths, rows, done, key, eos, *params)
+        jax.block_until_ready(out)
+        return cache, one, tok, out, d
+
+    def one_call(carry):  # every step in one call: the loop without the host
+        cache, i, tok, out, d = carry
+        return dec(engine.state, cache, i, tok, out, d, none, lengths, rows, put(np.int32(tokens)), key, eos,
+                   *params)
+
+    def host_driven(carry):  # as generate runs it: calls of up to CALL_STEPS steps, the next one always queued
+        decoder = _Decoder(engine, dec, carry, (lengths, rows, key, eos, *params), tokens, np.asarray(carry[3]))
+        decoder.run(lambda i0, i1, out: None)
+        return decoder
+
+    pre_ms, dec_ms, one_ms = [], [], []
     for r in range(reps + 1):
         t0 = time.perf_counter()
-        tok, cache = pre(engine.state, ids, lengths, rows, key, *params)
-        jax.block_until_ready(tok)
+        carry = prefill()
         t1 = time.perf_counter()
-        out, steps, cache = dec(engine.state, cache, tok, lengths, done, rows, n, key, eos, *params)
-        jax.block_until_ready(out)
+        decoder = host_driven(carry)
         t2 = time.perf_counter()
+        _, steps, _, out, _ = jax.block_until_ready(one_call(prefill()))
+        t3 = time.perf_counter()
+        one_call_s = t3 - t2 - (t1 - t0)  # (minus a prefill)
         if r:  # the first run warms up
             pre_ms.append((t1 - t0) * 1e3)
             dec_ms.append((t2 - t1) * 1e3)
+            one_ms.append(one_call_s * 1e3)
     loop_groups = None
     if jax.default_backend() == "gpu":  # the loop's own kernels (CUPTI, one run): wall clock minus this = idle GPU
-        tok, cache = pre(engine.state, ids, lengths, rows, key, *params)
-        jax.block_until_ready(tok)
-        (out, _, cache), per_kernel = kernels_of(
-            lambda: dec(engine.state, cache, tok, lengths, done, rows, n, key, eos, *params))
+        carry = prefill()
+        (_, _, _, out, _), per_kernel = kernels_of(lambda: one_call(carry))
         loop_groups = group_kernels(per_kernel)
+    assert decoder.steps == tokens and np.array_equal(decoder.out, np.asarray(out)), "host-driven != one call"
     out = np.asarray(out)
     finite = bool((out[:, :tokens] >= 0).all())
     steps = int(np.max(np.asarray(steps))) - 1
     ms_tok = statistics.median(dec_ms) / steps
-    row = {"impl": _impl(backend, quantize), "kernel_choice": str(engine.ops.kernels), "model": model, "dtype": dtype, "batch": batch, "tokens": tokens,
+    one_tok = statistics.median(one_ms) / steps
+    row = {"impl": _impl(backend, quantize), "kernel_choice": str(engine.ops.kernels), "model": model, "dtype": dtype,
+           "batch": batch, "tokens": tokens,
            "prefill_ms": statistics.median(pre_ms), "ms_per_token": ms_tok, "ms_per_token_min": min(dec_ms) / steps,
-           "tokens_per_s": batch / ms_tok * 1e3, "compile_s": compile_s, "all_tokens_valid": finite,
+           "tokens_per_s": batch / ms_tok * 1e3,
+           "ms_per_token_one_call": one_tok, "host_calls_cost": ms_tok / one_tok - 1,
+           "compile_s": compile_s, "all_tokens_valid": finite,
            "bytes_per_step": step_bytes(cfg, batch, PROMPT + tokens / 2, jnp.dtype(engine.dtype).itemsize, weights)}
     if loop_groups is not None:
         row["loop_kernel_ms_per_token"] = sum(g[2] for g in loop_groups) / steps
@@ -257,17 +280,19 @@ def main(argv=None):
     dev = jax.devices()[0].device_kind
     print(f"\ndecode, {args.dtype}, greedy, {args.tokens} tokens after a {PROMPT}-token prompt, on {dev}"
           + (f"; copy bandwidth {bw:.0f} GB/s" if bw else ""))
-    print(f"{'model':<8} {'B':>2} {'impl':<18} {'ms/token':>9} {'tok/s':>8} {'%copyBW':>7} {'limit ms':>8} "
+    print(f"{'model':<8} {'B':>2} {'impl':<18} {'ms/token':>9} {'1 call':>7} {'tok/s':>8} {'%copyBW':>7} {'limit ms':>8} "
           f"{'step kern ms':>12} {'#kern':>5} {'prefill ms':>10} {'compile s':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['model']:<8} {r['batch']:>2} {r['impl']:<18} ERROR {r['error'][:100]}")
             continue
-        print(f"{r['model']:<8} {r['batch']:>2} {r['impl']:<18} {r['ms_per_token']:9.3f} {r['tokens_per_s']:8.0f} "
+        print(f"{r['model']:<8} {r['batch']:>2} {r['impl']:<18} {r['ms_per_token']:9.3f} "
+              f"{r.get('ms_per_token_one_call', float('nan')):7.3f} {r['tokens_per_s']:8.0f} "
               f"{r.get('pct_copy_bw', float('nan')):7.1f} {r.get('weight_limit_ms', float('nan')):8.3f} "
               f"{r.get('step_kernel_ms', float('nan')):12.3f} {r.get('kernel_count', '-'):>5} {r['prefill_ms']:10.2f} "
               f"{r['compile_s']:9.1f}")
-    print("jaxgpt: wall clock of the compiled decode loop / steps (median of reps); step kern = CUPTI device time "
+    print("jaxgpt: wall clock of the decode as generate drives it / steps (median of reps); 1 call: the same steps as "
+          "one compiled call, no host in the loop; step kern = CUPTI device time "
           "of one jitted decode step (#kern: its kernels, counted with --breakdown N); HF: wall clock with cuda "
           "synchronize, (generate(N) - generate(1)) / (N-1), the fastest of the reps.")
     for r in rows:

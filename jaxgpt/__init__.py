@@ -21,7 +21,7 @@ _EXPORTS = {
     "jaxgpt.config": ["GPTConfig", "PRESETS"],
     "jaxgpt.engine": ["Engine", "load_model", "load_weights"],
     "jaxgpt.errors": ["JaxGPTError", "UsageError"],
-    "jaxgpt.generate": ["GenerateResult", "Generation", "generate"],
+    "jaxgpt.generate": ["GenerateResult", "Generation", "GenerationInterrupted", "generate"],
     "jaxgpt.kernels": ["Kernels"],
     "jaxgpt.model": ["GPT"],
     "jaxgpt.predict": ["Candidate", "Prediction", "predict"],

@@ -90,7 +90,6 @@ class Engine:
         self.state = jax.device_put(state, self.device)
         self.timings = Timings()
         self._compiled: dict[tuple, object] = {}
-        self.hooks: dict[tuple, object] = {}  # host callbacks held by compiled generation loops
         self.layout = None  # a jaxgpt.sharding.Layout once the engine is sharded over several devices
 
     @property

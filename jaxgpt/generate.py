@@ -1,25 +1,27 @@
-"""Generation: prefill the prompts into a KV cache, then decode every new token inside one compiled loop.
+"""Generation: prefill the prompts into a KV cache, then decode the new tokens in compiled chunks of steps.
 
 Two compiled functions per shape bucket, both ahead of time and cached on the ``Engine``:
 
 * ``prefill`` (batch bucket, prompt bucket, cache bucket): the prompts, right-padded, run through
   ``GPT.prefill``, which writes every position's keys and values into a fresh ``KVCache``; the first new token
   is chosen from the logits at each row's last real position.
-* ``decode`` (batch bucket, cache bucket): a ``lax.while_loop`` of ``GPT.decode`` steps and sampling that stops
-  after ``max_new_tokens`` or when every row is done; the cache comes in donated, so XLA updates it in place.
+* ``decode`` (batch bucket, cache bucket): a ``lax.while_loop`` of ``GPT.decode`` steps and sampling from step
+  ``i`` up to step ``stop_at`` (or until every row is done); the cache comes in donated, so XLA updates it in place.
   The loop runs ``DECODE_CHUNK`` steps an iteration (a ``fori_loop`` of static length), then single steps for the
   rest, so the ``while_loop``'s per-iteration cost on a GPU (its predicate checked between iterations) is paid once
   a chunk: H100, B=1, ms/token, same run: gpt2 0.411 -> 0.402, gpt2-xl 2.132 -> 2.114 (and gpt2-xl compiles in 8.0 s
   instead of 6.0). Rows done mid-chunk only record -1, as they would one step at a time.
 
+The host drives ``decode`` a call at a time (``_Decoder``), each call at most ``CALL_STEPS`` steps and about
+``CALL_SECONDS`` long, and queues the next call before it reads the last one's tokens, so the GPU never waits for
+the host. Between calls the host streams the new text, finds stop strings, marks rows it cancels (they stop at the
+next call), and a Ctrl-C lands: ``generate`` then raises ``GenerationInterrupted`` carrying every token produced so
+far. One call costs a dispatch, hidden behind the call before it.
+
 Rows are right-padded, not left-padded: row ``b`` keeps its own positions ``0..len-1`` and its token ``t`` goes to
 cache slot ``len + t``; the prefill is the plain causal forward (padding sits after every real position, so it is
 never seen) and decode attention masks the slots at or past each row's length. Each row's tokens are therefore those
 of the prompt run alone. Batches pad to a power of two with rows that start finished.
-
-Streaming and stop strings need the host each step: the loop then calls back (``io_callback``) with the new tokens
-and gets back which rows matched a stop string, so the loop still ends early. Without them the loop never leaves
-the device.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import io_callback
 
 from jaxgpt import tokenizer
 from jaxgpt.buckets import bucket_length, round_up
@@ -48,6 +49,8 @@ DECODE_CHUNK = 16  # steps a decode-loop iteration runs (module docstring)
 # on the GPU (``set_while_condition``, ~2 µs). H100, gpt2-xl B=1, 2026-11-26, one run each: 1 / 2 / 4 unrolled
 # 2.007 / 1.988 / 1.995 ms/token (loop kernel time 1.997 / 1.984 / 1.993).
 DECODE_UNROLL = 4
+CALL_STEPS = 64  # the most steps one decode call runs before the host sees its tokens (module docstring)
+CALL_SECONDS = 0.1  # ... and about the longest one call runs: a Ctrl-C or a cancel lands within ~2 of them
 
 
 @dataclasses.dataclass
@@ -58,7 +61,7 @@ class Generation:
     prompt_ids: list[int]
     ids: list[int]
     text: str
-    finish_reason: str  # "eos", "stop" (a stop string) or "length"
+    finish_reason: str  # "eos", "stop" (a stop string), "length" or "interrupted"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,82 +99,129 @@ class GenerateResult:
         return 1e3 * self.decode_s / self.decode_steps if self.decode_steps else 0.0
 
 
+class GenerationInterrupted(KeyboardInterrupt):
+    """A Ctrl-C (``KeyboardInterrupt``) during ``generate``, carrying what was generated before it: ``result`` holds
+    every row, those that had not finished with ``finish_reason == "interrupted"``. Code that does not know this
+    class sees the ``KeyboardInterrupt`` it expects."""
+
+    def __init__(self, result: GenerateResult):
+        super().__init__("generation interrupted")
+        self.result = result
+
+
 # --------------------------------------------------------------------------------------------- compiled functions
 
-def _prefill(graphdef, ops, cache_len: int, greedy: bool, state, ids, lengths, rows, key, temperature, top_k, top_p):
+def _prefill(graphdef, ops, cache_len: int, greedy: bool, state, ids, lengths, rows, done, key, eos, temperature,
+             top_k, top_p):
+    """Token 0 of each row: ``(tok, out, done, cache)``; out (B, S) int32 holds token 0 in column 0 and -1 after it
+    (and -1 for rows already done), ``done`` adds the rows whose token 0 is ``eos``."""
     model = nnx.merge(graphdef, state)
     B = ids.shape[0]
     cache = KVCache.zeros(model.config, B, cache_len, model.wte.weight.dtype)  # (B, S, H, D) per layer
     logits, cache = model.prefill(ids, lengths - 1, cache, ops)  # (B, V)
     tok = sample(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, rows, greedy=greedy)  # (B,)
-    return tok, cache
+    out = jnp.full((B, cache_len), -1, jnp.int32).at[:, 0].set(jnp.where(done, -1, tok))  # (B, S)
+    return tok, out, done | (tok == eos), cache
 
 
-def _decode(graphdef, ops, host: Callable | None, greedy: bool, state, cache: KVCache, tok, lengths, done, rows,
-            max_new, key, eos, temperature, top_k, top_p):
-    """Tokens 1..max_new-1 after the prefill's token 0: out (B, S) int32 with -1 after a row is done, the number
-    of loop iterations (shape (1,): per shard when the batch is split over devices), and the cache (donated in,
-    returned: XLA updates it in place)."""
+def _decode(graphdef, ops, greedy: bool, state, cache: KVCache, i, tok, out, done, cancel, lengths, rows, stop_at,
+            key, eos, temperature, top_k, top_p):
+    """Steps ``i..stop_at-1`` (token ``i`` of each row; token 0 came from the prefill), fewer if every row is done
+    first: ``(cache, i, tok, out, done)`` after them. ``i`` is shape (1,) (per shard when the batch is split over
+    devices); rows in ``cancel`` are done from the start; the cache comes in donated and goes out updated."""
     model = nnx.merge(graphdef, state)
-    B, S = tok.shape[0], cache.length
-    out = jnp.full((B, S), -1, jnp.int32).at[:, 0].set(jnp.where(done, -1, tok))  # (B, S)
-    done = done | (tok == eos)
-    if host is not None:
-        done = done | io_callback(host, jax.ShapeDtypeStruct((B,), jnp.bool_), 0, out[:, 0], ordered=True)
+    done = done | cancel
 
     def step(c):
         i, tok, cache, out, done = c
         logits, cache = model.decode(tok, lengths + i - 1, cache, ops)  # token i-1 sits at slot len + i - 1
         nxt = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, rows, greedy=greedy)  # (B,)
-        rec = jnp.where(done, -1, nxt)
-        out = jax.lax.dynamic_update_slice(out, rec[:, None], (0, i))
-        done = done | (nxt == eos)
-        if host is not None:
-            done = done | io_callback(host, jax.ShapeDtypeStruct((B,), jnp.bool_), i, rec, ordered=True)
-        return i + 1, nxt, cache, out, done
+        out = jax.lax.dynamic_update_slice(out, jnp.where(done, -1, nxt)[:, None], (0, i))  # (B, S)
+        return i + 1, nxt, cache, out, done | (nxt == eos)
 
-    def steps(k: int, c):  # while a whole chunk of k steps fits below max_new and some row is still going
-        return jax.lax.while_loop(lambda c: (c[0] + k <= max_new) & ~jnp.all(c[4]),
+    def steps(k: int, c):  # while a whole chunk of k steps fits below stop_at and some row is still going
+        return jax.lax.while_loop(lambda c: (c[0] + k <= stop_at) & ~jnp.all(c[4]),
                                   lambda c: jax.lax.fori_loop(0, k, lambda _, c: step(c), c,
                                                               unroll=min(DECODE_UNROLL, k)) if k > 1 else step(c), c)
 
-    c = (jnp.int32(1), tok, cache, out, done)
+    c = (i[0], tok, cache, out, done)
     if DECODE_CHUNK > 1:
         c = steps(DECODE_CHUNK, c)
-    i, _, cache, out, _ = steps(1, c)
-    return out, i[None], cache
+    i, tok, cache, out, done = steps(1, c)
+    return cache, i[None], tok, out, done
 
 
-class _HostHook:
-    """The one Python callable a compiled loop holds; each call to ``generate`` points it at its own handler."""
-
-    def __init__(self):
-        self.handler: Callable[[int, np.ndarray], np.ndarray] | None = None
-
-    def __call__(self, i, toks):
-        return self.handler(int(i), np.asarray(toks))
-
-
-def _compiled(engine: Engine, batch: int, prompt_len: int, cache_len: int, hooked: bool, greedy: bool):
+def _compiled(engine: Engine, batch: int, prompt_len: int, cache_len: int, greedy: bool):
     """The prefill and decode functions for a shape bucket, compiled once each; ``greedy`` (static: a greedy loop
     never sorts the vocabulary) is part of their key."""
     scalars = [jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32),
                jax.ShapeDtypeStruct((), jnp.float32)]
     key_spec = jax.eval_shape(lambda: jax.random.key(0))
-    row_i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    i32, row_i32 = jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((batch,), jnp.int32)
+    row_bool = jax.ShapeDtypeStruct((batch,), jnp.bool_)
+    out_spec = jax.ShapeDtypeStruct((batch, cache_len), jnp.int32)
     pre = engine.aot(("prefill", batch, prompt_len, cache_len, greedy), _prefill, engine.graphdef, engine.ops,
                      cache_len, greedy, args=(jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32), row_i32,
-                                              row_i32, key_spec, *scalars),
-                     kinds=("batch", "batch", "batch", "rep", "rep", "rep", "rep"), out_kinds=("batch", "cache"))
+                                              row_i32, row_bool, key_spec, i32, *scalars),
+                     kinds=("batch", "batch", "batch", "batch", "rep", "rep", "rep", "rep", "rep"),
+                     out_kinds=("batch", "batch", "batch", "cache"))
     cache_spec = jax.eval_shape(lambda: KVCache.zeros(engine.config, batch, cache_len, engine.dtype))
-    hook = engine.hooks.setdefault((batch, cache_len), _HostHook()) if hooked else None
-    dec = engine.aot(("decode", batch, cache_len, hooked, greedy), _decode, engine.graphdef, engine.ops, hook,
-                     greedy, args=(cache_spec, row_i32, row_i32, jax.ShapeDtypeStruct((batch,), jnp.bool_),
-                                   row_i32, jax.ShapeDtypeStruct((), jnp.int32), key_spec,
-                                   jax.ShapeDtypeStruct((), jnp.int32), *scalars), donate=(0,),
-                     kinds=("cache", "batch", "batch", "batch", "batch", "rep", "rep", "rep", "rep", "rep", "rep"),
-                     out_kinds=("batch", "steps", "cache"))
-    return pre, dec, hook
+    shards = engine.layout.data if engine.layout is not None and engine.layout.tensor == 1 else 1
+    dec = engine.aot(("decode", batch, cache_len, greedy), _decode, engine.graphdef, engine.ops, greedy,
+                     args=(cache_spec, jax.ShapeDtypeStruct((shards,), jnp.int32), row_i32, out_spec, row_bool,
+                           row_bool, row_i32, row_i32, i32, key_spec, i32, *scalars), donate=(0,),
+                     kinds=("cache", "steps", "batch", "batch", "batch", "batch", "batch", "batch", "rep", "rep",
+                            "rep", "rep", "rep", "rep"),
+                     out_kinds=("cache", "steps", "batch", "batch", "batch"))
+    return pre, dec
+
+
+class _Decoder:
+    """Drives a compiled ``decode`` from the host, a call at a time, with the next call always queued.
+
+    ``run(on_tokens)`` calls ``on_tokens(i0, i1, out)`` after each call with the host copy of ``out`` (B, S) whose
+    columns ``i0..i1-1`` are new; it returns the rows to cancel from then on (a bool (B,) array, or None). A call
+    runs at most ``CALL_STEPS`` steps, fewer once the measured step time says it would take over ``CALL_SECONDS``.
+    The last host copy of ``out`` (``self.out``) survives an exception in the middle, a Ctrl-C included."""
+
+    def __init__(self, engine: Engine, dec, carry, args, max_new: int, out: np.ndarray):
+        self.engine, self.dec, self.carry, self.args, self.max_new = engine, dec, carry, args, max_new
+        self.out, self.steps = out, 1  # tokens 0..steps-1 of every row are in ``out`` (or the row was done)
+        self.cancel = np.zeros((out.shape[0],), bool)
+        self._cancel_dev = engine.put(self.cancel)
+
+    def _launch(self, stop_at: int):
+        cache, i, tok, out, done = self.carry
+        self.carry = self.dec(self.engine.state, cache, i, tok, out, done, self._cancel_dev, *self.args[:2],
+                              self.engine.put(np.int32(stop_at), kind="rep"), *self.args[2:])
+        return stop_at, self.carry[1], self.carry[3], self.carry[4]  # what a fetch reads: i, out, done
+
+    def run(self, on_tokens: Callable[[int, int, np.ndarray], np.ndarray | None]) -> None:
+        if self.steps >= self.max_new:
+            return
+        k = min(DECODE_CHUNK, CALL_STEPS)  # the first call is short: the first text streams soon
+        pending = self._launch(min(self.max_new, 1 + k))
+        t_last, host_done = time.perf_counter(), None
+        while pending is not None:
+            stop_at, i, out, done = pending
+            queued = self._launch(min(self.max_new, stop_at + k)) if stop_at < self.max_new else None
+            i, out, done = (self.engine.fetch(a) for a in (i, out, done))
+            reached = int(np.max(i))
+            t = time.perf_counter()
+            per_step = (t - t_last) / max(reached - self.steps, 1)
+            t_last = t
+            self.out, start, self.steps = out, self.steps, reached
+            cancel = on_tokens(start, reached, out)
+            host_done = done | self.cancel
+            if cancel is not None and np.any(cancel & ~self.cancel):
+                self.cancel = self.cancel | cancel
+                self._cancel_dev = self.engine.put(self.cancel)
+                host_done = host_done | self.cancel
+            if np.all(host_done) or reached >= self.max_new:
+                break
+            fits = max(1, int(CALL_SECONDS / max(per_step, 1e-9)))  # steps in CALL_SECONDS
+            k = min(CALL_STEPS, 1 << (fits.bit_length() - 1))  # a power of two: few distinct stop points
+            pending = queued
 
 
 # ------------------------------------------------------------------------------------------------ host side
@@ -269,10 +319,7 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
     batch = round_up(batch, engine.batch_multiple)
     prompt_len = bucket_length(max(map(len, rows)), engine.config.n_ctx)
     cache_len = bucket_length(max(map(len, rows)) + max_new_tokens, engine.config.n_ctx)
-    # Host callbacks need the whole batch in one place: a sharded engine streams each row's text when it is done
-    # and cuts stop strings afterwards (the loop then runs to max_new_tokens or EOS).
-    hooked = (stream is not None or bool(stops)) and engine.layout is None
-    pre, dec, hook = _compiled(engine, batch, prompt_len, cache_len, hooked, sampling.greedy)
+    pre, dec = _compiled(engine, batch, prompt_len, cache_len, sampling.greedy)
 
     ids = np.zeros((batch, prompt_len), np.int32)
     lengths = np.ones((batch,), np.int32)
@@ -280,38 +327,64 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
         ids[r, :len(row)], lengths[r] = row, len(row)
     done = np.arange(batch) >= n  # padding rows start finished
     detoks = [_Detok(stops) for _ in range(n)]
-    if hook is not None:
-        def handler(i: int, toks: np.ndarray) -> np.ndarray:
-            hit = np.zeros((batch,), bool)
-            for r in range(n):
-                t = int(toks[r])
+    eos = np.int32(EOS_ID if stop_at_eos else -1)
+
+    def on_tokens(i0: int, i1: int, out: np.ndarray) -> np.ndarray | None:
+        """New columns i0..i1-1 of ``out``: stream them, and cancel the rows a stop string ended."""
+        if stream is None and not stops:
+            return None
+        hit = np.zeros((batch,), bool)
+        for r in range(n):
+            for t in out[r, i0:i1].tolist():
                 if t < 0 or (stop_at_eos and t == EOS_ID):
-                    continue
+                    break
                 piece = detoks[r].push(t)
                 if piece and stream is not None:
                     stream(r, piece)
-                hit[r] = detoks[r].stopped
-            return hit
-        hook.handler = handler
+                if detoks[r].stopped:
+                    hit[r] = True
+                    break
+        return hit
 
     rep = functools.partial(engine.put, kind="rep")
     key = rep(jax.random.key(seed))
     params = [rep(a) for a in sampling.arrays()]
     row_ids = engine.put(np.arange(batch, dtype=np.int32))
-    t0 = time.perf_counter()
-    lengths_d = engine.put(lengths)
-    tok, cache = pre(engine.state, engine.put(ids), lengths_d, row_ids, key, *params)
-    jax.block_until_ready(tok)
-    t1 = time.perf_counter()
-    out, steps, _ = dec(engine.state, cache, tok, lengths_d, engine.put(done), row_ids,
-                        rep(np.int32(max_new_tokens)), key, rep(np.int32(EOS_ID if stop_at_eos else -1)), *params)
-    out, steps = engine.fetch(out), int(np.max(engine.fetch(steps)))
+    t0 = t1 = time.perf_counter()
+    decoder = None
+    out = np.full((batch, 1), -1, np.int32)  # what a row has, until the prefill's token 0 comes back
+    try:
+        lengths_d = engine.put(lengths)
+        tok, out_d, done_d, cache = pre(engine.state, engine.put(ids), lengths_d, row_ids, engine.put(done), key,
+                                        rep(eos), *params)
+        out = engine.fetch(out_d)
+        t1 = time.perf_counter()
+        first = np.zeros((engine.layout.data if engine.layout is not None and engine.layout.tensor == 1 else 1,),
+                         np.int32) + 1
+        decoder = _Decoder(engine, dec, (cache, engine.put(first, kind="steps"), tok, out_d, done_d),
+                           (lengths_d, row_ids, key, rep(eos), *params), max_new_tokens, out)
+        on_tokens(0, 1, out)
+        decoder.run(on_tokens)
+        out = decoder.out
+    except KeyboardInterrupt:
+        out = decoder.out if decoder is not None else out
+        partial = _finish(texts, rows, out, max_new_tokens, stop_at_eos, stops, detoks, stream, interrupted=True)
+        t2 = time.perf_counter()
+        raise GenerationInterrupted(GenerateResult(partial, prefill_s=t1 - t0, decode_s=t2 - t1,
+                                                   decode_steps=decoder.steps - 1 if decoder else 0)) from None
     t2 = time.perf_counter()
     engine.timings.run_s += t2 - t0
+    result = _finish(texts, rows, out, max_new_tokens, stop_at_eos, stops, detoks, stream)
+    return GenerateResult(result, prefill_s=t1 - t0, decode_s=t2 - t1, decode_steps=decoder.steps - 1)
 
+
+def _finish(texts, rows, out: np.ndarray, max_new_tokens: int, stop_at_eos: bool, stops: list[str],
+            detoks: list[_Detok], stream, interrupted: bool = False) -> list[Generation]:
+    """Each row's ``Generation`` from the tokens in ``out`` (-1 after a row's last); ``interrupted``: rows that
+    had not finished say so."""
     result = []
-    for r in range(n):
-        gen, reason = [], "length"
+    for r in range(len(rows)):
+        gen, reason = [], "interrupted" if interrupted else "length"
         for t in out[r, :max_new_tokens].tolist():
             if t < 0:
                 break
@@ -319,18 +392,20 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
                 reason = "eos"
                 break
             gen.append(t)
+        if interrupted and len(gen) == max_new_tokens:
+            reason = "length"
         text = tokenizer.decode(gen)
         if stops:
             cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
                 gen = _ids_before(gen, text)
-        if stream is not None:  # whatever the loop could not hand out yet (all of it without callbacks)
-            rest = text[detoks[r].emitted:] if hooked else text
+        if stream is not None:  # whatever the calls could not hand out yet (a stop string's held-back prefix)
+            rest = text[detoks[r].emitted:]
             if rest:
                 stream(r, rest)
         result.append(Generation(texts[r], rows[r], gen, text, reason))
-    return GenerateResult(result, prefill_s=t1 - t0, decode_s=t2 - t1, decode_steps=steps - 1)
+    return result
 
 
 def _ids_before(ids: list[int], text: str) -> list[int]:

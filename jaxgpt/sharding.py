@@ -170,7 +170,6 @@ def shard(engine, *, data: int | bool | None = True, tensor: int = 1, devices: S
     engine.state = layout.place(engine.state, layout.state_shardings(engine.state))
     engine.device = layout.mesh.devices.flat[0]
     engine._compiled.clear()
-    engine.hooks.clear()
     return engine
 
 
