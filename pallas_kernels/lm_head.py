@@ -55,10 +55,12 @@ class LMHeadPlan:
         check_blocks(block_n=self.block_n, block_k=self.block_k)
 
     @staticmethod
-    def heuristic(programs: int, int8: bool = False) -> "LMHeadPlan":
-        """128×128 tiles; the int8 head's 256 deep (as many bytes a tile as bf16's). H100, B=1 (bench.lm_head,
-        2026-11-26, µs): gpt2-xl int8 37.1 vs 38.2 with 128-deep tiles, gpt2 14.8 vs 17.0."""
-        return LMHeadPlan(programs=programs, block_k=256 if int8 else 128)
+    def heuristic(programs: int, int8: bool = False, itemsize: int = 2) -> "LMHeadPlan":
+        """128×128 tiles; the int8 head's 256 deep (as many bytes a tile as bf16's) where the compute dtype is 16-bit.
+        H100, B=1 (bench.lm_head, 2026-11-26, µs): gpt2-xl int8 37.1 vs 38.2 with 128-deep tiles, gpt2 14.8 vs 17.0.
+        A float32 model's int8 head keeps 128-deep tiles: widened to float32, a 256-deep tile and its pipeline ask
+        for 272 KB of shared memory (H100, 2026-12-05: RESOURCE_EXHAUSTED, 227 KB available)."""
+        return LMHeadPlan(programs=programs, block_k=256 if int8 and itemsize <= 2 else 128)
 
 
 def _lm_head_kernel(r_ref, p_ref, pb_ref, lw_ref, lb_ref, w_ref,  # (B, C), (P, B, C) f32, (C,), (C,), (C,), (V, C)
@@ -164,7 +166,7 @@ def lm_head_decode(r: jax.Array, parts: SplitK, ln_w: jax.Array, ln_b: jax.Array
     interpret = default_interpret(interpret)
     if plan is None:
         from pallas_kernels.decode_layer import default_programs
-        plan = LMHeadPlan.heuristic(default_programs(), int8=quant)
+        plan = LMHeadPlan.heuristic(default_programs(), int8=quant, itemsize=jnp.dtype(r.dtype).itemsize)
     dtype = jnp.dtype(r.dtype)
     kernel = functools.partial(
         _lm_head_kernel, B=B, C=C, V=V, eps=float(eps), dtype=dtype,

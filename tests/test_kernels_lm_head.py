@@ -87,6 +87,7 @@ def test_int8_head_default_tiles():
     head = _int8_head(wte)
     plan = LMHeadPlan.heuristic(3, int8=True)
     assert plan.block_k == 256
+    assert LMHeadPlan.heuristic(3, int8=True, itemsize=4).block_k == 128  # a float32 model: 256 overflows smem
     check(lm_head_decode(r, parts, w, b, head, eps=1e-5, plan=plan),
           lm_head_decode_reference(r, parts, w, b, head, eps=1e-5), "bfloat16", 200, "int8 head default tiles")
 
