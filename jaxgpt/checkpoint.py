@@ -171,22 +171,50 @@ def normalize_state_dict(raw: dict[str, np.ndarray], cfg: GPTConfig, *, source: 
     return out
 
 
-def infer_config(raw: dict[str, np.ndarray], config_json: Path | None) -> GPTConfig:
-    """Config of a checkpoint: its ``config.json`` if present, else the preset its shapes match."""
+def infer_config(shapes: dict[str, tuple[int, ...]], config_json: Path | None) -> GPTConfig:
+    """Config of a checkpoint: its ``config.json`` if present, else the preset its tensors' ``shapes`` match."""
     if config_json is not None and config_json.is_file():
         return GPTConfig.from_json(config_json)
-    names = {k.removeprefix("_orig_mod.").removeprefix("module.").removeprefix("transformer."): v
-             for k, v in raw.items()}
+    names = {k.removeprefix("_orig_mod.").removeprefix("module.").removeprefix("transformer."): tuple(v)
+             for k, v in shapes.items()}
     if "wte.weight" not in names or "wpe.weight" not in names:
         raise WeightsError("not a GPT-2 checkpoint: no wte.weight / wpe.weight tensors")
-    vocab, c = names["wte.weight"].shape
-    n_ctx = names["wpe.weight"].shape[0]
+    vocab, c = names["wte.weight"]
+    n_ctx = names["wpe.weight"][0]
     n_layer = len({k.split(".")[1] for k in names if k.startswith("h.") and k.split(".")[1].isdigit()})
     for preset in PRESETS.values():
         if (preset.n_layer, preset.n_embd) == (n_layer, c):
             return GPTConfig(n_layer=n_layer, n_head=preset.n_head, n_embd=c, n_ctx=n_ctx, vocab_size=vocab)
     raise WeightsError(f"checkpoint has n_layer={n_layer}, n_embd={c}, which match no preset and it has no "
                        "config.json: pass --config with the head count")
+
+
+def checkpoint_config(path: str | Path) -> GPTConfig | None:
+    """The config ``load_checkpoint(path)`` will find, read without the tensors: ``config.json`` beside the weights,
+    else the shapes in a safetensors header. None when only the tensors would tell (a ``.bin`` file without
+    ``config.json``) or the checkpoint cannot be read (``load_checkpoint`` then says why)."""
+    p = Path(path)
+    try:
+        if p.is_dir() and (p / "quantization.json").exists():
+            return GPTConfig.from_json(p / "config.json")
+        f = checkpoint_file(p)
+        if (f.parent / "config.json").is_file():
+            return GPTConfig.from_json(f.parent / "config.json")
+        if f.suffix == ".safetensors":
+            return infer_config(_safetensors_shapes(f), None)
+    except (JaxGPTError, ValueError, OSError, KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's header (an 8-byte length, then JSON), no tensor read."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if not 2 <= n <= 100 << 20:
+            raise ValueError(f"{path}: no safetensors header")
+        header = json.loads(fh.read(n))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
 
 def load_checkpoint(path: str | Path, cfg: GPTConfig | None = None) -> tuple[GPTConfig, dict[str, np.ndarray]]:
@@ -201,7 +229,7 @@ def load_checkpoint(path: str | Path, cfg: GPTConfig | None = None) -> tuple[GPT
         raise WeightsError(f"checkpoint {path} holds no tensors")
     f = checkpoint_file(path)
     if cfg is None:
-        cfg = infer_config(raw, f.parent / "config.json")
+        cfg = infer_config({k: v.shape for k, v in raw.items()}, f.parent / "config.json")
     return cfg, normalize_state_dict(raw, cfg, source=str(f))
 
 

@@ -112,8 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _known_config(args):
+    """The model's config, from the preset, ``--config`` or the checkpoint's own, before any weights load (None when
+    only the tensors would tell)."""
+    from jaxgpt.validation import known_config
+    return known_config(args.model, args.checkpoint, args.config)
+
+
+def _check_prompts(prompts: list[str], cfg, max_new_tokens: int | None = None) -> None:
+    """Prompts the model can take, checked before it loads: none empty, none past the context (with
+    ``max_new_tokens`` to add, when given)."""
+    from jaxgpt.errors import UsageError
+    if any(p == "" for p in prompts):
+        raise UsageError("empty prompt: give some text to continue")
+    if cfg is None:
+        return
+    from jaxgpt.tokenizer import encode
+    from jaxgpt.validation import check_ids, check_new_tokens
+    rows = [encode(p) for p in prompts]
+    check_ids(rows, cfg)
+    if max_new_tokens is not None:
+        check_new_tokens(rows, max_new_tokens, cfg.n_ctx)
+
+
 def _load(args):
-    from jaxgpt.engine import load_model
     from jaxgpt.errors import UsageError
     parallel = {}
     if hasattr(args, "data_parallel"):
@@ -127,6 +149,7 @@ def _load(args):
             import jax
             if jax.process_index() != 0:  # every process computes; the first one reports
                 sys.stdout = open(os.devnull, "w")
+    from jaxgpt.engine import load_model
     return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
                       device=args.device, backend=args.backend, seed=args.seed, quantize=args.quantize,
                       kernels=args.kernels, **parallel)
@@ -151,13 +174,12 @@ def _verbose(engine) -> None:
 
 
 def cmd_predict(args) -> int:
-    from jaxgpt.predict import check_top_k, format_table, predict
-    if args.top_k < 1:
-        check_top_k(args.top_k, 1 << 30)
-    if any(p == "" for p in args.prompts):
-        from jaxgpt.errors import UsageError
-        raise UsageError("empty prompt: give some text to continue")
+    from jaxgpt.validation import check_top_k
+    cfg = _known_config(args)
+    check_top_k(args.top_k, None if cfg is None else cfg.vocab_size)
+    _check_prompts(args.prompts, cfg)
     engine = _load(args)
+    from jaxgpt.predict import format_table, predict
     preds = predict(engine, args.prompts, top_k=args.top_k)
     head = _describe(engine)
     for p in preds:
@@ -188,19 +210,19 @@ def _read_batch_file(path: str) -> list[str]:
 
 def cmd_generate(args) -> int:
     from jaxgpt.errors import UsageError
-    from jaxgpt.generate import generate
-    from jaxgpt.sampling import Sampling
+    from jaxgpt.validation import check_sampling
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
-    Sampling(args.temperature, args.top_k, args.top_p)  # validates before the model loads
+    cfg = _known_config(args)
+    check_sampling(args.temperature, args.top_k, args.top_p, None if cfg is None else cfg.vocab_size)
     if args.batch_file and args.prompts:
         raise UsageError("give prompts or --batch-file, not both")
     prompts = _read_batch_file(args.batch_file) if args.batch_file else args.prompts
     if not prompts:
         raise UsageError("no prompt given: pass text or --batch-file FILE")
-    if any(p == "" for p in prompts):
-        raise UsageError("empty prompt: give some text to continue")
+    _check_prompts(prompts, cfg, args.max_new_tokens)
     engine = _load(args)
+    from jaxgpt.generate import generate
     live = len(prompts) == 1 and not args.json and not args.no_stream
     started = []  # the prompt is written with the first streamed text: an error before it leaves stdout empty
 
@@ -240,18 +262,19 @@ def cmd_generate(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from jaxgpt import parity
-    from jaxgpt.engine import Engine, load_weights, resolve_device
     from jaxgpt.errors import UsageError
-    from jaxgpt.predict import check_top_k
+    from jaxgpt.validation import check_top_k
     if args.steps < 0:
         raise UsageError(f"--steps {args.steps} must be >= 0")
-    if any(p == "" for p in args.prompts):
-        raise UsageError("empty prompt: give some text to continue")
+    cfg = _known_config(args)
+    check_top_k(args.top_k, None if cfg is None else cfg.vocab_size)
+    _check_prompts(args.prompts, cfg)
     try:
         import torch  # noqa: F401
     except ImportError:
         raise UsageError("parity needs torch for the reference model: pip install 'jaxgpt[torch]'") from None
+    from jaxgpt import parity
+    from jaxgpt.engine import Engine, load_weights, resolve_device
     device = resolve_device(args.device)
     cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.seed)
     check_top_k(args.top_k, cfg.vocab_size)
@@ -306,14 +329,15 @@ def _quantized_parity(args, cfg, sd, source, random, device) -> int:
 def cmd_quantize(args) -> int:
     import pathlib
 
-    from jaxgpt.engine import load_weights
     from jaxgpt.errors import UsageError
     from jaxgpt.checkpoint import Scheme, is_quantized, save_quantized
-    from jaxgpt.quantize import quantize_state_dict, run_bytes
     scheme = Scheme.parse(f"int{args.bits}", args.group, head=args.lm_head)
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a directory")
+    _known_config(args)  # a bad --model or --config fails before the weights load
+    from jaxgpt.engine import load_weights
+    from jaxgpt.quantize import quantize_state_dict, run_bytes
     cfg, sd, source, _ = load_weights(args.model, args.checkpoint, args.config, args.seed)
     if is_quantized(sd):
         raise UsageError(f"{source} is already quantized")

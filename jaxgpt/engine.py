@@ -26,6 +26,7 @@ from jaxgpt.checkpoint import Scheme, load_checkpoint, scheme_of
 from jaxgpt.config import GPTConfig
 from jaxgpt.errors import UsageError
 from jaxgpt.kernels import Kernels
+from jaxgpt.validation import check_ids, requested_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DEVICES = ("cpu", "gpu")
@@ -136,17 +137,8 @@ class Engine:
                               jax.ShapeDtypeStruct((batch,), jnp.int32)), kinds=("batch", "batch"), out_kinds="batch")
 
     def check_ids(self, rows: list[list[int]]) -> None:
-        if not rows:
-            raise UsageError("no prompts given")
-        for ids in rows:
-            if not ids:
-                raise UsageError("empty prompt: it encodes to no tokens")
-            if len(ids) > self.config.n_ctx:
-                raise UsageError(f"prompt is {len(ids)} tokens, longer than the context of "
-                                 f"{self.config.n_ctx} (n_ctx)")
-            bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
-            if bad:
-                raise UsageError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
+        """Rows this model can take (``jaxgpt.validation.check_ids``), else a ``UsageError``."""
+        check_ids(rows, self.config)
 
     def last_logits(self, rows: list[list[int]]) -> np.ndarray:
         """Float32 logits after the last token of each row: rows of ids (ragged) -> (B, V) numpy."""
@@ -174,11 +166,7 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
 
     ``config``: a ``GPTConfig``, a path to an HF ``config.json``, or None (from the checkpoint or ``model``).
     """
-    try:
-        preset = GPTConfig.from_name(model) if model is not None else None
-        cfg = GPTConfig.from_json(config) if isinstance(config, (str, Path)) else config
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    preset, cfg = requested_config(model, config)
     if checkpoint is not None:
         cfg, sd = load_checkpoint(checkpoint, cfg or preset)
         return cfg, sd, str(checkpoint), False
