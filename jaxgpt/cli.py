@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, sampling: bool = False) -> None:
     from jaxgpt.backends import BACKENDS
     p.add_argument("--model", default=None, help="preset: gpt2 (default), gpt2-medium, gpt2-large, gpt2-xl; "
                    "weights from the HF cache or hub, else random")
@@ -33,14 +33,21 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="pallas backend: force a kernel per op (default: the measured rules pick): "
                         "attention=mosaic|triton|xla, matmul=xla|mosaic|triton, decode=block|fused|unfused, "
                         "head=fused|xla")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for random weights and, in generate, for sampling (default 0)")
+    _weights_seed(p, sampling)
     p.add_argument("--quantize", choices=["int8", "int4", "int8+head", "int4+head"], default=None,
                    help="quantize the projections on load (weight-only; int4 in groups of 128; +head: an int8 "
                         "copy of the tied LM head too)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
     _command_buffers(p)
+
+
+def _weights_seed(p: argparse.ArgumentParser, sampling: bool = False) -> None:
+    p.add_argument("--weights-seed", type=int, default=0, metavar="N",
+                   help="seed of the random weights used when no weights are found (default 0; the recipe "
+                        "python -m reference shares: docs/architecture.md)")
+    if not sampling:  # a --seed here gets a pointer to --weights-seed (main), not argparse's "unrecognized"
+        p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _command_buffers(p: argparse.ArgumentParser) -> None:
@@ -88,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--ignore-eos")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
-    _common(p)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0); the model's random weights, "
+                   "if any, take --weights-seed")
+    _common(p, sampling=True)
     _parallel(p)
     p = sub.add_parser("bench", help="kernels and whole model vs XLA and the peers (GPU; a smoke run on CPU; "
                        "from a clone of the repository)")
@@ -107,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="preset whose weights to quantize (HF cache or hub)")
     p.add_argument("--checkpoint", metavar="PATH", help="float checkpoint to quantize")
     p.add_argument("--config", metavar="JSON", help="HF config.json for a custom shape")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used when none are found")
+    _weights_seed(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     return ap
 
@@ -151,7 +160,7 @@ def _load(args):
                 sys.stdout = open(os.devnull, "w")
     from jaxgpt.engine import load_model
     return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
-                      device=args.device, backend=args.backend, seed=args.seed, quantize=args.quantize,
+                      device=args.device, backend=args.backend, weights_seed=args.weights_seed, quantize=args.quantize,
                       kernels=args.kernels, **parallel)
 
 
@@ -276,7 +285,7 @@ def cmd_parity(args) -> int:
     from jaxgpt import parity
     from jaxgpt.engine import Engine, load_weights, resolve_device
     device = resolve_device(args.device)
-    cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.seed)
+    cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.weights_seed)
     check_top_k(args.top_k, cfg.vocab_size)
     if args.quantize:
         return _quantized_parity(args, cfg, sd, source, random, device)
@@ -338,7 +347,7 @@ def cmd_quantize(args) -> int:
     _known_config(args)  # a bad --model or --config fails before the weights load
     from jaxgpt.engine import load_weights
     from jaxgpt.quantize import quantize_state_dict, run_bytes
-    cfg, sd, source, _ = load_weights(args.model, args.checkpoint, args.config, args.seed)
+    cfg, sd, source, _ = load_weights(args.model, args.checkpoint, args.config, args.weights_seed)
     if is_quantized(sd):
         raise UsageError(f"{source} is already quantized")
     before = run_bytes(sd, cfg)
@@ -394,10 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "no_command_buffers", False):
         from jaxgpt.xla_flags import use_command_buffers
         use_command_buffers()  # before anything starts jax's backend (CUDA graphs: fewer launches a decode step)
-    from jaxgpt.errors import JaxGPTError
+    from jaxgpt.errors import JaxGPTError, UsageError
     if getattr(args, "distributed", False):
         _quiet_native_stdout()
     try:
+        if args.command != "generate" and getattr(args, "seed", None) is not None:
+            raise UsageError(f"--seed is generate's sampling seed; {args.command} samples nothing (random weights "
+                             "take --weights-seed N)")
         return {"predict": cmd_predict, "generate": cmd_generate, "parity": cmd_parity,
                 "bench": cmd_bench, "quantize": cmd_quantize}[args.command](args)
     except JaxGPTError as e:

@@ -159,10 +159,11 @@ def notice(msg: str) -> None:
 
 
 def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = None,
-                 config: GPTConfig | str | Path | None = None, seed: int = 0,
+                 config: GPTConfig | str | Path | None = None, weights_seed: int = 0,
                  allow_download: bool | None = None) -> tuple[GPTConfig, dict[str, np.ndarray], str, bool]:
     """``(config, state dict, source description, is_random)`` in the documented order (float32, or quantized
-    when the checkpoint is a ``jaxgpt quantize`` directory).
+    when the checkpoint is a ``jaxgpt quantize`` directory). Random weights, the last resort, come from
+    ``jaxgpt.weights.random_state_dict(config, weights_seed)``.
 
     ``config``: a ``GPTConfig``, a path to an HF ``config.json``, or None (from the checkpoint or ``model``).
     """
@@ -177,15 +178,15 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
             cfg, sd = load_checkpoint(found, cfg)
             return cfg, sd, f"{model or 'gpt2'} ({found})", False
     name = model or ("custom" if config is not None else "gpt2")
-    desc = f"{name}, random weights (seed {seed})"
-    notice(f"WARNING: no weights found for {name}: using random weights (seed {seed}); "
+    desc = f"{name}, random weights (weights seed {weights_seed})"
+    notice(f"WARNING: no weights found for {name}: using random weights (weights seed {weights_seed}); "
            "the output is meaningless. Pass --checkpoint PATH or put the model in the HF cache.")
-    return cfg, W.random_state_dict(cfg, seed), desc, True
+    return cfg, W.random_state_dict(cfg, weights_seed), desc, True
 
 
 def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = None,
                config: GPTConfig | str | Path | None = None, dtype: str = "float32", device: str | None = None,
-               backend: str = "xla", seed: int = 0, allow_download: bool | None = None,
+               backend: str = "xla", weights_seed: int = 0, allow_download: bool | None = None,
                data_parallel: bool | int = False, tensor_parallel: int = 1, quantize: str | None = None,
                kernels: "Kernels | str | dict | None" = None) -> Engine:
     """Load GPT-2 weights (see ``load_weights``) onto ``device`` as an ``Engine``.
@@ -194,7 +195,8 @@ def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = No
     ``"decode=block,attention=triton"`` (``jaxgpt.kernels``; by default the measured rules pick).
     ``data_parallel`` (True: every device) / ``tensor_parallel`` (N) spread it over devices (``jaxgpt.shard``).
     ``quantize`` ("int8" / "int4") quantizes the projections on load (``jaxgpt.quantize``); a quantized checkpoint
-    directory loads quantized without it.
+    directory loads quantized without it. ``weights_seed`` picks the random weights used when none are found (the
+    sampling seed is ``generate``'s ``seed``).
 
     >>> engine = load_model("gpt2", dtype="bfloat16")
     >>> jaxgpt.predict(engine, "Dobby is").next_token
@@ -202,7 +204,7 @@ def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = No
     jdev = resolve_device(device)
     resolve_dtype(dtype)
     get_ops(backend, kernels)  # a bad backend or kernel choice fails before the weights load
-    cfg, sd, source, random = load_weights(model, checkpoint, config, seed, allow_download)
+    cfg, sd, source, random = load_weights(model, checkpoint, config, weights_seed, allow_download)
     engine = Engine(cfg, sd, dtype=dtype, device=jdev, backend=backend, source=source, random=random,
                     quantize=quantize, kernels=kernels)
     if data_parallel or tensor_parallel > 1:
