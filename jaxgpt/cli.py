@@ -367,6 +367,46 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def _valid_text(args) -> None:
+    """Prompts and stop strings as valid text. Bytes of argv that are not UTF-8 reach Python as lone surrogates,
+    which no UTF-8 output can hold: they become U+FFFD, with one notice on stderr."""
+    fixed = 0
+    for name in ("prompts", "stop"):
+        values = getattr(args, name, None)
+        if values:
+            clean = [_replace_undecodable(v) for v in values]
+            fixed += sum(a != b for a, b in zip(values, clean))
+            setattr(args, name, clean)
+    if fixed:
+        print(f"notice: {fixed} argument{'s are' if fixed > 1 else ' is'} not valid UTF-8: each undecodable byte was "
+              "replaced by U+FFFD before tokenizing", file=sys.stderr)
+
+
+def _replace_undecodable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # argv's undecodable bytes (U+DC80..U+DCFF): back to bytes, then each invalid sequence to U+FFFD
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # other lone surrogates
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def _safe_stdout(json_out: bool) -> None:
+    """Output that text cannot break: ``--json`` is written as UTF-8 whatever the locale says, and a character the
+    stream's encoding cannot hold is replaced instead of raising halfway through the output."""
+    out = sys.stdout
+    if not hasattr(out, "reconfigure"):
+        return
+    try:
+        out.reconfigure(**({"encoding": "utf-8"} if json_out else {}), errors="replace")
+    except (ValueError, OSError):
+        pass
+
+
 def _quiet_native_stdout() -> None:
     """Multi-process runs: native libraries (gloo) print to file descriptor 1; send that to stderr and keep
     Python's stdout for our results, so ``--json`` stays parseable."""
@@ -406,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxgpt.errors import JaxGPTError, UsageError
     if getattr(args, "distributed", False):
         _quiet_native_stdout()
+    _safe_stdout(getattr(args, "json", False))
+    _valid_text(args)
     try:
         if args.command != "generate" and getattr(args, "seed", None) is not None:
             raise UsageError(f"--seed is generate's sampling seed; {args.command} samples nothing (random weights "
