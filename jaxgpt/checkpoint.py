@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shlex
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,16 +77,61 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path} is a PyTorch file: reading it needs torch (pip install torch), "
                            "or convert it to safetensors") from None
     try:
-        # weights_only=True: tensors and plain containers only, never pickled code.
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():  # (torch warns about pickle protocols on stderr)
+            warnings.simplefilter("ignore")
+            # weights_only=True: tensors and plain containers only, never pickled code.
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise WeightsError(f"cannot read checkpoint {path}: {first}") from None
+        raise _unreadable_torch_file(path, str(e)) from None
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # nanoGPT's ckpt.pt keeps the weights under "model"
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path} holds no state dict of tensors")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+def _unreadable_torch_file(path: Path, message: str) -> WeightsError:
+    """Our own words for a file torch's weights-only reader refused: one that holds pickled Python objects (which
+    could run code when loaded) is refused, with the one-line conversion for a file the user trusts; anything else
+    cannot be read. Torch's advice to load it without that reader is not passed on."""
+    if "Weights only load failed" not in message:
+        first = (message.strip().splitlines() or ["unknown error"])[0]
+        return WeightsError(f"cannot read checkpoint {path}: {first}")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    obj = found.group(1) if found else _pickled_object(path)
+    if obj is None:
+        return WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint of tensors (neither "
+                            "safetensors nor a pickle that PyTorch's weights-only reader accepts)")
+    out = path.with_name("model.safetensors") if path.name == "pytorch_model.bin" else path.with_suffix(".safetensors")
+    convert = ("python -c \"import sys, torch; from safetensors.torch import save_file; "
+               "sd = torch.load(sys.argv[1], map_location='cpu', weights_only=False); sd = sd.get('model', sd); "
+               "save_file({k: v.detach().clone() for k, v in sd.items() if isinstance(v, torch.Tensor)}, sys.argv[2])\" "
+               f"{shlex.quote(str(path))} {shlex.quote(str(out))}")
+    return WeightsError(f"refused {path}: it holds pickled Python objects besides tensors ({obj}), and loading those "
+                        "runs code; jaxgpt never runs code from a checkpoint. If you trust where the file came from, "
+                        f"convert it to safetensors once (that runs its code) and pass the result: {convert}")
+
+
+def _pickled_object(path: Path) -> str | None:
+    """The first Python object (``module.name``) a pickle file would import or call, found by reading its opcodes
+    (``pickletools``: nothing is executed). None for a file that is not a pickle or calls nothing."""
+    import pickletools
+    calls = ("REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX")
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name in ("GLOBAL", "INST"):
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL":
+                    return ".".join(strings[-2:]) or "a Python object"
+                if op.name in calls:
+                    return "a Python object"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle (pickletools raises ValueError and friends on bad opcodes)
+        return None
+    return None
 
 
 def _read_index(path: Path) -> dict[str, np.ndarray]:
