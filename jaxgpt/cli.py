@@ -449,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     _safe_stdout(getattr(args, "json", False))
     _valid_text(args)
     try:
+        if getattr(args, "weights_seed", 0) < 0:
+            raise UsageError(f"--weights-seed {args.weights_seed} must be >= 0")
         if args.command != "generate" and getattr(args, "seed", None) is not None:
             raise UsageError(f"--seed is generate's sampling seed; {args.command} samples nothing (random weights "
                              "take --weights-seed N)")

@@ -171,7 +171,7 @@ def test_reference_cli_prints_the_same_table(tiny_checkpoint, capsys):
     ref_out = capsys.readouterr().out
     code, out, _ = run(capsys, "predict", "Dobby is", "--checkpoint", str(tiny_checkpoint), "--json")
     d = json.loads(out)
-    ref_ids = [int(l.split()[1]) for l in ref_out.splitlines()[2:12]]
+    ref_ids = [int(l.split()[2]) for l in ref_out.splitlines()[3:13]]
     assert ref_ids == [c["id"] for c in d["top_k"]]
 
 
