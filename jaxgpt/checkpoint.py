@@ -408,21 +408,30 @@ def check_state_dict(state_dict: dict, cfg: GPTConfig, scheme: Scheme, source: s
         raise WeightsError(f"{source}: unexpected tensor {extra[0]!r} for a {scheme.name} {cfg.n_layer}-layer GPT-2")
 
 
-def save_quantized(state_dict: dict[str, np.ndarray], cfg: GPTConfig, directory: str | Path) -> Path:
+def save_quantized(state_dict: dict[str, np.ndarray], cfg: GPTConfig, directory: str | Path, *,
+                   source: str | None = None, random: bool | None = None) -> Path:
     """Write ``model.safetensors`` (quantized tensors), ``quantization.json`` and ``config.json``. Every file is
-    written aside first and renamed into place whole, so a failure never leaves a half-written file."""
+    written aside first and renamed into place whole, so a failure never leaves a half-written file.
+
+    ``source`` and ``random`` record where the float weights came from (``quantization.json``'s ``weights``, also
+    in the safetensors metadata): a checkpoint quantized from random weights says so whenever it loads
+    (``weights_provenance``)."""
     from safetensors.numpy import save_file
     scheme = scheme_of(state_dict, cfg)
     if scheme is None:
         raise UsageError("the state dict is not quantized")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    files = {"model.safetensors": None, "quantization.json": json.dumps(scheme.to_json(), indent=2) + "\n",
+    meta = scheme.to_json()
+    if source is not None or random is not None:
+        meta["weights"] = {"source": source, "random": random}
+    files = {"model.safetensors": None, "quantization.json": json.dumps(meta, indent=2) + "\n",
              "config.json": json.dumps(cfg.to_hf_dict(), indent=2) + "\n"}
     tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=d))
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "np", "quantization": scheme.name})
+                  metadata={"format": "np", "quantization": scheme.name,
+                            **({"weights": json.dumps(meta["weights"])} if "weights" in meta else {})})
         for name, text in files.items():
             if text is not None:
                 (tmp / name).write_text(text)
@@ -436,6 +445,17 @@ def save_quantized(state_dict: dict[str, np.ndarray], cfg: GPTConfig, directory:
             p.unlink()
         tmp.rmdir()
     return d
+
+
+def weights_provenance(path: str | Path) -> dict | None:
+    """Where a quantized checkpoint's float weights came from, as ``save_quantized`` recorded it:
+    ``{"source": str | None, "random": bool | None}``; None for a float checkpoint or one that recorded nothing."""
+    try:
+        meta = json.loads((Path(path) / "quantization.json").read_text())
+    except (OSError, ValueError):
+        return None
+    w = meta.get("weights") if isinstance(meta, dict) else None
+    return w if isinstance(w, dict) else None
 
 
 def read_quantized(directory: str | Path, cfg: GPTConfig | None = None) -> tuple[GPTConfig, dict[str, np.ndarray]]:

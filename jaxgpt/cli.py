@@ -37,7 +37,8 @@ def _common(p: argparse.ArgumentParser, sampling: bool = False) -> None:
     p.add_argument("--quantize", choices=["int8", "int4", "int8+head", "int4+head"], default=None,
                    help="quantize the projections on load (weight-only; int4 in groups of 128; +head: an int8 "
                         "copy of the tied LM head too)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table: one object, UTF-8 (predict "
+                   "with several prompts: one object a line, JSON Lines)")
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
     _command_buffers(p)
 
@@ -159,9 +160,23 @@ def _load(args):
             if jax.process_index() != 0:  # every process computes; the first one reports
                 sys.stdout = open(os.devnull, "w")
     from jaxgpt.engine import load_model
-    return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
-                      device=args.device, backend=args.backend, weights_seed=args.weights_seed, quantize=args.quantize,
-                      kernels=args.kernels, **parallel)
+    engine = load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
+                        device=args.device, backend=args.backend, weights_seed=args.weights_seed,
+                        quantize=args.quantize, kernels=args.kernels, **parallel)
+    _say_interpreted(engine)
+    return engine
+
+
+def _say_interpreted(engine) -> None:
+    if engine.ops.interpreted:
+        print("notice: no GPU: the pallas backend runs its kernels in Pallas' interpreter, exact but many times "
+              "slower than --backend xla", file=sys.stderr)
+
+
+def _precision(engine) -> str:
+    """The compute dtype, with the weight format of a quantized model: ``float32`` or ``int8 weights, float32``."""
+    q = engine.quantization
+    return engine.dtype_name if q is None else f"{q.name} weights, {engine.dtype_name}"
 
 
 def _describe(engine) -> dict:
@@ -177,7 +192,7 @@ def _describe(engine) -> dict:
 def _verbose(engine) -> None:
     t = engine.timings
     print(f"[jaxgpt] weights: {engine.source} | {engine.config.describe()}", file=sys.stderr)
-    print(f"[jaxgpt] {engine.device} | {engine.dtype_name} | backend {engine.backend} | compile "
+    print(f"[jaxgpt] {engine.device} | {_precision(engine)} | backend {engine.backend} | compile "
           f"{t.compile_s:.2f} s ({t.compiles} shape{'s' if t.compiles != 1 else ''}) | run {t.run_s * 1e3:.1f} ms",
           file=sys.stderr)
 
@@ -195,7 +210,7 @@ def cmd_predict(args) -> int:
         if args.json:
             print(json.dumps(p.to_dict(**head), ensure_ascii=False))
         else:
-            print(f"{head['model']} · {engine.dtype_name} · {engine.device} · {engine.backend}")
+            print(f"{head['model']} · {_precision(engine)} · {engine.device} · {engine.backend}")
             print(f"prompt {p.prompt!r} -> ids {p.prompt_ids}")
             print(format_table(p))
     if args.verbose:
@@ -291,6 +306,7 @@ def cmd_parity(args) -> int:
         return _quantized_parity(args, cfg, sd, source, random, device)
     engine = Engine(cfg, sd, dtype=args.dtype, device=device, backend=args.backend, source=source, random=random,
                     kernels=args.kernels)
+    _say_interpreted(engine)
     tdev = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
     ref = parity.reference_model(cfg, sd, "float32", tdev)
     ref_lowp = parity.reference_model(cfg, sd, args.dtype, tdev) if args.dtype != "float32" else None
@@ -301,10 +317,11 @@ def cmd_parity(args) -> int:
         print(json.dumps({**_describe(engine), "ok": ok, "results": [
             {**vars(r), "ok": r.ok} for r in results]}, ensure_ascii=False))
     else:
-        print(f"parity: jaxgpt ({engine.backend}, {engine.dtype_name}, {engine.device}) vs reference "
+        print(f"parity: jaxgpt ({engine.backend}, {_precision(engine)}, {engine.device}) vs reference "
               f"(PyTorch float32, {tdev}) | {source}")
         print(parity.format_report(results, engine))
-        print("PASS" if ok else "FAIL: jaxgpt and the reference disagree beyond the tolerance")
+        print("PASS: every prompt's logits within the tolerance; where an order differs, only near-ties swapped"
+              if ok else "FAIL: jaxgpt and the reference disagree beyond the tolerance")
     if args.verbose:
         _verbose(engine)
     return 0 if ok else 1
@@ -323,6 +340,7 @@ def _quantized_parity(args, cfg, sd, source, random, device) -> int:
               kernels=args.kernels)
     ref = Engine(cfg, sd, **kw)
     engine = Engine(cfg, sd, quantize=args.quantize, **kw)
+    _say_interpreted(engine)
     del sd
     report = agreement(ref, engine, [encode(p) for p in args.prompts], steps=args.steps, top_k=args.top_k)
     ok = report["finite"]
@@ -347,13 +365,13 @@ def cmd_quantize(args) -> int:
     _known_config(args)  # a bad --model or --config fails before the weights load
     from jaxgpt.engine import load_weights
     from jaxgpt.quantize import quantize_state_dict, run_bytes
-    cfg, sd, source, _ = load_weights(args.model, args.checkpoint, args.config, args.weights_seed)
+    cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.weights_seed)
     if is_quantized(sd):
         raise UsageError(f"{source} is already quantized")
     before = run_bytes(sd, cfg)
     q = quantize_state_dict(sd, cfg, scheme)
     after = run_bytes(q, cfg)
-    save_quantized(q, cfg, out)
+    save_quantized(q, cfg, out, source=source, random=random)
     info = {"out": str(out), "source": source, "scheme": scheme.to_json(), "bf16_bytes": before, "bytes": after}
     if args.json:
         print(json.dumps(info))

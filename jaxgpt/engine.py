@@ -22,7 +22,7 @@ from flax import nnx
 from jaxgpt import weights as W
 from jaxgpt.backends import BACKENDS, get_ops
 from jaxgpt.buckets import bucket_length, pad_rows, round_up
-from jaxgpt.checkpoint import Scheme, load_checkpoint, scheme_of
+from jaxgpt.checkpoint import Scheme, load_checkpoint, scheme_of, weights_provenance
 from jaxgpt.config import GPTConfig
 from jaxgpt.errors import UsageError
 from jaxgpt.kernels import Kernels
@@ -170,6 +170,11 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
     preset, cfg = requested_config(model, config)
     if checkpoint is not None:
         cfg, sd = load_checkpoint(checkpoint, cfg or preset)
+        made_from = weights_provenance(checkpoint)  # a quantized checkpoint records its float weights' source
+        if made_from and made_from.get("random"):
+            notice(f"WARNING: {checkpoint} was quantized from random weights ({made_from.get('source')}); "
+                   "the output is meaningless.")
+            return cfg, sd, f"{checkpoint} (quantized from {made_from.get('source')})", True
         return cfg, sd, str(checkpoint), False
     if cfg is None:
         cfg = preset or GPTConfig.from_name("gpt2")

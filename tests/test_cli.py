@@ -182,6 +182,7 @@ def test_predict_pallas_backend_on_cpu(capsys, tiny_checkpoint):
     assert code == 0, err
     _, ref, _ = run(capsys, "predict", "Dobby is", "--checkpoint", str(tiny_checkpoint), "--json")
     got, want = json.loads(out), json.loads(ref)
+    assert ON_GPU or err.count("Pallas' interpreter") == 1  # said once, on stderr
     assert got["backend"] == "pallas"
     assert [c["id"] for c in got["top_k"]] == [c["id"] for c in want["top_k"]]
     assert max(abs(a["logit"] - b["logit"]) for a, b in zip(got["top_k"], want["top_k"])) < 1e-4
