@@ -1,6 +1,8 @@
 """Two seeds, two jobs: --seed samples (generate only), --weights-seed picks the random weights (every command
 that may load them), so trying another sampling seed never swaps the model."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,7 @@ def seen(monkeypatch):
 
     def load_model(*args, **kw):
         got["weights_seed"] = kw["weights_seed"]
-        return object()
+        return SimpleNamespace(ops=SimpleNamespace(interpreted=False))
 
     def generate(engine, prompts, **kw):
         got["seed"] = kw["seed"]
