@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shlex
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,16 +77,61 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path} is a PyTorch file: reading it needs torch (pip install torch), "
                            "or convert it to safetensors") from None
     try:
-        # weights_only=True: tensors and plain containers only, never pickled code.
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():  # (torch warns about pickle protocols on stderr)
+            warnings.simplefilter("ignore")
+            # weights_only=True: tensors and plain containers only, never pickled code.
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise WeightsError(f"cannot read checkpoint {path}: {first}") from None
+        raise _unreadable_torch_file(path, str(e)) from None
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # nanoGPT's ckpt.pt keeps the weights under "model"
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path} holds no state dict of tensors")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+def _unreadable_torch_file(path: Path, message: str) -> WeightsError:
+    """Our own words for a file torch's weights-only reader refused: one that holds pickled Python objects (which
+    could run code when loaded) is refused, with the one-line conversion for a file the user trusts; anything else
+    cannot be read. Torch's advice to load it without that reader is not passed on."""
+    if "Weights only load failed" not in message:
+        first = (message.strip().splitlines() or ["unknown error"])[0]
+        return WeightsError(f"cannot read checkpoint {path}: {first}")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    obj = found.group(1) if found else _pickled_object(path)
+    if obj is None:
+        return WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint of tensors (neither "
+                            "safetensors nor a pickle that PyTorch's weights-only reader accepts)")
+    out = path.with_name("model.safetensors") if path.name == "pytorch_model.bin" else path.with_suffix(".safetensors")
+    convert = ("python -c \"import sys, torch; from safetensors.torch import save_file; "
+               "sd = torch.load(sys.argv[1], map_location='cpu', weights_only=False); sd = sd.get('model', sd); "
+               "save_file({k: v.detach().clone() for k, v in sd.items() if isinstance(v, torch.Tensor)}, sys.argv[2])\" "
+               f"{shlex.quote(str(path))} {shlex.quote(str(out))}")
+    return WeightsError(f"refused {path}: it holds pickled Python objects besides tensors ({obj}), and loading those "
+                        "runs code; jaxgpt never runs code from a checkpoint. If you trust where the file came from, "
+                        f"convert it to safetensors once (that runs its code) and pass the result: {convert}")
+
+
+def _pickled_object(path: Path) -> str | None:
+    """The first Python object (``module.name``) a pickle file would import or call, found by reading its opcodes
+    (``pickletools``: nothing is executed). None for a file that is not a pickle or calls nothing."""
+    import pickletools
+    calls = ("REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX")
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name in ("GLOBAL", "INST"):
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL":
+                    return ".".join(strings[-2:]) or "a Python object"
+                if op.name in calls:
+                    return "a Python object"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle (pickletools raises ValueError and friends on bad opcodes)
+        return None
+    return None
 
 
 def _read_index(path: Path) -> dict[str, np.ndarray]:
@@ -171,22 +219,50 @@ def normalize_state_dict(raw: dict[str, np.ndarray], cfg: GPTConfig, *, source: 
     return out
 
 
-def infer_config(raw: dict[str, np.ndarray], config_json: Path | None) -> GPTConfig:
-    """Config of a checkpoint: its ``config.json`` if present, else the preset its shapes match."""
+def infer_config(shapes: dict[str, tuple[int, ...]], config_json: Path | None) -> GPTConfig:
+    """Config of a checkpoint: its ``config.json`` if present, else the preset its tensors' ``shapes`` match."""
     if config_json is not None and config_json.is_file():
         return GPTConfig.from_json(config_json)
-    names = {k.removeprefix("_orig_mod.").removeprefix("module.").removeprefix("transformer."): v
-             for k, v in raw.items()}
+    names = {k.removeprefix("_orig_mod.").removeprefix("module.").removeprefix("transformer."): tuple(v)
+             for k, v in shapes.items()}
     if "wte.weight" not in names or "wpe.weight" not in names:
         raise WeightsError("not a GPT-2 checkpoint: no wte.weight / wpe.weight tensors")
-    vocab, c = names["wte.weight"].shape
-    n_ctx = names["wpe.weight"].shape[0]
+    vocab, c = names["wte.weight"]
+    n_ctx = names["wpe.weight"][0]
     n_layer = len({k.split(".")[1] for k in names if k.startswith("h.") and k.split(".")[1].isdigit()})
     for preset in PRESETS.values():
         if (preset.n_layer, preset.n_embd) == (n_layer, c):
             return GPTConfig(n_layer=n_layer, n_head=preset.n_head, n_embd=c, n_ctx=n_ctx, vocab_size=vocab)
     raise WeightsError(f"checkpoint has n_layer={n_layer}, n_embd={c}, which match no preset and it has no "
                        "config.json: pass --config with the head count")
+
+
+def checkpoint_config(path: str | Path) -> GPTConfig | None:
+    """The config ``load_checkpoint(path)`` will find, read without the tensors: ``config.json`` beside the weights,
+    else the shapes in a safetensors header. None when only the tensors would tell (a ``.bin`` file without
+    ``config.json``) or the checkpoint cannot be read (``load_checkpoint`` then says why)."""
+    p = Path(path)
+    try:
+        if p.is_dir() and (p / "quantization.json").exists():
+            return GPTConfig.from_json(p / "config.json")
+        f = checkpoint_file(p)
+        if (f.parent / "config.json").is_file():
+            return GPTConfig.from_json(f.parent / "config.json")
+        if f.suffix == ".safetensors":
+            return infer_config(_safetensors_shapes(f), None)
+    except (JaxGPTError, ValueError, OSError, KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's header (an 8-byte length, then JSON), no tensor read."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if not 2 <= n <= 100 << 20:
+            raise ValueError(f"{path}: no safetensors header")
+        header = json.loads(fh.read(n))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
 
 def load_checkpoint(path: str | Path, cfg: GPTConfig | None = None) -> tuple[GPTConfig, dict[str, np.ndarray]]:
@@ -201,7 +277,7 @@ def load_checkpoint(path: str | Path, cfg: GPTConfig | None = None) -> tuple[GPT
         raise WeightsError(f"checkpoint {path} holds no tensors")
     f = checkpoint_file(path)
     if cfg is None:
-        cfg = infer_config(raw, f.parent / "config.json")
+        cfg = infer_config({k: v.shape for k, v in raw.items()}, f.parent / "config.json")
     return cfg, normalize_state_dict(raw, cfg, source=str(f))
 
 
@@ -332,21 +408,30 @@ def check_state_dict(state_dict: dict, cfg: GPTConfig, scheme: Scheme, source: s
         raise WeightsError(f"{source}: unexpected tensor {extra[0]!r} for a {scheme.name} {cfg.n_layer}-layer GPT-2")
 
 
-def save_quantized(state_dict: dict[str, np.ndarray], cfg: GPTConfig, directory: str | Path) -> Path:
+def save_quantized(state_dict: dict[str, np.ndarray], cfg: GPTConfig, directory: str | Path, *,
+                   source: str | None = None, random: bool | None = None) -> Path:
     """Write ``model.safetensors`` (quantized tensors), ``quantization.json`` and ``config.json``. Every file is
-    written aside first and renamed into place whole, so a failure never leaves a half-written file."""
+    written aside first and renamed into place whole, so a failure never leaves a half-written file.
+
+    ``source`` and ``random`` record where the float weights came from (``quantization.json``'s ``weights``, also
+    in the safetensors metadata): a checkpoint quantized from random weights says so whenever it loads
+    (``weights_provenance``)."""
     from safetensors.numpy import save_file
     scheme = scheme_of(state_dict, cfg)
     if scheme is None:
         raise UsageError("the state dict is not quantized")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    files = {"model.safetensors": None, "quantization.json": json.dumps(scheme.to_json(), indent=2) + "\n",
+    meta = scheme.to_json()
+    if source is not None or random is not None:
+        meta["weights"] = {"source": source, "random": random}
+    files = {"model.safetensors": None, "quantization.json": json.dumps(meta, indent=2) + "\n",
              "config.json": json.dumps(cfg.to_hf_dict(), indent=2) + "\n"}
     tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=d))
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "np", "quantization": scheme.name})
+                  metadata={"format": "np", "quantization": scheme.name,
+                            **({"weights": json.dumps(meta["weights"])} if "weights" in meta else {})})
         for name, text in files.items():
             if text is not None:
                 (tmp / name).write_text(text)
@@ -360,6 +445,17 @@ def save_quantized(state_dict: dict[str, np.ndarray], cfg: GPTConfig, directory:
             p.unlink()
         tmp.rmdir()
     return d
+
+
+def weights_provenance(path: str | Path) -> dict | None:
+    """Where a quantized checkpoint's float weights came from, as ``save_quantized`` recorded it:
+    ``{"source": str | None, "random": bool | None}``; None for a float checkpoint or one that recorded nothing."""
+    try:
+        meta = json.loads((Path(path) / "quantization.json").read_text())
+    except (OSError, ValueError):
+        return None
+    w = meta.get("weights") if isinstance(meta, dict) else None
+    return w if isinstance(w, dict) else None
 
 
 def read_quantized(directory: str | Path, cfg: GPTConfig | None = None) -> tuple[GPTConfig, dict[str, np.ndarray]]:

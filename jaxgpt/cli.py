@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, sampling: bool = False) -> None:
     from jaxgpt.backends import BACKENDS
     p.add_argument("--model", default=None, help="preset: gpt2 (default), gpt2-medium, gpt2-large, gpt2-xl; "
                    "weights from the HF cache or hub, else random")
@@ -33,14 +33,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="pallas backend: force a kernel per op (default: the measured rules pick): "
                         "attention=mosaic|triton|xla, matmul=xla|mosaic|triton, decode=block|fused|unfused, "
                         "head=fused|xla")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for random weights and, in generate, for sampling (default 0)")
+    _weights_seed(p, sampling)
     p.add_argument("--quantize", choices=["int8", "int4", "int8+head", "int4+head"], default=None,
                    help="quantize the projections on load (weight-only; int4 in groups of 128; +head: an int8 "
                         "copy of the tied LM head too)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table: one object, UTF-8 (predict "
+                   "with several prompts: one object a line, JSON Lines)")
     p.add_argument("--verbose", "-v", action="store_true", help="timings and details on stderr")
     _command_buffers(p)
+
+
+def _weights_seed(p: argparse.ArgumentParser, sampling: bool = False) -> None:
+    p.add_argument("--weights-seed", type=int, default=0, metavar="N",
+                   help="seed of the random weights used when no weights are found (default 0; the recipe "
+                        "python -m reference shares: docs/architecture.md)")
+    if not sampling:  # a --seed here gets a pointer to --weights-seed (main), not argparse's "unrecognized"
+        p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _command_buffers(p: argparse.ArgumentParser) -> None:
@@ -88,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--ignore-eos")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
-    _common(p)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0); the model's random weights, "
+                   "if any, take --weights-seed")
+    _common(p, sampling=True)
     _parallel(p)
     p = sub.add_parser("bench", help="kernels and whole model vs XLA and the peers (GPU; a smoke run on CPU; "
                        "from a clone of the repository)")
@@ -107,13 +117,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="preset whose weights to quantize (HF cache or hub)")
     p.add_argument("--checkpoint", metavar="PATH", help="float checkpoint to quantize")
     p.add_argument("--config", metavar="JSON", help="HF config.json for a custom shape")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used when none are found")
+    _weights_seed(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     return ap
 
 
+def _known_config(args):
+    """The model's config, from the preset, ``--config`` or the checkpoint's own, before any weights load (None when
+    only the tensors would tell)."""
+    from jaxgpt.validation import known_config
+    return known_config(args.model, args.checkpoint, args.config)
+
+
+def _check_prompts(prompts: list[str], cfg, max_new_tokens: int | None = None) -> None:
+    """Prompts the model can take, checked before it loads: none empty, none past the context (with
+    ``max_new_tokens`` to add, when given)."""
+    from jaxgpt.errors import UsageError
+    if any(p == "" for p in prompts):
+        raise UsageError("empty prompt: give some text to continue")
+    if cfg is None:
+        return
+    from jaxgpt.tokenizer import encode
+    from jaxgpt.validation import check_ids, check_new_tokens
+    rows = [encode(p) for p in prompts]
+    check_ids(rows, cfg)
+    if max_new_tokens is not None:
+        check_new_tokens(rows, max_new_tokens, cfg.n_ctx)
+
+
 def _load(args):
-    from jaxgpt.engine import load_model
     from jaxgpt.errors import UsageError
     parallel = {}
     if hasattr(args, "data_parallel"):
@@ -127,9 +159,24 @@ def _load(args):
             import jax
             if jax.process_index() != 0:  # every process computes; the first one reports
                 sys.stdout = open(os.devnull, "w")
-    return load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
-                      device=args.device, backend=args.backend, seed=args.seed, quantize=args.quantize,
-                      kernels=args.kernels, **parallel)
+    from jaxgpt.engine import load_model
+    engine = load_model(args.model, checkpoint=args.checkpoint, config=args.config, dtype=args.dtype,
+                        device=args.device, backend=args.backend, weights_seed=args.weights_seed,
+                        quantize=args.quantize, kernels=args.kernels, **parallel)
+    _say_interpreted(engine)
+    return engine
+
+
+def _say_interpreted(engine) -> None:
+    if engine.ops.interpreted:
+        print("notice: no GPU: the pallas backend runs its kernels in Pallas' interpreter, exact but many times "
+              "slower than --backend xla", file=sys.stderr)
+
+
+def _precision(engine) -> str:
+    """The compute dtype, with the weight format of a quantized model: ``float32`` or ``int8 weights, float32``."""
+    q = engine.quantization
+    return engine.dtype_name if q is None else f"{q.name} weights, {engine.dtype_name}"
 
 
 def _describe(engine) -> dict:
@@ -145,26 +192,25 @@ def _describe(engine) -> dict:
 def _verbose(engine) -> None:
     t = engine.timings
     print(f"[jaxgpt] weights: {engine.source} | {engine.config.describe()}", file=sys.stderr)
-    print(f"[jaxgpt] {engine.device} | {engine.dtype_name} | backend {engine.backend} | compile "
+    print(f"[jaxgpt] {engine.device} | {_precision(engine)} | backend {engine.backend} | compile "
           f"{t.compile_s:.2f} s ({t.compiles} shape{'s' if t.compiles != 1 else ''}) | run {t.run_s * 1e3:.1f} ms",
           file=sys.stderr)
 
 
 def cmd_predict(args) -> int:
-    from jaxgpt.predict import check_top_k, format_table, predict
-    if args.top_k < 1:
-        check_top_k(args.top_k, 1 << 30)
-    if any(p == "" for p in args.prompts):
-        from jaxgpt.errors import UsageError
-        raise UsageError("empty prompt: give some text to continue")
+    from jaxgpt.validation import check_top_k
+    cfg = _known_config(args)
+    check_top_k(args.top_k, None if cfg is None else cfg.vocab_size)
+    _check_prompts(args.prompts, cfg)
     engine = _load(args)
+    from jaxgpt.predict import format_table, predict
     preds = predict(engine, args.prompts, top_k=args.top_k)
     head = _describe(engine)
     for p in preds:
         if args.json:
             print(json.dumps(p.to_dict(**head), ensure_ascii=False))
         else:
-            print(f"{head['model']} · {engine.dtype_name} · {engine.device} · {engine.backend}")
+            print(f"{head['model']} · {_precision(engine)} · {engine.device} · {engine.backend}")
             print(f"prompt {p.prompt!r} -> ids {p.prompt_ids}")
             print(format_table(p))
     if args.verbose:
@@ -188,19 +234,19 @@ def _read_batch_file(path: str) -> list[str]:
 
 def cmd_generate(args) -> int:
     from jaxgpt.errors import UsageError
-    from jaxgpt.generate import generate
-    from jaxgpt.sampling import Sampling
+    from jaxgpt.validation import check_sampling
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
-    Sampling(args.temperature, args.top_k, args.top_p)  # validates before the model loads
+    cfg = _known_config(args)
+    check_sampling(args.temperature, args.top_k, args.top_p, None if cfg is None else cfg.vocab_size)
     if args.batch_file and args.prompts:
         raise UsageError("give prompts or --batch-file, not both")
     prompts = _read_batch_file(args.batch_file) if args.batch_file else args.prompts
     if not prompts:
         raise UsageError("no prompt given: pass text or --batch-file FILE")
-    if any(p == "" for p in prompts):
-        raise UsageError("empty prompt: give some text to continue")
+    _check_prompts(prompts, cfg, args.max_new_tokens)
     engine = _load(args)
+    from jaxgpt.generate import generate
     live = len(prompts) == 1 and not args.json and not args.no_stream
     started = []  # the prompt is written with the first streamed text: an error before it leaves stdout empty
 
@@ -240,25 +286,27 @@ def cmd_generate(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from jaxgpt import parity
-    from jaxgpt.engine import Engine, load_weights, resolve_device
     from jaxgpt.errors import UsageError
-    from jaxgpt.predict import check_top_k
+    from jaxgpt.validation import check_top_k
     if args.steps < 0:
         raise UsageError(f"--steps {args.steps} must be >= 0")
-    if any(p == "" for p in args.prompts):
-        raise UsageError("empty prompt: give some text to continue")
+    cfg = _known_config(args)
+    check_top_k(args.top_k, None if cfg is None else cfg.vocab_size)
+    _check_prompts(args.prompts, cfg)
     try:
         import torch  # noqa: F401
     except ImportError:
         raise UsageError("parity needs torch for the reference model: pip install 'jaxgpt[torch]'") from None
+    from jaxgpt import parity
+    from jaxgpt.engine import Engine, load_weights, resolve_device
     device = resolve_device(args.device)
-    cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.seed)
+    cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.weights_seed)
     check_top_k(args.top_k, cfg.vocab_size)
     if args.quantize:
         return _quantized_parity(args, cfg, sd, source, random, device)
     engine = Engine(cfg, sd, dtype=args.dtype, device=device, backend=args.backend, source=source, random=random,
                     kernels=args.kernels)
+    _say_interpreted(engine)
     tdev = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
     ref = parity.reference_model(cfg, sd, "float32", tdev)
     ref_lowp = parity.reference_model(cfg, sd, args.dtype, tdev) if args.dtype != "float32" else None
@@ -269,10 +317,11 @@ def cmd_parity(args) -> int:
         print(json.dumps({**_describe(engine), "ok": ok, "results": [
             {**vars(r), "ok": r.ok} for r in results]}, ensure_ascii=False))
     else:
-        print(f"parity: jaxgpt ({engine.backend}, {engine.dtype_name}, {engine.device}) vs reference "
+        print(f"parity: jaxgpt ({engine.backend}, {_precision(engine)}, {engine.device}) vs reference "
               f"(PyTorch float32, {tdev}) | {source}")
         print(parity.format_report(results, engine))
-        print("PASS" if ok else "FAIL: jaxgpt and the reference disagree beyond the tolerance")
+        print("PASS: every prompt's logits within the tolerance; where an order differs, only near-ties swapped"
+              if ok else "FAIL: jaxgpt and the reference disagree beyond the tolerance")
     if args.verbose:
         _verbose(engine)
     return 0 if ok else 1
@@ -291,6 +340,7 @@ def _quantized_parity(args, cfg, sd, source, random, device) -> int:
               kernels=args.kernels)
     ref = Engine(cfg, sd, **kw)
     engine = Engine(cfg, sd, quantize=args.quantize, **kw)
+    _say_interpreted(engine)
     del sd
     report = agreement(ref, engine, [encode(p) for p in args.prompts], steps=args.steps, top_k=args.top_k)
     ok = report["finite"]
@@ -306,21 +356,22 @@ def _quantized_parity(args, cfg, sd, source, random, device) -> int:
 def cmd_quantize(args) -> int:
     import pathlib
 
-    from jaxgpt.engine import load_weights
     from jaxgpt.errors import UsageError
     from jaxgpt.checkpoint import Scheme, is_quantized, save_quantized
-    from jaxgpt.quantize import quantize_state_dict, run_bytes
     scheme = Scheme.parse(f"int{args.bits}", args.group, head=args.lm_head)
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a directory")
-    cfg, sd, source, _ = load_weights(args.model, args.checkpoint, args.config, args.seed)
+    _known_config(args)  # a bad --model or --config fails before the weights load
+    from jaxgpt.engine import load_weights
+    from jaxgpt.quantize import quantize_state_dict, run_bytes
+    cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.weights_seed)
     if is_quantized(sd):
         raise UsageError(f"{source} is already quantized")
     before = run_bytes(sd, cfg)
     q = quantize_state_dict(sd, cfg, scheme)
     after = run_bytes(q, cfg)
-    save_quantized(q, cfg, out)
+    save_quantized(q, cfg, out, source=source, random=random)
     info = {"out": str(out), "source": source, "scheme": scheme.to_json(), "bf16_bytes": before, "bytes": after}
     if args.json:
         print(json.dumps(info))
@@ -332,6 +383,46 @@ def cmd_quantize(args) -> int:
               f"{after['total'] / mib:.1f} MiB (was {before['total'] / mib:.1f} MiB); embeddings, LayerNorms and "
               "biases stay float (stored float32)")
     return 0
+
+
+def _valid_text(args) -> None:
+    """Prompts and stop strings as valid text. Bytes of argv that are not UTF-8 reach Python as lone surrogates,
+    which no UTF-8 output can hold: they become U+FFFD, with one notice on stderr."""
+    fixed = 0
+    for name in ("prompts", "stop"):
+        values = getattr(args, name, None)
+        if values:
+            clean = [_replace_undecodable(v) for v in values]
+            fixed += sum(a != b for a, b in zip(values, clean))
+            setattr(args, name, clean)
+    if fixed:
+        print(f"notice: {fixed} argument{'s are' if fixed > 1 else ' is'} not valid UTF-8: each undecodable byte was "
+              "replaced by U+FFFD before tokenizing", file=sys.stderr)
+
+
+def _replace_undecodable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # argv's undecodable bytes (U+DC80..U+DCFF): back to bytes, then each invalid sequence to U+FFFD
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # other lone surrogates
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def _safe_stdout(json_out: bool) -> None:
+    """Output that text cannot break: ``--json`` is written as UTF-8 whatever the locale says, and a character the
+    stream's encoding cannot hold is replaced instead of raising halfway through the output."""
+    out = sys.stdout
+    if not hasattr(out, "reconfigure"):
+        return
+    try:
+        out.reconfigure(**({"encoding": "utf-8"} if json_out else {}), errors="replace")
+    except (ValueError, OSError):
+        pass
 
 
 def _quiet_native_stdout() -> None:
@@ -370,10 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "no_command_buffers", False):
         from jaxgpt.xla_flags import use_command_buffers
         use_command_buffers()  # before anything starts jax's backend (CUDA graphs: fewer launches a decode step)
-    from jaxgpt.errors import JaxGPTError
+    from jaxgpt.errors import JaxGPTError, UsageError
     if getattr(args, "distributed", False):
         _quiet_native_stdout()
+    _safe_stdout(getattr(args, "json", False))
+    _valid_text(args)
     try:
+        if getattr(args, "weights_seed", 0) < 0:
+            raise UsageError(f"--weights-seed {args.weights_seed} must be >= 0")
+        if args.command != "generate" and getattr(args, "seed", None) is not None:
+            raise UsageError(f"--seed is generate's sampling seed; {args.command} samples nothing (random weights "
+                             "take --weights-seed N)")
         return {"predict": cmd_predict, "generate": cmd_generate, "parity": cmd_parity,
                 "bench": cmd_bench, "quantize": cmd_quantize}[args.command](args)
     except JaxGPTError as e:

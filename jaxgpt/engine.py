@@ -22,10 +22,11 @@ from flax import nnx
 from jaxgpt import weights as W
 from jaxgpt.backends import BACKENDS, get_ops
 from jaxgpt.buckets import bucket_length, pad_rows, round_up
-from jaxgpt.checkpoint import Scheme, load_checkpoint, scheme_of
+from jaxgpt.checkpoint import Scheme, load_checkpoint, scheme_of, weights_provenance
 from jaxgpt.config import GPTConfig
 from jaxgpt.errors import UsageError
 from jaxgpt.kernels import Kernels
+from jaxgpt.validation import check_ids, requested_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DEVICES = ("cpu", "gpu")
@@ -135,17 +136,8 @@ class Engine:
                               jax.ShapeDtypeStruct((batch,), jnp.int32)), kinds=("batch", "batch"), out_kinds="batch")
 
     def check_ids(self, rows: list[list[int]]) -> None:
-        if not rows:
-            raise UsageError("no prompts given")
-        for ids in rows:
-            if not ids:
-                raise UsageError("empty prompt: it encodes to no tokens")
-            if len(ids) > self.config.n_ctx:
-                raise UsageError(f"prompt is {len(ids)} tokens, longer than the context of "
-                                 f"{self.config.n_ctx} (n_ctx)")
-            bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
-            if bad:
-                raise UsageError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}")
+        """Rows this model can take (``jaxgpt.validation.check_ids``), else a ``UsageError``."""
+        check_ids(rows, self.config)
 
     def last_logits(self, rows: list[list[int]]) -> np.ndarray:
         """Float32 logits after the last token of each row: rows of ids (ragged) -> (B, V) numpy."""
@@ -166,20 +158,22 @@ def notice(msg: str) -> None:
 
 
 def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = None,
-                 config: GPTConfig | str | Path | None = None, seed: int = 0,
+                 config: GPTConfig | str | Path | None = None, weights_seed: int = 0,
                  allow_download: bool | None = None) -> tuple[GPTConfig, dict[str, np.ndarray], str, bool]:
     """``(config, state dict, source description, is_random)`` in the documented order (float32, or quantized
-    when the checkpoint is a ``jaxgpt quantize`` directory).
+    when the checkpoint is a ``jaxgpt quantize`` directory). Random weights, the last resort, come from
+    ``jaxgpt.weights.random_state_dict(config, weights_seed)``.
 
     ``config``: a ``GPTConfig``, a path to an HF ``config.json``, or None (from the checkpoint or ``model``).
     """
-    try:
-        preset = GPTConfig.from_name(model) if model is not None else None
-        cfg = GPTConfig.from_json(config) if isinstance(config, (str, Path)) else config
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    preset, cfg = requested_config(model, config)
     if checkpoint is not None:
         cfg, sd = load_checkpoint(checkpoint, cfg or preset)
+        made_from = weights_provenance(checkpoint)  # a quantized checkpoint records its float weights' source
+        if made_from and made_from.get("random"):
+            notice(f"WARNING: {checkpoint} was quantized from random weights ({made_from.get('source')}); "
+                   "the output is meaningless.")
+            return cfg, sd, f"{checkpoint} (quantized from {made_from.get('source')})", True
         return cfg, sd, str(checkpoint), False
     if cfg is None:
         cfg = preset or GPTConfig.from_name("gpt2")
@@ -188,15 +182,15 @@ def load_weights(model: str | None = "gpt2", checkpoint: str | Path | None = Non
             cfg, sd = load_checkpoint(found, cfg)
             return cfg, sd, f"{model or 'gpt2'} ({found})", False
     name = model or ("custom" if config is not None else "gpt2")
-    desc = f"{name}, random weights (seed {seed})"
-    notice(f"WARNING: no weights found for {name}: using random weights (seed {seed}); "
+    desc = f"{name}, random weights (weights seed {weights_seed})"
+    notice(f"WARNING: no weights found for {name}: using random weights (weights seed {weights_seed}); "
            "the output is meaningless. Pass --checkpoint PATH or put the model in the HF cache.")
-    return cfg, W.random_state_dict(cfg, seed), desc, True
+    return cfg, W.random_state_dict(cfg, weights_seed), desc, True
 
 
 def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = None,
                config: GPTConfig | str | Path | None = None, dtype: str = "float32", device: str | None = None,
-               backend: str = "xla", seed: int = 0, allow_download: bool | None = None,
+               backend: str = "xla", weights_seed: int = 0, allow_download: bool | None = None,
                data_parallel: bool | int = False, tensor_parallel: int = 1, quantize: str | None = None,
                kernels: "Kernels | str | dict | None" = None) -> Engine:
     """Load GPT-2 weights (see ``load_weights``) onto ``device`` as an ``Engine``.
@@ -205,7 +199,8 @@ def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = No
     ``"decode=block,attention=triton"`` (``jaxgpt.kernels``; by default the measured rules pick).
     ``data_parallel`` (True: every device) / ``tensor_parallel`` (N) spread it over devices (``jaxgpt.shard``).
     ``quantize`` ("int8" / "int4") quantizes the projections on load (``jaxgpt.quantize``); a quantized checkpoint
-    directory loads quantized without it.
+    directory loads quantized without it. ``weights_seed`` picks the random weights used when none are found (the
+    sampling seed is ``generate``'s ``seed``).
 
     >>> engine = load_model("gpt2", dtype="bfloat16")
     >>> jaxgpt.predict(engine, "Dobby is").next_token
@@ -213,7 +208,7 @@ def load_model(model: str | None = "gpt2", *, checkpoint: str | Path | None = No
     jdev = resolve_device(device)
     resolve_dtype(dtype)
     get_ops(backend, kernels)  # a bad backend or kernel choice fails before the weights load
-    cfg, sd, source, random = load_weights(model, checkpoint, config, seed, allow_download)
+    cfg, sd, source, random = load_weights(model, checkpoint, config, weights_seed, allow_download)
     engine = Engine(cfg, sd, dtype=dtype, device=jdev, backend=backend, source=source, random=random,
                     quantize=quantize, kernels=kernels)
     if data_parallel or tensor_parallel > 1:

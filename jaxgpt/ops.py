@@ -74,6 +74,7 @@ class XlaOps:
 
     kernels: Kernels = Kernels()
     name = "xla"
+    interpreted = False  # whether the kernels run in an interpreter (the Pallas backend off a GPU)
 
     def block_decode(self, x, blocks: list[BlockParams], *, n_head: int) -> bool:
         """Whether this decode step (x (B, 1, C)) runs each block as one op (``decode_block``) and ln_f with the LM

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxgpt import kernels as K
 from jaxgpt.ops import XlaOps, append_kv, gelu_tanh, quantized
+from pallas_kernels._common import default_interpret
 from pallas_kernels.decode_attention import decode_attention, decode_attention_append
 from pallas_kernels.decode_layer import LayerWeights, counter_slots, decode_layer
 from pallas_kernels.flash_attention import flash_attention
@@ -57,6 +58,11 @@ class _BlockCarry(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class PallasOps(XlaOps):
     name = "pallas"
+
+    @property
+    def interpreted(self) -> bool:
+        """Whether the kernels run in Pallas' interpreter (no GPU): exact, but many times slower than compiled."""
+        return default_interpret(None)
 
     # ------------------------------------------------------------------------------------------ decode forms
 

@@ -9,6 +9,7 @@ import numpy as np
 from jaxgpt import tokenizer
 from jaxgpt.engine import Engine
 from jaxgpt.errors import UsageError
+from jaxgpt.validation import check_top_k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +37,6 @@ class Prediction:
                 "top_k": [dataclasses.asdict(c) for c in self.top_k],
                 "next_token": {"id": self.next_token.id, "text": self.next_token.text},
                 "completion": self.completion}
-
-
-def check_top_k(k: int, vocab_size: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= vocab_size:
-        raise UsageError(f"top-k={k!r} must be an integer in 1..{vocab_size} (the vocabulary)")
 
 
 def top_k_of(logits: np.ndarray, k: int) -> list[Candidate]:

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.errors import UsageError
+from jaxgpt.validation import check_sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +26,7 @@ class Sampling:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if not (self.temperature >= 0.0) or self.temperature == float("inf"):
-            raise UsageError(f"temperature {self.temperature} must be a finite number >= 0 (0 = greedy)")
-        if self.top_k < 0:
-            raise UsageError(f"top-k {self.top_k} must be >= 0 (0 = off)")
-        if not (0.0 < self.top_p <= 1.0):
-            raise UsageError(f"top-p {self.top_p} must be in (0, 1] (1 = off)")
+        check_sampling(self.temperature, self.top_k, self.top_p)
 
     @property
     def greedy(self) -> bool:

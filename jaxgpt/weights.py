@@ -45,8 +45,10 @@ def find_pretrained(name: str, *, allow_download: bool | None = None) -> Path | 
 def random_state_dict(cfg: GPTConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Random float32 weights from a host RNG (same seed -> same weights on any device).
 
-    GPT-2's init for matrices (normal 0.02; residual projections 0.02/sqrt(2·n_layer)), and, unlike GPT-2's
-    zeros and ones, random biases and LayerNorm gains so that a dropped bias or gain shows in parity checks.
+    The documented recipe (``docs/architecture.md``, "Random weights"), which the oracle implements on its own
+    (``reference.weights``): GPT-2's init for matrices (normal 0.02; residual projections 0.02/sqrt(2·n_layer)),
+    and, unlike GPT-2's zeros and ones, random biases and LayerNorm gains so that a dropped bias or gain shows in
+    parity checks. Changing it changes both tables: keep the two in step.
     """
     rng = np.random.default_rng(seed)
     out = {}

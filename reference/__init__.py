@@ -1,5 +1,18 @@
-"""An independent PyTorch GPT-2: the oracle jaxgpt is checked against. Imports nothing from jaxgpt."""
+"""An independent PyTorch GPT-2: the oracle jaxgpt is checked against. Imports nothing from jaxgpt.
 
-from reference.model import GPT2, GPT2Config, load_gpt2
+The names below load on first use, so ``python -m reference --help`` and its argument errors need no torch.
+"""
 
-__all__ = ["GPT2", "GPT2Config", "load_gpt2"]
+import importlib
+
+_WHERE = {"GPT2": "reference.model", "GPT2Config": "reference.model", "CheckpointError": "reference.model",
+          "load_gpt2": "reference.model", "random_state_dict": "reference.weights"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'reference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from reference.weights import SIZES, CheckpointError, tensor_shapes
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,6 @@ class GPT2Config:
     n_ctx: int = 1024
     vocab_size: int = 50257
     eps: float = 1e-5
-
-
-SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
-         "gpt2-xl": (48, 25, 1600)}
 
 
 class Conv1D(nn.Module):
@@ -139,43 +138,105 @@ class GPT2(nn.Module):
 
 
 def _read(path: Path) -> dict:
+    """Raw tensors of a float checkpoint, names as stored. Never runs code from the file: safetensors, or
+    ``torch.load(weights_only=True)``."""
     if path.is_dir():
+        if (path / "quantization.json").exists():
+            raise CheckpointError(f"{path} is a quantized checkpoint (jaxgpt quantize): the reference runs float "
+                                  "weights only; give it the float checkpoint the quantized one was made from")
         for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
-            if (path / name).exists():
+            if (path / name).is_file():
                 return _read(path / name)
-        raise FileNotFoundError(f"no weights in {path}")
-    if path.name.endswith(".index.json"):
-        shards = set(json.loads(path.read_text())["weight_map"].values())
-        return {k: v for s in sorted(shards) for k, v in _read(path.parent / s).items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    return sd.get("model", sd) if isinstance(sd.get("model"), dict) else sd
+        raise CheckpointError(f"no model.safetensors, model.safetensors.index.json or pytorch_model.bin in {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.name.endswith(".index.json"):
+            shards = set(json.loads(path.read_text())["weight_map"].values())
+            return {k: v for s in sorted(shards) for k, v in _read(path.parent / s).items()}
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        with warnings.catch_warnings():  # (torch warns about pickle protocols on stderr)
+            warnings.simplefilter("ignore")
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # unreadable, corrupt, or a pickle holding more than tensors
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"cannot read {path} with PyTorch's weights-only reader: it is not a checkpoint "
+                                  "of tensors, or it holds pickled objects whose loading would run code "
+                                  "(refused)") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+    sd = sd.get("model", sd) if isinstance(sd, dict) and isinstance(sd.get("model"), dict) else sd
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors")
+    return sd
+
+
+def config_from_hf(d: dict) -> GPT2Config:
+    """A ``GPT2Config`` from an HF ``config.json`` dict."""
+    try:
+        return GPT2Config(int(d["n_layer"]), int(d["n_head"]), int(d["n_embd"]),
+                          int(d.get("n_positions", d.get("n_ctx", 1024))), int(d.get("vocab_size", 50257)),
+                          float(d.get("layer_norm_epsilon", 1e-5)))
+    except KeyError as e:
+        raise CheckpointError(f"config has no {e.args[0]!r} field") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config has a field that is not a number ({e})") from None
+
+
+def read_config(path: str | Path) -> GPT2Config:
+    """A ``GPT2Config`` from an HF ``config.json`` file."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read config {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"config {path} is not a JSON object")
+    return config_from_hf(d)
 
 
 def load_gpt2(path: str | Path, cfg: GPT2Config | None = None, dtype=torch.float32) -> GPT2:
-    """Load an HF-layout or nanoGPT-layout (nn.Linear, ``transformer.`` prefix) GPT-2 checkpoint."""
+    """Load an HF-layout or nanoGPT-layout (nn.Linear, ``transformer.`` prefix) float GPT-2 checkpoint. A problem
+    with the file (missing, unreadable, quantized, wrong names or shapes) is a ``CheckpointError``."""
     path = Path(path)
     sd = {}
     for k, v in _read(path).items():
         k = k.replace("_orig_mod.", "").replace("transformer.", "")
         if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
             continue
+        if k.endswith(".scale"):
+            raise CheckpointError(f"{path} is a quantized checkpoint (tensor {k!r}): the reference runs float "
+                                  "weights only")
         sd[k] = v.float()
+    for k in ("wte.weight", "wpe.weight", "h.0.attn.c_attn.weight"):
+        if k not in sd:
+            raise CheckpointError(f"{path}: not a GPT-2 checkpoint (no {k!r} tensor)")
     if cfg is None:
         conf = (path if path.is_dir() else path.parent) / "config.json"
         if conf.exists():
-            d = json.loads(conf.read_text())
-            cfg = GPT2Config(d["n_layer"], d["n_head"], d["n_embd"], d.get("n_positions", d.get("n_ctx", 1024)),
-                             d.get("vocab_size", 50257), d.get("layer_norm_epsilon", 1e-5))
+            cfg = read_config(conf)
         else:
             n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
             vocab, c = sd["wte.weight"].shape
-            n_head = next(s[1] for s in SIZES.values() if s[0] == n_layer and s[2] == c)
+            n_head = next((s[1] for s in SIZES.values() if s[0] == n_layer and s[2] == c), None)
+            if n_head is None:
+                raise CheckpointError(f"{path}: n_layer={n_layer}, n_embd={c} match no GPT-2 size and there is no "
+                                      "config.json beside it")
             cfg = GPT2Config(n_layer, n_head, c, sd["wpe.weight"].shape[0], vocab)
     if sd["h.0.attn.c_attn.weight"].shape[0] == 3 * cfg.n_embd:  # nn.Linear layout: (out, in)
         for k in list(sd):
             if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
                 sd[k] = sd[k].T.contiguous()
+    want = tensor_shapes(cfg.n_layer, cfg.n_embd, cfg.n_ctx, cfg.vocab_size)
+    for k, shape in want.items():
+        if k not in sd:
+            raise CheckpointError(f"{path}: missing tensor {k!r} (expected shape {shape})")
+        if tuple(sd[k].shape) != shape:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(sd[k].shape)}, expected {shape}")
+    extra = sorted(set(sd) - set(want))
+    if extra:
+        raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r}")
     return GPT2.from_state_dict(cfg, sd, dtype)

