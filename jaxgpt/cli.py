@@ -257,10 +257,15 @@ def cmd_generate(args) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    out = generate(engine, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
-                   stop_at_eos=not args.ignore_eos,
-                   stream=stream if live else None)
+    from jaxgpt.generate import GenerationInterrupted
+    status = 0
+    try:
+        out = generate(engine, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+                       stop_at_eos=not args.ignore_eos, stream=stream if live else None)
+    except GenerationInterrupted as e:  # Ctrl-C: what was generated so far, then exit status 130
+        out, status = e.result, 130
+        print("interrupted: printing what was generated so far", file=sys.stderr)
     stats = {"new_tokens": out.new_tokens, "tokens_per_s": round(out.tokens_per_s, 2),
              "prefill_ms": round(out.prefill_s * 1e3, 3), "decode_ms_per_step": round(out.decode_ms_per_step, 4),
              "compile_s": round(engine.timings.compile_s, 3)}
@@ -282,7 +287,7 @@ def cmd_generate(args) -> int:
               f"{out.decode_ms_per_step:.2f} ms/step)", file=sys.stderr)
     if args.verbose:
         _verbose(engine)
-    return 0
+    return status
 
 
 def cmd_parity(args) -> int:

@@ -42,6 +42,7 @@ from jaxgpt.engine import Engine
 from jaxgpt.errors import UsageError
 from jaxgpt.model import KVCache
 from jaxgpt.sampling import Sampling, sample
+from jaxgpt.validation import check_sampling
 
 EOS_ID = tokenizer.EOT_ID
 DECODE_CHUNK = 16  # steps a decode-loop iteration runs (module docstring)
@@ -294,6 +295,7 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
     >>> out = jaxgpt.generate(engine, ["Dobby is", "The cat"], max_new_tokens=20)
     >>> out[0].text, out.tokens_per_s
     """
+    check_sampling(float(temperature), int(top_k), float(top_p), engine.config.vocab_size)
     sampling = Sampling(float(temperature), int(top_k), float(top_p))
     if isinstance(prompts, str):
         prompts = [prompts]

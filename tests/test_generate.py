@@ -147,3 +147,10 @@ def test_bad_arguments(kw, needle):
     with pytest.raises(UsageError, match=needle):
         generate(engine, kw.pop("prompts"), **kw)
 
+
+
+def test_top_k_above_the_vocabulary_is_refused():
+    from jaxgpt.errors import UsageError
+    engine = Engine(TINY, random_state_dict(TINY, seed=1))
+    with pytest.raises(UsageError, match="vocabulary of 50257"):
+        generate(engine, ["Dobby is"], top_k=50258, temperature=1.0)
