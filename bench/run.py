@@ -9,7 +9,6 @@ performance.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -307,15 +306,6 @@ def _print_model(rows: list[dict]) -> None:
               f"{r['median_ms']:10.3f} {r['rate']:10.1f} {r['unit']:<9}")
 
 
-def main(argv=None) -> int:
-    from jaxgpt.cli import add_bench_arguments
-    ap = argparse.ArgumentParser(prog="jaxgpt bench")
-    add_bench_arguments(ap)
-    args = ap.parse_args(argv)
-    run(args.what, args.model.split(","), args.dtype, args.quick, args.out, quantize_list(args.quantize))
-    return 0
-
-
 def quantize_list(spec: str) -> tuple[str, ...]:
     """``--quantize int8,int4`` -> the weight formats to add (each checked, so a typo fails before any timing)."""
     from jaxgpt.checkpoint import Scheme
@@ -323,7 +313,3 @@ def quantize_list(spec: str) -> tuple[str, ...]:
     for q in out:
         Scheme.parse(q)
     return out
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -57,7 +57,7 @@ def _command_buffers(p: argparse.ArgumentParser) -> None:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    """``jaxgpt bench``'s arguments (``python -m bench.run`` takes the same)."""
+    """``jaxgpt bench``'s arguments (its code, ``bench.run``, is loaded only when the command runs)."""
     p.add_argument("what", nargs="?", default="all", choices=["kernels", "model", "all"])
     p.add_argument("--model", default="gpt2,gpt2-xl", help="comma list of presets (default gpt2,gpt2-xl)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
