@@ -20,7 +20,33 @@ from jaxgpt import GPTConfig, random_state_dict, save_safetensors  # noqa: E402
 ON_GPU = jax.default_backend() == "gpu"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="also run the tests marked slow: costlier variants of paths the default run covers once")
+
+
+def _thin_dtype_variants(items) -> None:
+    """Kernel tests run every shape in float32; each other dtype on its first shape only, the rest with --full (in
+    the interpreter a dtype changes the rounding, not the code path; a GPU run takes --full)."""
+    seen = set()
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        dtype = params.get("dtype")
+        if not item.module.__name__.startswith("tests.test_kernels_") or dtype is None or str(dtype) == "float32":
+            continue
+        key = (item.module.__name__, item.originalname, str(dtype))
+        if key in seen:
+            item.add_marker(pytest.mark.slow)
+        seen.add(key)
+
+
 def pytest_collection_modifyitems(config, items):
+    _thin_dtype_variants(items)
+    if not config.getoption("--full"):  # the default run: every public path once; --full adds the variants
+        quick = [item for item in items if "slow" not in item.keywords]
+        if len(quick) < len(items):
+            config.hook.pytest_deselected(items=[item for item in items if "slow" in item.keywords])
+            items[:] = quick
     if ON_GPU:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

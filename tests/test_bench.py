@@ -13,13 +13,23 @@ ENV_KEYS = {"schema", "date", "mode", "dtype", "backend", "device", "device_coun
             "transformers", "tokamax", "driver", "python"}
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def _smoke(tmp_path_factory, what: str):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "all", "--out", str(out)]) == 0
+    assert main(["bench", what, "--out", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):  # the whole smoke run, ~35 s on two cores: its tests run with --full
+    return _smoke(tmp_path_factory, "all")
+
+
+@pytest.fixture(scope="module")
+def smoke_kernels(tmp_path_factory):
+    return _smoke(tmp_path_factory, "kernels")
+
+
+@pytest.mark.slow
 def test_smoke_run_writes_results_markdown_and_plots(smoke):
     out, res = smoke
     assert ENV_KEYS <= set(res["environment"]) and res["environment"]["mode"] == "smoke"
@@ -29,8 +39,12 @@ def test_smoke_run_writes_results_markdown_and_plots(smoke):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_kernel_rows_schema(smoke):
-    rows = smoke[1]["kernels"]
+def test_kernel_rows_schema(smoke_kernels):
+    out, res = smoke_kernels
+    assert ENV_KEYS <= set(res["environment"]) and res["environment"]["mode"] == "smoke"
+    assert "smoke" in res["note"] and "smoke" in (out / "results.md").read_text()
+    assert (out / "kernels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = res["kernels"]
     kinds = {r["kernel"] for r in rows}
     assert {"ceiling", "add_layer_norm", "attention", "decode_attention", "decode_matmul", "matmul", "mlp"} <= kinds
     for r in rows:
@@ -40,6 +54,7 @@ def test_kernel_rows_schema(smoke):
     assert ours and all(r["max_err"] is not None and r["max_err"] < 0.1 for r in ours)
 
 
+@pytest.mark.slow
 def test_model_rows_schema(smoke):
     rows = smoke[1]["model"]
     assert {(r["case"], r["impl"]) for r in rows} >= {("prefill", "jaxgpt-xla"), ("prefill", "jaxgpt-pallas"),
@@ -61,6 +76,7 @@ def test_bench_bad_input(capsys, tmp_path):
     assert "unknown quantization 'int3'" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_scaling_smoke_on_eight_cpu_devices(tmp_path):
     import jax
 
@@ -78,6 +94,7 @@ def test_scaling_smoke_on_eight_cpu_devices(tmp_path):
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_decode_case_counts_the_quantized_weight_bytes():
     """bench.decode's quantized rows: same schema, fewer bytes a step (int4 < int8 < float; the int8 head's copy
     replaces wte's bytes, which the step then reads one row of)."""

@@ -22,20 +22,31 @@ def _prompts(cfg, lengths, seed=0):
     return [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in lengths]
 
 
-@pytest.fixture(params=["xla", "pallas-unfused", "pallas-fused"])
-def backend(request):
+BACKENDS = ["xla", "pallas-unfused", "pallas-fused"]
+
+
+def _engine_kw(backend: str) -> dict:
     """The engine's backend and decode form: the XLA backend, and the Pallas backend's per-op decode step unfused
     and fused (split-K partials finished by the next kernel)."""
-    if request.param == "xla":
+    if backend == "xla":
         return {"backend": "xla"}
-    return {"backend": "pallas", "kernels": {"decode": request.param.split("-")[1]}}
+    return {"backend": "pallas", "kernels": {"decode": backend.split("-")[1]}}
 
 
-@pytest.mark.parametrize("name", list(GEN_CONFIGS))
-def test_greedy_40_tokens_equal_the_reference(name, backend):
+# Every config on the XLA backend; the fused Pallas decode form on one config by default (the unfused form's
+# kernels are each the kernel tests'), both forms on two configs with --full (the
+# interpreter is slow at 25 heads: h25_c200 runs on XLA only).
+GREEDY_CASES = [("xla", name) for name in GEN_CONFIGS] + [
+    ("pallas-fused", "h1_c64"),
+    pytest.param("pallas-unfused", "h5_c80", marks=pytest.mark.slow),
+    pytest.param("pallas-unfused", "h1_c64", marks=pytest.mark.slow),
+    pytest.param("pallas-fused", "h5_c80", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("backend,name", GREEDY_CASES)
+def test_greedy_40_tokens_equal_the_reference(backend, name):
     cfg = GEN_CONFIGS[name]
-    if backend["backend"] == "pallas" and name == "h25_c200":
-        pytest.skip("covered on the XLA backend; the Pallas interpreter is slow at 25 heads")
+    backend = _engine_kw(backend)
     sd = random_state_dict(cfg, seed=7)
     engine = Engine(cfg, sd, **backend)
     rows = _prompts(cfg, (1, 5, 17))
@@ -46,9 +57,10 @@ def test_greedy_40_tokens_equal_the_reference(name, backend):
         assert gen.ids == ref.greedy(row, 40)
 
 
+@pytest.mark.parametrize("backend", ["xla", *(pytest.param(b, marks=pytest.mark.slow) for b in BACKENDS[1:])])
 def test_each_row_of_a_mixed_batch_equals_the_prompt_alone(backend):
     cfg = GEN_CONFIGS["h5_c80"]
-    engine = Engine(cfg, random_state_dict(cfg, seed=2), **backend)
+    engine = Engine(cfg, random_state_dict(cfg, seed=2), **_engine_kw(backend))
     rows = _prompts(cfg, (9, 1, 30), seed=4)  # 3 rows: padded to a batch of 4
     batch = generate(engine, rows, max_new_tokens=20, stop_at_eos=False)
     for row, gen in zip(rows, batch):

@@ -35,15 +35,28 @@ def _run(args, H, plan, fused, layer=0, n_layer=1):
                         fused=fused)
 
 
-@pytest.mark.parametrize("fused", FORMS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("flags", [{}, {"prefetch_rows": 0}, {"prefetch_rows": 16}, {"att_splits": 1}],
-                         ids=["plan", "no-prefetch", "prefetch-16", "one-split"])
-@pytest.mark.parametrize("B,C,H,S,programs", [
+SHAPES = [
     (1, 128, 2, 40, 5),  # one row, cache shorter than a block
     (3, 80, 5, 130, 7),  # C not a power of two, head_dim 16, several cache splits
     (16, 64, 4, 64, 3),  # the most rows, few programs: many items each
-])
+]
+FLAGS = {"plan": {}, "no-prefetch": {"prefetch_rows": 0}, "prefetch-16": {"prefetch_rows": 16},
+         "one-split": {"att_splits": 1}}
+
+
+def _layer_cases():
+    """Every shape with the heuristic plan in float32, and in bfloat16 on one shape, by default; every flag and
+    dtype with --full."""
+    for shape in SHAPES:
+        for name, flags in FLAGS.items():
+            for dtype in DTYPES:
+                quick = name == "plan" and (dtype == "float32" or shape == SHAPES[1])
+                yield pytest.param(*shape, flags, dtype, id=f"{'-'.join(map(str, shape))}-{name}-{dtype}",
+                                   marks=() if quick else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("fused", FORMS)
+@pytest.mark.parametrize("B,C,H,S,programs,flags,dtype", list(_layer_cases()))
 def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fused):
     if flags and not ON_GPU and dtype != "float32":
         pytest.skip("the plan flags change no arithmetic: one dtype suffices in the interpreter")
@@ -62,31 +75,32 @@ def test_decode_layer_matches_reference(B, C, H, S, programs, flags, dtype, fuse
     assert merges.tolist() == [plan.att_splits if plan.att_splits > 1 else 0] * (B * H)
 
 
-def test_plans_are_free_choices():
+@pytest.mark.parametrize("plan", [
+    DecodeLayerPlan(4, (64, 64, 2), (64, 3), (128, 64, 2), (64, 128, 3), att_splits=3),  # a head's splits merged
+    pytest.param(DecodeLayerPlan(9, (128, 32, 1), (128, 1), (64, 32, 4), (128, 64, 1), att_splits=1, att_block=32),
+                 marks=pytest.mark.slow),
+    pytest.param(DecodeLayerPlan(11, (64, 64, 2), (64, 2), (128, 64, 2), (64, 64, 3), att_splits=2),
+                 marks=pytest.mark.slow)], ids=["splits-3", "block-32", "splits-2"])
+def test_plans_are_free_choices(plan):
     """Other splits and cache slicing give the same block (only the order of float32 sums changes)."""
     rng = np.random.default_rng(5)
     B, C, H, S = 2, 128, 4, 150
     args = _inputs(rng, B, C, H, S, "float32")
     want = decode_layer_reference(*args, eps=1e-5, n_head=H)
-    for plan in (DecodeLayerPlan(4, (64, 64, 2), (64, 3), (128, 64, 2), (64, 128, 3), att_splits=3),
-                 DecodeLayerPlan(9, (128, 32, 1), (128, 1), (64, 32, 4), (128, 64, 1), att_splits=1,
-                                 att_block=32),
-                 DecodeLayerPlan(11, (64, 64, 2), (64, 2), (128, 64, 2), (64, 64, 3), att_splits=2)):
-        h1, mlp_out, kc, _, _ = _run(args, H, plan, fused=False)
-        check(h1, want[0], "float32", C, f"h1 {plan}")
-        check(h1 + resolve(mlp_out), want[1], "float32", 4 * C, f"out {plan}")
-        check(kc, want[2], "float32", C, "k cache")
+    h1, mlp_out, kc, _, _ = _run(args, H, plan, fused=False)
+    check(h1, want[0], "float32", C, f"h1 {plan}")
+    check(h1 + resolve(mlp_out), want[1], "float32", 4 * C, f"out {plan}")
+    check(kc, want[2], "float32", C, "k cache")
 
 
 @pytest.mark.parametrize("fused", FORMS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("deep", [False, True], ids=["plan", "deep-tiles"])
+@pytest.mark.parametrize("dtype,deep", [("float32", False), ("bfloat16", True),
+                                        pytest.param("bfloat16", False, marks=pytest.mark.slow),
+                                        pytest.param("float32", True, marks=pytest.mark.slow)])
 def test_int8_weights_match_the_dequantized_reference(dtype, fused, deep):
     """int8 per-channel projections: tiles widened in registers, scales on the partials; the reference multiplies
     by the float values the int8 weights stand for. ``deep``: twice the K rows a tile (as many bytes as a float
     tile)."""
-    if deep and not ON_GPU and dtype != "float32":
-        pytest.skip("tile shapes change no arithmetic: one dtype suffices in the interpreter")
     from pallas_kernels.quant_format import quantize
     rng = np.random.default_rng(77)
     B, C, H, S = 2, 128, 4, 70
@@ -173,7 +187,8 @@ def test_bad_plans_are_clear_errors():
         DecodeLayerPlan(4, (64, 64, 1), (64, 1), (64, 64, 1), (64, 64, 1), att_splits=1, prefetch_rows=48)
 
 
-@pytest.mark.parametrize("dtype,fused_head", [("float32", True), ("bfloat16", True), ("bfloat16", False)])
+@pytest.mark.parametrize("dtype,fused_head", [("bfloat16", True), pytest.param("float32", True, marks=pytest.mark.slow),
+                                              pytest.param("bfloat16", False, marks=pytest.mark.slow)])
 def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, monkeypatch):
     """Greedy generation with every block's decode step in one kernel, then ln_f and the LM head in one
     (``lm_head_decode``; or the two-kernel path), equals the XLA backend's tokens."""
@@ -194,7 +209,8 @@ def test_model_decode_with_block_kernels_matches_xla(dtype, fused_head, monkeypa
     assert [r.ids for r in got] == [r.ids for r in want]
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int8+head"])
+@pytest.mark.slow  # (int8 blocks: test_int8_weights_match_the_dequantized_reference; the int8 head: test_kernels_lm_head)
+@pytest.mark.parametrize("scheme", ["int8+head", "int8"])
 def test_int8_model_decode_on_block_kernels_matches_xla(monkeypatch, scheme):
     """An int8 model on the block kernel (the default): greedy tokens equal the XLA backend's int8 model's. With the
     int8 head, the fused ln_f + head kernel reads that (V, C) copy."""
@@ -271,6 +287,7 @@ def test_one_kernel_form_lowers_to_triton_for_cuda(int8, knobs):
     assert calls == ["__gpu$xla.gpu.triton"], calls
 
 
+@pytest.mark.slow  # (the model's decode tests run first blocks too)
 @pytest.mark.parametrize("fused", FORMS)
 def test_first_block_takes_no_partials(fused):
     """``mlp_in=None`` (the first block of a step): the block's input is r alone, as with zero partials."""

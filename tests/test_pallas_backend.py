@@ -32,7 +32,7 @@ def test_pallas_matches_reference_and_xla(name):
         assert np.argsort(-p)[:10].tolist() == np.argsort(-w)[:10].tolist()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float32", marks=pytest.mark.slow)])
 def test_pallas_greedy_matches_reference(dtype):
     sd = random_state_dict(TINY, seed=11)
     engine = Engine(TINY, sd, dtype=dtype, backend="pallas")
@@ -71,7 +71,8 @@ def test_fused_decode_path_leaves_one_token_prefills_correct():
     assert np.all(np.isfinite(got)) and np.max(np.abs(np.asarray(got) - np.asarray(want))) <= 1e-5
 
 
-@pytest.mark.parametrize("what", ["attention", "matmul"])
+@pytest.mark.slow  # (each Mosaic kernel alone: test_kernels_*_mgpu.py)
+@pytest.mark.parametrize("what", ["matmul", "attention"])
 def test_mosaic_kernels_serve_the_prefill(what, monkeypatch):
     """``attention=mosaic`` / ``matmul=mosaic`` (the default on Hopper): a bf16 prefill runs the Mosaic GPU
     attention, or the Mosaic GPU matmul for all four projections (their interpreter here), and gives the Triton

@@ -33,7 +33,7 @@ def prompts():
     return [rng.integers(0, CFG.vocab_size, 20).tolist() for _ in range(3)]
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("scheme", ["int4", pytest.param("int8", marks=pytest.mark.slow)])
 def test_quantized_model_follows_the_float_model(sd, prompts, scheme):
     r = agreement(Engine(CFG, sd), Engine(CFG, sd, quantize=scheme), prompts, steps=16)
     print(scheme, r)
@@ -43,6 +43,7 @@ def test_quantized_model_follows_the_float_model(sd, prompts, scheme):
     assert r["greedy_token_agreement"] >= 0.9
 
 
+@pytest.mark.slow
 def test_int8_is_closer_than_int4(sd, prompts):
     ref = Engine(CFG, sd)
     d8 = agreement(ref, Engine(CFG, sd, quantize="int8"), prompts, steps=0)["mean_abs_dlogit"]
@@ -50,7 +51,7 @@ def test_int8_is_closer_than_int4(sd, prompts):
     assert 0 < d8 < d4
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("scheme", ["int4", pytest.param("int8", marks=pytest.mark.slow)])
 def test_pallas_kernels_match_the_xla_dequantize_path(sd, prompts, scheme):
     """The quantized matmul kernels (interpret mode here) against XLA's dequantize-then-dot, prefill and decode."""
     xla, pallas = Engine(CFG, sd, quantize=scheme), Engine(CFG, sd, quantize=scheme, backend="pallas")
@@ -59,13 +60,19 @@ def test_pallas_kernels_match_the_xla_dequantize_path(sd, prompts, scheme):
     assert [g.ids for g in generate(pallas, prompts, **kw)] == [g.ids for g in generate(xla, prompts, **kw)]
 
 
-def test_int8_lm_head_copy(sd, prompts):
-    """``+head``: the head reads an int8 (C, V) copy of wte (the lookup keeps the float wte); both backends agree,
-    the float model is followed, and a step reads fewer head bytes (C·V·1 + 4·V instead of C·V·2)."""
-    ref = Engine(CFG, sd)
+@pytest.mark.slow  # (the Pallas int8 head in decode: test_kernels_decode_layer's int8+head model test)
+def test_int8_lm_head_copy_on_both_backends(sd, prompts):
     xla, pallas = Engine(CFG, sd, quantize="int8+head"), Engine(CFG, sd, quantize="int8+head", backend="pallas")
-    assert xla.quantization == Scheme(8, None, True)
     np.testing.assert_allclose(pallas.last_logits(prompts), xla.last_logits(prompts), atol=2e-4, rtol=0)
+
+
+@pytest.mark.slow  # (the +head checkpoint path: test_checkpoint_round_trip_loads_the_same_model[int4+head])
+def test_int8_lm_head_copy(sd, prompts):
+    """``+head``: the head reads an int8 (C, V) copy of wte (the lookup keeps the float wte); the float model is
+    followed, and a step reads fewer head bytes (C·V·1 + 4·V instead of C·V·2)."""
+    ref = Engine(CFG, sd)
+    xla = Engine(CFG, sd, quantize="int8+head")
+    assert xla.quantization == Scheme(8, None, True)
     r = agreement(ref, xla, prompts, steps=8)
     assert r["top1_agreement"] >= TOP1_MIN["int8"] and r["finite"]
     d_plain = agreement(ref, Engine(CFG, sd, quantize="int8"), prompts, steps=0)["mean_abs_dlogit"]

@@ -40,8 +40,9 @@ def _devices(n):
 
 
 @pytest.mark.parametrize("data,tensor,backend", [
-    (True, 1, "xla"), (True, 1, "pallas"), (1, 2, "xla"), (1, 4, "xla"), (2, 4, "xla"), (4, 2, "xla"), (3, 1, "xla"),
-])
+    (True, 1, "xla"), (2, 4, "xla"), (3, 1, "xla"),
+    *(pytest.param(*case, marks=pytest.mark.slow)  # (the Pallas path: also in the quantized data-parallel test)
+      for case in [(True, 1, "pallas"), (1, 2, "xla"), (1, 4, "xla"), (4, 2, "xla")])])
 def test_sharded_equals_one_device(single, data, tensor, backend):
     sd, want_logits, want_ids = single
     n = (8 if data is True else data * tensor) if not ON_GPU else len(jax.devices())
@@ -71,7 +72,7 @@ def test_sampling_does_not_depend_on_the_split(single):
     assert [g.ids for g in generate(shard(Engine(CFG, sd), data=True), ROWS, **kw)] == one
 
 
-@pytest.mark.parametrize("backend", ["xla", "pallas"])
+@pytest.mark.parametrize("backend", ["xla", pytest.param("pallas", marks=pytest.mark.slow)])
 def test_quantized_weights_run_data_parallel(single, backend):
     """An int8 model split over the data axis gives one device's quantized answers, row for row."""
     sd = single[0]
@@ -146,6 +147,7 @@ print(json.dumps({"process": jax.process_index(), "devices": len(jax.devices()),
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ON_GPU, reason="CPU processes")
 def test_two_processes_share_one_mesh(single, tmp_path):
     """jax.distributed on one machine: two processes of 4 CPU devices each form one 8-device data-parallel mesh."""
