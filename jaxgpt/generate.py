@@ -191,6 +191,12 @@ class _Decoder:
         self.cancel = np.zeros((out.shape[0],), bool)
         self._cancel_dev = engine.put(self.cancel)
 
+    def cancel_rows(self, rows: np.ndarray | None) -> None:
+        """Rows (a bool (B,) mask) that stop at the next call, for a stop string or a caller's cancel."""
+        if rows is not None and np.any(rows & ~self.cancel):
+            self.cancel = self.cancel | rows
+            self._cancel_dev = self.engine.put(self.cancel)
+
     def _launch(self, stop_at: int):
         cache, i, tok, out, done = self.carry
         self.carry = self.dec(self.engine.state, cache, i, tok, out, done, self._cancel_dev, *self.args[:2],
@@ -202,7 +208,7 @@ class _Decoder:
             return
         k = min(DECODE_CHUNK, CALL_STEPS)  # the first call is short: the first text streams soon
         pending = self._launch(min(self.max_new, 1 + k))
-        t_last, host_done = time.perf_counter(), None
+        t_last = time.perf_counter()
         while pending is not None:
             stop_at, i, out, done = pending
             queued = self._launch(min(self.max_new, stop_at + k)) if stop_at < self.max_new else None
@@ -212,13 +218,8 @@ class _Decoder:
             per_step = (t - t_last) / max(reached - self.steps, 1)
             t_last = t
             self.out, start, self.steps = out, self.steps, reached
-            cancel = on_tokens(start, reached, out)
-            host_done = done | self.cancel
-            if cancel is not None and np.any(cancel & ~self.cancel):
-                self.cancel = self.cancel | cancel
-                self._cancel_dev = self.engine.put(self.cancel)
-                host_done = host_done | self.cancel
-            if np.all(host_done) or reached >= self.max_new:
+            self.cancel_rows(on_tokens(start, reached, out))
+            if np.all(done | self.cancel) or reached >= self.max_new:
                 break
             fits = max(1, int(CALL_SECONDS / max(per_step, 1e-9)))  # steps in CALL_SECONDS
             k = min(CALL_STEPS, 1 << (fits.bit_length() - 1))  # a power of two: few distinct stop points
@@ -365,7 +366,7 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
                          np.int32) + 1
         decoder = _Decoder(engine, dec, (cache, engine.put(first, kind="steps"), tok, out_d, done_d),
                            (lengths_d, row_ids, key, rep(eos), *params), max_new_tokens, out)
-        on_tokens(0, 1, out)
+        decoder.cancel_rows(on_tokens(0, 1, out))  # a stop string in token 0 already ends its row
         decoder.run(on_tokens)
         out = decoder.out
     except KeyboardInterrupt:
