@@ -100,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "if any, take --weights-seed")
     _common(p, sampling=True)
     _parallel(p)
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (POST /v1/completions) with continuous "
+                       "batching; needs the serve extra: pip install -e '.[serve]'")
+    _common(p, sampling=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, printed)")
+    p.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the name clients ask for (default: --model, or the checkpoint's directory name)")
+    p.add_argument("--max-batch", type=int, default=64, help="decode slots: requests decoded at once (default 64)")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="requests that may wait for a slot; beyond them a request gets 429 (default 1024)")
+    p.add_argument("--max-context", type=int, default=None, metavar="N",
+                   help="prompt + completion tokens a request may hold (default and most: the model's n_ctx)")
+    p.add_argument("--chunk", type=int, default=16,
+                   help="decode steps between two looks at the queue (default 16)")
+    p.add_argument("--prefill-batch", type=int, default=4, help="prompts prefilled in one call (default 4)")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="one engine on every local device; each request goes to the least busy")
     p = sub.add_parser("bench", help="kernels and whole model vs XLA and the peers (GPU; a smoke run on CPU; "
                        "from a clone of the repository)")
     add_bench_arguments(p)
@@ -439,6 +457,64 @@ def _quiet_native_stdout() -> None:
     sys.stdout = real
 
 
+def cmd_serve(args) -> int:
+    from jaxgpt.errors import UsageError
+    try:
+        from jaxgpt.serve.app import Server, bind, serve
+    except ImportError as e:
+        raise UsageError(f"jaxgpt serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") \
+            from None
+    for name in ("max_batch", "max_queue", "chunk", "prefill_batch"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} must be between 0 and 65535")
+    if args.max_context is not None and args.max_context < 2:
+        raise UsageError(f"--max-context {args.max_context} must be >= 2")
+    try:
+        sock = bind(args.host, args.port)  # before the weights load: a taken port fails at once
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    from jaxgpt.serve.engine import BatchEngine
+    engines = _serve_engines(args)
+    batch = [BatchEngine(e, slots=args.max_batch, chunk=args.chunk, prefill_batch=args.prefill_batch,
+                         max_queue=args.max_queue, cache_len=args.max_context) for e in engines]
+    name = args.served_model_name or args.model or (
+        __import__("pathlib").Path(args.checkpoint).resolve().name if args.checkpoint else "gpt2")
+    import time
+    t0 = time.perf_counter()
+    for k, b in enumerate(batch):
+        def progress(i, n, k=k):
+            print(f"\rcompiling the server's calls: {i}/{n}" + (f" (device {k + 1}/{len(batch)})" if len(batch) > 1
+                  else ""), end="", file=sys.stderr, flush=True)
+        b.compile(progress)
+    print(f"\ncompiled in {time.perf_counter() - t0:.1f} s; no request compiles", file=sys.stderr)
+    server = Server(batch, name)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {name} ({engines[0].source}; {_precision(engines[0])}, backend {engines[0].backend}, "
+          f"{len(batch)} device{'s' if len(batch) > 1 else ''} x {args.max_batch} slots) on http://{shown}:{port}/v1",
+          file=sys.stderr, flush=True)
+    serve(server, sock)
+    print("server stopped", file=sys.stderr)
+    return 0
+
+
+def _serve_engines(args) -> list:
+    """One engine per device: every local device with ``--data-parallel``, else the chosen one."""
+    from jaxgpt.engine import Engine, load_weights, resolve_device
+    from jaxgpt.backends import get_ops
+    jdev = resolve_device(args.device)
+    get_ops(args.backend, args.kernels)
+    cfg, sd, source, random = load_weights(args.model, args.checkpoint, args.config, args.weights_seed)
+    import jax
+    devices = jax.local_devices(backend=jdev.platform) if args.data_parallel else [jdev]
+    engines = [Engine(cfg, sd, dtype=args.dtype, device=d, backend=args.backend, source=source, random=random,
+                      quantize=args.quantize, kernels=args.kernels) for d in devices]
+    _say_interpreted(engines[0])
+    return engines
+
+
 def cmd_bench(args) -> int:
     from jaxgpt.errors import UsageError
     try:
@@ -474,11 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "weights_seed", 0) < 0:
             raise UsageError(f"--weights-seed {args.weights_seed} must be >= 0")
-        if args.command != "generate" and getattr(args, "seed", None) is not None:
+        if args.command not in ("generate", "serve") and getattr(args, "seed", None) is not None:
             raise UsageError(f"--seed is generate's sampling seed; {args.command} samples nothing (random weights "
                              "take --weights-seed N)")
         return {"predict": cmd_predict, "generate": cmd_generate, "parity": cmd_parity,
-                "bench": cmd_bench, "quantize": cmd_quantize}[args.command](args)
+                "bench": cmd_bench, "quantize": cmd_quantize, "serve": cmd_serve}[args.command](args)
     except JaxGPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,7 +50,7 @@ DECODE_CHUNK = 16  # steps a decode-loop iteration runs (module docstring)
 # on the GPU (``set_while_condition``, ~2 µs). H100, gpt2-xl B=1, 2026-11-26, one run each: 1 / 2 / 4 unrolled
 # 2.007 / 1.988 / 1.995 ms/token (loop kernel time 1.997 / 1.984 / 1.993).
 DECODE_UNROLL = 4
-CALL_STEPS = 64  # the most steps one decode call runs before the host sees its tokens (module docstring)
+CALL_STEPS = 128  # the most steps one decode call runs before the host sees its tokens (module docstring)
 CALL_SECONDS = 0.1  # ... and about the longest one call runs: a Ctrl-C or a cancel lands within ~2 of them
 
 
@@ -228,7 +228,7 @@ class _Decoder:
 
 # ------------------------------------------------------------------------------------------------ host side
 
-class _Detok:
+class Detokenizer:
     """Incremental detokenizer for one row: emits only whole UTF-8 characters and holds back a possible stop."""
 
     def __init__(self, stops: Sequence[str]):
@@ -257,6 +257,15 @@ class _Detok:
             end -= max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         piece = self.text[self.emitted:end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
+        return piece
+
+    def flush(self) -> str:
+        """At the end of the row: the text still held back (a possible stop string's prefix, or an incomplete
+        character, as U+FFFD)."""
+        if not self.stopped:
+            self.text = tokenizer.get_encoding().decode_bytes(self.ids).decode("utf-8", "replace")
+        piece = self.text[self.emitted:]
+        self.emitted = len(self.text)
         return piece
 
 
@@ -329,7 +338,7 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
     for r, row in enumerate(rows):
         ids[r, :len(row)], lengths[r] = row, len(row)
     done = np.arange(batch) >= n  # padding rows start finished
-    detoks = [_Detok(stops) for _ in range(n)]
+    detoks = [Detokenizer(stops) for _ in range(n)]
     eos = np.int32(EOS_ID if stop_at_eos else -1)
 
     def on_tokens(i0: int, i1: int, out: np.ndarray) -> np.ndarray | None:
@@ -382,7 +391,7 @@ def generate(engine: Engine, prompts: str | Sequence[str] | Sequence[Sequence[in
 
 
 def _finish(texts, rows, out: np.ndarray, max_new_tokens: int, stop_at_eos: bool, stops: list[str],
-            detoks: list[_Detok], stream, interrupted: bool = False) -> list[Generation]:
+            detoks: list[Detokenizer], stream, interrupted: bool = False) -> list[Generation]:
     """Each row's ``Generation`` from the tokens in ``out`` (-1 after a row's last); ``interrupted``: rows that
     had not finished say so."""
     result = []

@@ -38,18 +38,21 @@ class Sampling:
 
 def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
     """Scaled logits with everything outside the top-k and the top-p nucleus set to -inf: (B, V) -> (B, V).
+    The settings are scalars or one per row, (B,).
 
     The nucleus is the smallest set of best tokens whose probability reaches ``top_p`` (the best token always
     stays); ties at a threshold are kept.
     """
-    V = logits.shape[-1]
-    x = logits.astype(jnp.float32) / temperature  # (B, V)
+    B, V = logits.shape
+    temperature, top_k, top_p = (jnp.broadcast_to(a, (B,)) for a in (temperature, top_k, top_p))  # (B,) each
+    x = logits.astype(jnp.float32) / temperature[:, None]  # (B, V)
     srt = -jnp.sort(-x, axis=-1)  # (B, V), best first
-    kth = jnp.where(top_k > 0, srt[:, jnp.clip(top_k, 1, V) - 1], -jnp.inf)  # (B,)
+    kth = jnp.take_along_axis(srt, jnp.clip(top_k, 1, V)[:, None] - 1, axis=-1)[:, 0]  # (B,)
+    kth = jnp.where(top_k > 0, kth, -jnp.inf)
     srt = jnp.where(srt >= kth[:, None], srt, -jnp.inf)
     probs = jax.nn.softmax(srt, axis=-1)  # (B, V)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly better tokens
-    keep = (before < top_p) | (jnp.arange(V) == 0)[None]
+    keep = (before < top_p[:, None]) | (jnp.arange(V) == 0)[None]
     p_min = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1)  # (B,) the worst token kept by top-p
     return jnp.where(x >= jnp.maximum(kth, p_min)[:, None], x, -jnp.inf)
 
@@ -68,3 +71,16 @@ def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax
     ids = jnp.arange(x.shape[0]) if rows is None else rows
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(ids)
     return jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, x).astype(jnp.int32)
+
+
+def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                top_p: jax.Array) -> jax.Array:
+    """Next token per row with each row's own settings, all (B,): (B, V) float32 logits -> (B,) int32.
+
+    Row ``b`` is greedy where ``temperature[b] == 0``, else it draws with ``keys[b]``; a row's token is the one
+    ``sample`` gives it with the same key and settings (a server's mixed batch runs in one compiled step).
+    """
+    greedy = temperature <= 0.0  # (B,)
+    x = filter_logits(logits, jnp.where(greedy, 1.0, temperature), top_k, top_p)  # (B, V)
+    drawn = jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, x)  # (B,)
+    return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
