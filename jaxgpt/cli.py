@@ -489,13 +489,12 @@ def cmd_serve(args) -> int:
                   else ""), end="", file=sys.stderr, flush=True)
         b.compile(progress)
     print(f"\ncompiled in {time.perf_counter() - t0:.1f} s; no request compiles", file=sys.stderr)
-    server = Server(batch, name)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {name} ({engines[0].source}; {_precision(engines[0])}, backend {engines[0].backend}, "
-          f"{len(batch)} device{'s' if len(batch) > 1 else ''} x {args.max_batch} slots) on http://{shown}:{port}/v1",
-          file=sys.stderr, flush=True)
-    serve(server, sock)
+    ready = (f"serving {name} ({engines[0].source}; {_precision(engines[0])}, backend {engines[0].backend}, "
+             f"{len(batch)} device{'s' if len(batch) > 1 else ''} x {args.max_batch} slots) on "
+             f"http://{shown}:{port}/v1 (Ctrl-C or SIGTERM: finish the open requests and stop)")
+    serve(Server(batch, name, on_ready=lambda: print(ready, file=sys.stderr, flush=True)), sock)
     print("server stopped", file=sys.stderr)
     return 0
 

@@ -87,7 +87,13 @@ def _prompts(body: dict, vocab_size: int) -> list[list[int]]:
                             "lists (and not empty)", "prompt")
     if any(t == "" for t in texts):
         raise APIError(400, "'prompt' is empty: give some text to continue", "prompt")
-    return [tokenizer.encode(t) for t in texts]
+    rows = [tokenizer.encode(t) for t in texts]
+    for row in rows:
+        bad = [t for t in row if t >= vocab_size]
+        if bad:
+            raise APIError(400, f"'prompt' tokenizes to id {bad[0]}, outside this model's vocabulary of {vocab_size}",
+                           "prompt")
+    return rows
 
 
 def _check_ids(row: list[int], vocab_size: int) -> list[int]:

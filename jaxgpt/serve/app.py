@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
 import socket
 import sys
 import threading
@@ -58,7 +59,8 @@ def _error(e: APIError) -> JSONResponse:
 class Server:
     """The app's state: the engines (one per device), their threads, the served model's name and limits."""
 
-    def __init__(self, engines: list[BatchEngine], model_name: str, *, log: Callable[[str], None] | None = None):
+    def __init__(self, engines: list[BatchEngine], model_name: str, *, log: Callable[[str], None] | None = None,
+                 on_ready: Callable[[], None] | None = None):
         self.engines, self.model_name = engines, model_name
         cfg = engines[0].engine.config
         self.context, self.vocab_size = engines[0].cache_len, cfg.vocab_size
@@ -67,6 +69,7 @@ class Server:
         self.threads: list[threading.Thread] = []
         self.created = int(time.time())
         self.accepting = True
+        self.on_ready = on_ready  # called once the app runs (uvicorn's signal handlers are in place by then)
         self.app = Starlette(routes=[
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
@@ -77,6 +80,8 @@ class Server:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
         self.start()
+        if self.on_ready is not None:
+            self.on_ready()
         yield
         self.stop()
 
@@ -265,5 +270,19 @@ def serve(server: Server, sock: socket.socket, *, graceful_s: float = 30.0) -> N
     """Serve until SIGINT/SIGTERM: then stop accepting connections, let open requests finish (up to
     ``graceful_s``), end the rest as cancelled and return."""
     import uvicorn
+
+    class _Uvicorn(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # uvicorn's own re-raises the signal at the end: the process would not exit 0
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
     config = uvicorn.Config(server.app, log_level="warning", timeout_graceful_shutdown=graceful_s, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    _Uvicorn(config).run(sockets=[sock])
