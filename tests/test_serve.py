@@ -360,3 +360,42 @@ def test_sigterm_under_load_finishes_every_accepted_request_and_exits_0(checkpoi
 def test_serve_bad_flags_exit_2_with_one_line(args, needle):
     r = subprocess.run([sys.executable, "-m", "jaxgpt", "serve", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["pallas", "xla"])
+def test_gpu_engine_on_gpt2_width_matches_generate_alone(backend):
+    """GPT-2 124M's shapes in bfloat16 on the GPU: 12 requests of mixed lengths through 8 slots, each greedy answer
+    what ``generate`` gives the prompt in a batch of 8 (the kernel choice, and so the rounding, depends on the
+    batch: generate's batch of one may run other kernels than 8 slots; on the CPU, float32, the test above
+    compares with the prompt alone)."""
+    from jaxgpt.tokenizer import encode
+    cfg = GPTConfig.from_name("gpt2")
+    eng = Engine(cfg, random_state_dict(cfg, 3), dtype="bfloat16", backend=backend)
+    b = BatchEngine(eng, slots=8, chunk=16, prefill_batch=4, cache_len=256)
+    b.compile()
+    got: dict[int, list] = {}
+    done = threading.Event()
+    prompts = [encode("Dobby is a house elf. " * (1 + k % 5))[: 8 + 13 * k] for k in range(12)]
+    limits = [20 + 9 * k for k in range(12)]
+
+    def sink(k):
+        def on(kind, value):
+            if kind == "tokens":
+                got.setdefault(k, []).extend(t.id for t in value if t.id >= 0)
+            elif kind in ("done", "error"):
+                got.setdefault(("end", k), value)
+                if sum(isinstance(x, tuple) for x in got) == len(prompts):
+                    done.set()
+        return on
+
+    t = threading.Thread(target=b.run, daemon=True)
+    t.start()
+    for k, (p, n) in enumerate(zip(prompts, limits)):
+        b.submit(Request(ids=p, max_tokens=n, on_event=sink(k), stop_at_eos=False))
+    assert done.wait(timeout=300)
+    b.stop()
+    t.join(timeout=60)
+    for k, (p, n) in enumerate(zip(prompts, limits)):
+        ref = generate(eng, [p] + prompts[:7], max_new_tokens=n, stop_at_eos=False)[0].ids
+        assert got[("end", k)] == "length" and got[k] == ref, f"request {k}"
