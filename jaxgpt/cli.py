@@ -479,9 +479,10 @@ def cmd_serve(args) -> int:
     engines = _serve_engines(args)
     batch = [BatchEngine(e, slots=args.max_batch, chunk=args.chunk, prefill_batch=args.prefill_batch,
                          max_queue=args.max_queue, cache_len=args.max_context) for e in engines]
-    name = args.served_model_name or args.model or (
-        __import__("pathlib").Path(args.checkpoint).resolve().name if args.checkpoint else "gpt2")
+    import pathlib
     import time
+    name = args.served_model_name or args.model or (
+        pathlib.Path(args.checkpoint).resolve().name if args.checkpoint else "gpt2")
     t0 = time.perf_counter()
     for k, b in enumerate(batch):
         def progress(i, n, k=k):
