@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,10 +47,16 @@ def engine():
 @pytest.fixture(scope="module")
 def server(engine):
     """A server with 4 slots (fewer than the clients of the batching test: requests wait and slots are reused)."""
-    import uvicorn
     batch = BatchEngine(engine, slots=4, chunk=4, prefill_batch=2, max_queue=256)
     batch.compile()
-    srv = Server([batch], NAME, log=lambda msg: None)
+    with _in_thread(Server([batch], NAME, log=lambda msg: None)) as (url, srv):
+        yield url, srv
+
+
+@contextlib.contextmanager
+def _in_thread(srv):
+    """``srv`` on a free port of 127.0.0.1, uvicorn in a thread: ``(base url, srv)``."""
+    import uvicorn
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     userver = uvicorn.Server(uvicorn.Config(srv.app, log_level="error", lifespan="on"))
@@ -62,9 +69,11 @@ def server(engine):
                 break
         except httpx.TransportError:
             time.sleep(0.05)
-    yield url, srv
-    userver.should_exit = True
-    t.join(timeout=30)
+    try:
+        yield url, srv
+    finally:
+        userver.should_exit = True
+        t.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +293,63 @@ def test_a_full_queue_refuses_at_once(engine):
     b.submit(mk())
     with pytest.raises(QueueFull):
         b.submit(mk())
+
+
+def test_data_parallel_engines_share_the_requests(engine):
+    """Two engines on two of the 8 CPU devices (``--data-parallel``): requests go to the least busy; every answer
+    is still the prompt's own ``generate`` output."""
+    import jax
+    engines = []
+    for d in jax.devices()[:2]:
+        e = Engine(CFG, lively_state_dict(), dtype="float32", device=d)
+        engines.append(BatchEngine(e, slots=2, chunk=2, prefill_batch=1, cache_len=16))
+        engines[-1].compile()
+    prompts = [f"row {k} of" for k in range(6)]
+    with _in_thread(Server(engines, NAME, log=lambda msg: None)) as (url, _):
+        got = {}
+
+        def one(k):
+            got[k] = httpx.post(url + "/v1/completions", timeout=60, json={
+                "model": NAME, "prompt": prompts[k], "max_tokens": 8, "temperature": 0}).json()["choices"][0]["text"]
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert all(b.busy_slot_steps > 0 for b in engines), "a device got no request"
+    for k, p in enumerate(prompts):
+        assert got[k] == alone(engine, p, 8).text
+
+
+def test_a_fault_in_one_request_fails_that_request_alone(engine):
+    """A request whose handling raises (here its event sink) ends with an error; the others in the batch go on."""
+    b = BatchEngine(engine, slots=2, chunk=2, prefill_batch=2)
+    events: dict[str, list] = {"bad": [], "good": [], "after": []}
+
+    def sink(name):
+        def on(kind, value):
+            events[name].append((kind, value))
+            if name == "bad" and kind == "tokens":
+                raise RuntimeError("a broken sink")
+        return on
+
+    t = threading.Thread(target=b.run, daemon=True)
+    t.start()
+    prompt = ids_of("A fault")
+    b.submit(Request(ids=prompt, max_tokens=12, on_event=sink("bad")))
+    b.submit(Request(ids=prompt, max_tokens=12, on_event=sink("good")))
+    deadline = time.time() + 60
+    while not (events["good"] and events["good"][-1][0] == "done") and time.time() < deadline:
+        time.sleep(0.01)
+    b.submit(Request(ids=prompt, max_tokens=3, on_event=sink("after")))
+    while not (events["after"] and events["after"][-1][0] == "done") and time.time() < deadline:
+        time.sleep(0.01)
+    b.stop()
+    t.join(timeout=30)
+    assert events["bad"][-1][0] == "error" and "a broken sink" in events["bad"][-1][1]
+    good = [tok.id for kind, v in events["good"] if kind == "tokens" for tok in v if tok.id >= 0]
+    assert good == alone(engine, prompt, 12).ids and events["after"][-1] == ("done", "length")
 
 
 def _start(ckpt, *extra):

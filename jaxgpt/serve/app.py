@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from jaxgpt.serve.api import APIError, Choice, Completion, completion_object, new_id, parse_completion, usage
-from jaxgpt.serve.engine import BatchEngine, QueueFull, Request
+from jaxgpt.serve.engine import BatchEngine, EngineStopped, QueueFull, Request
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -192,9 +192,11 @@ class _Run:
             for e, r in self.reqs:
                 e.submit(r)
                 done.append((e, r))
-        except QueueFull as err:
+        except (QueueFull, EngineStopped) as err:
             for e, r in done:
                 e.cancel(r)
+            if isinstance(err, EngineStopped):
+                raise APIError(503, f"the server cannot take requests: {err}", kind="server_error") from None
             raise APIError(429, f"the server is busy: {err}; retry later", kind="rate_limit_error") from None
 
     def cancel(self) -> None:

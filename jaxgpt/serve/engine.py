@@ -174,6 +174,10 @@ class QueueFull(Exception):
     """The engine's queue holds ``max_queue`` requests already."""
 
 
+class EngineStopped(Exception):
+    """The engine takes no more requests: it was stopped, or a device error ended its loop."""
+
+
 class BatchEngine:
     """Continuous batching over ``slots`` rows of one ``Engine`` (one device); ``run`` in a thread of its own."""
 
@@ -193,6 +197,7 @@ class BatchEngine:
         self._cancels: set[int] = set()  # id() of requests to cancel at the next turn
         self._owner: list[Request | None] = [None] * slots
         self._stop = threading.Event()
+        self.error: str | None = None  # why the loop ended, when a device error ended it
         self._state: Slots | None = None
         self.steps_run = 0  # decode steps the device ran (every slot at once)
         self.busy_slot_steps = 0  # ... summed over the slots that held a request
@@ -241,6 +246,8 @@ class BatchEngine:
         if len(req.ids) + req.max_tokens > self.cache_len:
             raise ValueError(f"{len(req.ids)} prompt tokens + max_tokens {req.max_tokens} > {self.cache_len}")
         with self._lock:
+            if self._stop.is_set() or self.error is not None:
+                raise EngineStopped(self.error or "the engine is stopping")
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"{len(self._queue)} requests are waiting already (--max-queue {self.max_queue})")
             req.t_submit = time.perf_counter()
@@ -299,7 +306,8 @@ class BatchEngine:
                     self._read(*pending.popleft(), cancel)
                 self.steps_run += self.chunk
         except Exception as e:  # a device error ends every open request with it, not silently
-            self._fail_all(f"the engine stopped: {type(e).__name__}: {e}")
+            self.error = f"the engine stopped: {type(e).__name__}: {e}"
+            self._fail_all(self.error)
             raise
         finally:
             self._fail_all(None)
@@ -326,9 +334,11 @@ class BatchEngine:
         return mask
 
     def _admit_waiting(self, cancel: np.ndarray) -> list:
-        """Prefill waiting requests into free slots, a prefill batch at a time; returns what to read later."""
+        """Prefill waiting requests into free slots, a prefill batch at a time; returns what to read later. While
+        other requests decode, one prefill call a turn: a burst of arrivals stalls their decode by one prefill."""
         launched = []
-        while True:
+        calls = 1 if self.active else self.slots
+        while len(launched) < calls:
             free = [b for b, r in enumerate(self._owner) if r is None]
             with self._lock:
                 if not free or not self._queue:
@@ -364,6 +374,7 @@ class BatchEngine:
             for j, r in enumerate(reqs):
                 owners[j] = r
             launched.append(("admit", owners, out))
+        return launched
 
     def _read(self, kind: str, owners: list, out: Tokens, cancel: np.ndarray) -> None:
         """Hand each request its new tokens from a finished call; free the slots of requests that ended."""
@@ -377,30 +388,13 @@ class BatchEngine:
             if r is None or r.finish_reason is not None:
                 continue
             busy += 1
-            got: list[Token] = []
-            for k in range(ids.shape[1]):
-                t = int(ids[j, k])
-                if t < 0:
-                    break
-                if r.stop_at_eos and t == tokenizer.EOT_ID:
-                    r.finish_reason = "stop"
-                    break
-                r.made.append(t)
-                tok = Token(t, r._detok.push(t))
-                if r.logprobs:
-                    tok.logprob = float(lp[j, k])
-                    tok.top = [(int(a), float(b)) for a, b in zip(top_ids[j, k], top_lp[j, k])]
-                got.append(tok)
-                if r._detok.stopped:
-                    r.finish_reason = "stop"
-                    break
-                if len(r.made) >= r.max_tokens:
-                    r.finish_reason = "length"
-                    break
-            if got:
-                if r.t_first is None:
-                    r.t_first = now
-                r.on_event("tokens", got)
+            try:
+                self._hand_out(r, j, ids, lp, top_ids, top_lp, now)
+            except Exception as e:  # noqa: BLE001 - a fault in one request's handling ends that request alone
+                r.finish_reason = "error"
+                self._release(r, cancel)
+                r.on_event("error", f"{type(e).__name__}: {e}")
+                continue
             if r.finish_reason is not None:
                 self._release(r, cancel)
         if kind == "decode":
@@ -408,12 +402,40 @@ class BatchEngine:
             if self.on_turn is not None:
                 self.on_turn()
 
+    def _hand_out(self, r: Request, j: int, ids, lp, top_ids, top_lp, now: float) -> None:
+        """Row ``j``'s new tokens to ``r``, up to its end (EOS, a stop string, its limit)."""
+        got: list[Token] = []
+        for k in range(ids.shape[1]):
+            t = int(ids[j, k])
+            if t < 0:
+                break
+            if r.stop_at_eos and t == tokenizer.EOT_ID:
+                r.finish_reason = "stop"
+                break
+            r.made.append(t)
+            tok = Token(t, r._detok.push(t))
+            if r.logprobs:
+                tok.logprob = float(lp[j, k])
+                tok.top = [(int(a), float(b)) for a, b in zip(top_ids[j, k], top_lp[j, k])]
+            got.append(tok)
+            if r._detok.stopped:
+                r.finish_reason = "stop"
+                break
+            if len(r.made) >= r.max_tokens:
+                r.finish_reason = "length"
+                break
+        if got:
+            if r.t_first is None:
+                r.t_first = now
+            r.on_event("tokens", got)
+
     def _release(self, r: Request, cancel: np.ndarray) -> None:
         for b, o in enumerate(self._owner):
             if o is r:
                 self._owner[b] = None
                 cancel[b] = True  # a stop string ends it on the host first: the device stops it at the next call
-        self._finish(r, r.finish_reason)
+        if r.finish_reason != "error":
+            self._finish(r, r.finish_reason)
 
     @staticmethod
     def _finish(r: Request, reason: str) -> None:
