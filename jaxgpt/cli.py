@@ -459,11 +459,7 @@ def _quiet_native_stdout() -> None:
 
 def cmd_serve(args) -> int:
     from jaxgpt.errors import UsageError
-    try:
-        from jaxgpt.serve.app import Server, bind, serve
-    except ImportError as e:
-        raise UsageError(f"jaxgpt serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") \
-            from None
+    # the flags first: a bad one answers before jax is imported
     for name in ("max_batch", "max_queue", "chunk", "prefill_batch"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
@@ -471,6 +467,11 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--port {args.port} must be between 0 and 65535")
     if args.max_context is not None and args.max_context < 2:
         raise UsageError(f"--max-context {args.max_context} must be >= 2")
+    try:
+        from jaxgpt.serve.app import Server, bind, serve
+    except ImportError as e:
+        raise UsageError(f"jaxgpt serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") \
+            from None
     try:
         sock = bind(args.host, args.port)  # before the weights load: a taken port fails at once
     except OSError as e:

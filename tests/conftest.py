@@ -6,6 +6,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# One compilation cache for the run's processes (the xdist workers and the CLIs they start): many tests build
+# the same small programs, and XLA's CPU compiles are most of the suite's time. Keyed by the program, jax and its
+# flags, so it never serves a stale executable.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"jaxgpt-tests-xla-cache-{os.getuid()}")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 # Several test processes (pytest-xdist, the README's `-n auto`) on one GPU: each takes memory as it needs it
 # instead of preallocating most of the card.
 if "PYTEST_XDIST_WORKER" in os.environ:
@@ -42,6 +52,8 @@ def _thin_dtype_variants(items) -> None:
 
 def pytest_collection_modifyitems(config, items):
     _thin_dtype_variants(items)
+    # the long xdist groups (one worker runs each whole) first: the other workers balance the rest around them
+    items.sort(key=lambda item: not any(m.name == "xdist_group" for m in item.iter_markers()))
     if not config.getoption("--full"):  # the default run: every public path once; --full adds the variants
         quick = [item for item in items if "slow" not in item.keywords]
         if len(quick) < len(items):

@@ -39,6 +39,7 @@ def test_smoke_run_writes_results_markdown_and_plots(smoke):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # the bench's CPU smoke runs (~12 s and ~35 s on two cores): --full
 def test_kernel_rows_schema(smoke_kernels):
     out, res = smoke_kernels
     assert ENV_KEYS <= set(res["environment"]) and res["environment"]["mode"] == "smoke"

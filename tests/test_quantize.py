@@ -51,7 +51,8 @@ def test_int8_is_closer_than_int4(sd, prompts):
     assert 0 < d8 < d4
 
 
-@pytest.mark.parametrize("scheme", ["int4", pytest.param("int8", marks=pytest.mark.slow)])
+@pytest.mark.slow  # (the int kernels: test_kernels_quant_matmul; int8 in the decode block: test_kernels_decode_layer)
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
 def test_pallas_kernels_match_the_xla_dequantize_path(sd, prompts, scheme):
     """The quantized matmul kernels (interpret mode here) against XLA's dequantize-then-dot, prefill and decode."""
     xla, pallas = Engine(CFG, sd, quantize=scheme), Engine(CFG, sd, quantize=scheme, backend="pallas")
@@ -187,6 +188,7 @@ def test_cli_quantize_then_generate(capsys, tiny_checkpoint, tmp_path):
     assert d["quantization"] == "int4" and len(d["ids"][0]) == 4
 
 
+@pytest.mark.slow  # (quantize through the CLI: test_cli_quantize_then_generate; the quality: the tests above)
 def test_cli_parity_quantize_reports_quality(capsys, tiny_checkpoint):
     code, out, err = run(capsys, "parity", "Dobby is a house elf", "--checkpoint", str(tiny_checkpoint),
                          "--quantize", "int8", "--steps", "8", "--json")

@@ -64,6 +64,7 @@ def test_batch_smaller_than_the_device_count(single):
     assert [g.ids for g in generate(engine, ROWS[:3], max_new_tokens=12, stop_at_eos=False)] == want_ids[:3]
 
 
+@pytest.mark.slow  # (the split: test_sharded_equals_one_device; per-row sampling keys: test_generate)
 @EIGHT
 def test_sampling_does_not_depend_on_the_split(single):
     sd = single[0]
@@ -72,7 +73,8 @@ def test_sampling_does_not_depend_on_the_split(single):
     assert [g.ids for g in generate(shard(Engine(CFG, sd), data=True), ROWS, **kw)] == one
 
 
-@pytest.mark.parametrize("backend", ["xla", pytest.param("pallas", marks=pytest.mark.slow)])
+@pytest.mark.slow  # (quantized weights: test_quantize; the split: test_sharded_equals_one_device)
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
 def test_quantized_weights_run_data_parallel(single, backend):
     """An int8 model split over the data axis gives one device's quantized answers, row for row."""
     sd = single[0]
