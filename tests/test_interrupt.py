@@ -19,6 +19,9 @@ from jaxgpt.generate import GenerationInterrupted, generate
 from tests.conftest import TINY
 
 LONG = GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=1024)  # room for a long decode, still small
+# Wide enough that 1000 tokens take seconds on a CPU: the signal lands mid-run even when the test's own process is
+# slow to be scheduled on a busy machine (at width 64 the whole run can end within a second of its first text).
+WIDE = GPTConfig(n_layer=2, n_head=4, n_embd=256, n_ctx=1024)
 
 
 def _interrupt_after(monkeypatch, calls: int):
@@ -92,7 +95,7 @@ def test_cli_json_prints_the_partial_rows_and_exits_130(monkeypatch, capsys, tin
 def test_ctrl_c_during_a_streamed_generate(tmp_path):
     """SIGINT to a real process mid-stream: it stops within a few calls, the streamed text ends with a newline,
     exit status 130."""
-    save_safetensors(random_state_dict(LONG, seed=2), tmp_path, LONG)
+    save_safetensors(random_state_dict(WIDE, seed=2), tmp_path, WIDE)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "jaxgpt", "generate", "Dobby is", "--checkpoint", str(tmp_path),
                           "--max-new-tokens", "1000", "--ignore-eos"], stdout=subprocess.PIPE,
