@@ -69,6 +69,7 @@ def test_parity_passes(capsys, tiny_checkpoint):
     assert "PASS" in out and "max |Δlogit|" in out
 
 
+@pytest.mark.slow  # (parity through the CLI: test_parity_passes)
 def test_parity_json(capsys, tiny_checkpoint):
     code, out, _ = run(capsys, "parity", "Dobby is", "--checkpoint", str(tiny_checkpoint), "--steps", "3",
                        "--json", "--dtype", "bfloat16")

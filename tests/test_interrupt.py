@@ -19,9 +19,6 @@ from jaxgpt.generate import GenerationInterrupted, generate
 from tests.conftest import TINY
 
 LONG = GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=1024)  # room for a long decode, still small
-# Wide enough that 1000 tokens take seconds on a CPU: the signal lands mid-run even when the test's own process is
-# slow to be scheduled on a busy machine (at width 64 the whole run can end within a second of its first text).
-WIDE = GPTConfig(n_layer=2, n_head=4, n_embd=256, n_ctx=1024)
 
 
 def _interrupt_after(monkeypatch, calls: int):
@@ -95,11 +92,14 @@ def test_cli_json_prints_the_partial_rows_and_exits_130(monkeypatch, capsys, tin
 def test_ctrl_c_during_a_streamed_generate(tmp_path):
     """SIGINT to a real process mid-stream: it stops within a few calls, the streamed text ends with a newline,
     exit status 130."""
-    save_safetensors(random_state_dict(WIDE, seed=2), tmp_path, WIDE)
+    save_safetensors(random_state_dict(LONG, seed=2), tmp_path, LONG)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "jaxgpt", "generate", "Dobby is", "--checkpoint", str(tmp_path),
                           "--max-new-tokens", "1000", "--ignore-eos"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env)
+                         stderr=subprocess.PIPE, env=env,
+                         # a shell's background job starts with SIGINT ignored, and a child inherits that: give it
+                         # the default, as a terminal's Ctrl-C finds it
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = p.stdout.read(len("Dobby is") + 1)  # the prompt comes with the first streamed text
     assert first.startswith(b"Dobby is"), (first, p.stderr.read()[-500:] if p.poll() is not None else "")
     p.send_signal(signal.SIGINT)

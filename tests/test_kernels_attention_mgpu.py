@@ -11,7 +11,7 @@ mgpu = pytest.importorskip("pallas_kernels.flash_attention_mgpu")
 
 # (B, T, H, block_kv, stages): one KV step, a pipelined ring with reloads, three stages, two heads and rows.
 CASES = [(1, 128, 1, 128, 1), (1, 256, 1, 64, 2), pytest.param(2, 256, 2, 128, 2, marks=pytest.mark.slow),
-         (1, 384, 1, 64, 3)]
+         pytest.param(1, 384, 1, 64, 3, marks=pytest.mark.slow)]
 if ON_GPU:
     CASES += [(8, 1024, 12, 128, 2), (8, 1024, 25, 64, 3), (1, 1024, 12, 128, 2), (4, 4096, 12, 128, 2),
               (4, 4096, 12, 256, 3), (8, 1024, 25, 256, 2), (8, 128, 12, 64, 2), (8, 128, 12, 128, 2)]

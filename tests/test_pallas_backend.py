@@ -32,7 +32,8 @@ def test_pallas_matches_reference_and_xla(name):
         assert np.argsort(-p)[:10].tolist() == np.argsort(-w)[:10].tolist()
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float32", marks=pytest.mark.slow)])
+@pytest.mark.slow  # (Pallas against the oracle: the test above; greedy on Pallas: test_generate)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_pallas_greedy_matches_reference(dtype):
     sd = random_state_dict(TINY, seed=11)
     engine = Engine(TINY, sd, dtype=dtype, backend="pallas")

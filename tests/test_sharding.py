@@ -112,6 +112,7 @@ def test_bad_meshes_are_clear_errors(kw, needle):
         shard(Engine(CFG, random_state_dict(CFG, seed=1), backend=backend), **kw)
 
 
+@pytest.mark.slow  # (the splits: test_sharded_equals_one_device; bad meshes: test_bad_meshes_are_clear_errors)
 @EIGHT
 def test_cli_data_and_tensor_parallel_match(capsys, tiny_checkpoint):
     from jaxgpt.cli import main
