@@ -94,12 +94,16 @@ def test_ctrl_c_during_a_streamed_generate(tmp_path):
     exit status 130."""
     save_safetensors(random_state_dict(LONG, seed=2), tmp_path, LONG)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "jaxgpt", "generate", "Dobby is", "--checkpoint", str(tmp_path),
-                          "--max-new-tokens", "1000", "--ignore-eos"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env,
-                         # a shell's background job starts with SIGINT ignored, and a child inherits that: give it
-                         # the default, as a terminal's Ctrl-C finds it
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a shell's background job starts with SIGINT ignored and a child inherits that: spawn it with the default, as a
+    # terminal's Ctrl-C finds it (set around the spawn: a preexec_fn would fork a multithreaded process)
+    before = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "jaxgpt", "generate", "Dobby is", "--checkpoint", str(tmp_path),
+                              "--max-new-tokens", "1000", "--ignore-eos"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+    finally:
+        if before is not None:  # (None: a handler set outside Python, left as it was)
+            signal.signal(signal.SIGINT, before)
     first = p.stdout.read(len("Dobby is") + 1)  # the prompt comes with the first streamed text
     assert first.startswith(b"Dobby is"), (first, p.stderr.read()[-500:] if p.poll() is not None else "")
     p.send_signal(signal.SIGINT)
