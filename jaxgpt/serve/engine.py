@@ -392,7 +392,7 @@ class BatchEngine:
                 self._hand_out(r, j, ids, lp, top_ids, top_lp, now)
             except Exception as e:  # noqa: BLE001 - a fault in one request's handling ends that request alone
                 r.finish_reason = "error"
-                self._release(r, cancel)
+                self._free(r, cancel)
                 r.on_event("error", f"{type(e).__name__}: {e}")
                 continue
             if r.finish_reason is not None:
@@ -430,12 +430,15 @@ class BatchEngine:
             r.on_event("tokens", got)
 
     def _release(self, r: Request, cancel: np.ndarray) -> None:
+        """Free ``r``'s slot and tell it why it ended."""
+        self._free(r, cancel)
+        self._finish(r, r.finish_reason)
+
+    def _free(self, r: Request, cancel: np.ndarray) -> None:
         for b, o in enumerate(self._owner):
             if o is r:
                 self._owner[b] = None
                 cancel[b] = True  # a stop string ends it on the host first: the device stops it at the next call
-        if r.finish_reason != "error":
-            self._finish(r, r.finish_reason)
 
     @staticmethod
     def _finish(r: Request, reason: str) -> None:
